@@ -1,0 +1,274 @@
+"""The paper's decoder-only transformer (Aryabumi et al. 2024, arXiv 2408.10914) in Flax NNX.
+
+Architecture choices, all from the paper unless marked:
+- decoder-only, pre-norm RMSNorm, one final RMSNorm before the output projection;
+- parallel block: one norm feeds both attention and the MLP, and their sum goes into the
+  residual:  x <- x + Attention(norm(x)) + MLP(norm(x));
+- SwiGLU MLP: down(silu(gate(h)) * up(h));
+- no biases anywhere;
+- rotary position embeddings (half-split, theta = cfg.rope_theta; ours, the paper does
+  not name its position encoding);
+- causal attention that respects document boundaries in packed rows: token i attends to
+  j only if j <= i and segment[i] == segment[j] (segment 0 = padding); positions restart
+  at 0 for each document unless given;
+- tied or untied output embedding (cfg.tie_embeddings);
+- float32 parameters, compute in cfg.dtype (bfloat16 optional); softmax, norms and logits
+  in float32;
+- layers stacked (nnx.vmap) and applied with jax.lax.scan, so compile time does not grow
+  with depth; optional rematerialisation of each block (cfg.remat).
+
+The same forward serves training (no cache) and decoding (a KVCache written at slot
+`start`); decode.py owns the generation loop. Parameters carry logical axis names for
+sharding.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from libs.model.config import ModelConfig
+from libs.model.sharding import constrain
+
+_NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax, not NaN
+
+
+def _param(rngs, shape, std, logical_axes, cfg: ModelConfig) -> nnx.Param:
+    init = jax.nn.initializers.truncated_normal(std, dtype=jnp.dtype(cfg.param_dtype))
+    # eager_sharding=False: sharding is applied explicitly by sharding.py, so a model can
+    # be built (or eval_shape'd) with no mesh in context.
+    return nnx.Param(
+        init(rngs.params(), shape), out_sharding=logical_axes, eager_sharding=False
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer at every slot, and each slot's segment id."""
+
+    k_lbshd: jax.Array
+    v_lbshd: jax.Array
+    segment_ids_bs: jax.Array  # 0 = empty or padding
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, length: int) -> "KVCache":
+        shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.head_dim)
+        zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+        return cls(zeros, zeros, jnp.zeros((batch, length), jnp.int32))
+
+
+def document_positions(segment_ids_bt: jax.Array) -> jax.Array:
+    """Position of each token within its (contiguous) document: 0, 1, ... per segment."""
+    t = segment_ids_bt.shape[1]
+    idx_bt = jnp.broadcast_to(jnp.arange(t), segment_ids_bt.shape)
+    starts_bt = jnp.concatenate(
+        [
+            jnp.ones_like(segment_ids_bt[:, :1], bool),
+            segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1],
+        ],
+        axis=1,
+    )
+    start_idx_bt = jax.lax.cummax(jnp.where(starts_bt, idx_bt, 0), axis=1)
+    return idx_bt - start_idx_bt
+
+
+def rotary(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+    half = x_bthd.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_bt1f = (positions_bt.astype(jnp.float32)[..., None] * inv_freq)[:, :, None, :]
+    sin, cos = jnp.sin(angle_bt1f), jnp.cos(angle_bt1f)
+    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_bthd.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        scale = jnp.ones((cfg.d_model,), jnp.dtype(cfg.param_dtype))
+        self.scale = nnx.Param(scale, out_sharding=("embed",), eager_sharding=False)
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        x = x_btd.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
+        return (x * self.scale.value.astype(jnp.float32)).astype(jnp.dtype(self.cfg.dtype))
+
+
+class Attention(nnx.Module):
+    """Multi-head causal self-attention with rotary positions and an optional KV cache."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, h, hd = cfg.d_model, cfg.num_heads, cfg.head_dim
+        # q, k and v fused into one matmul: one larger matrix uses a CPU/TPU better.
+        self.qkv_dchk = _param(rngs, (d, 3, h, hd), d**-0.5, ("embed", None, "heads", "kv"), cfg)
+        out_std = (h * hd) ** -0.5 / math.sqrt(2 * cfg.num_layers)
+        self.out_hkd = _param(rngs, (h, hd, d), out_std, ("heads", "kv", "embed"), cfg)
+
+    def __call__(self, x_btd, positions_bt, mask_b1ts, start, kv=None):
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        rules = cfg.sharding_rules
+        qkv = jnp.einsum("btd,dchk->cbthk", x_btd, self.qkv_dchk.value.astype(dtype))
+        q_bthk = rotary(qkv[0], positions_bt, cfg.rope_theta)
+        k_bthk = rotary(qkv[1], positions_bt, cfg.rope_theta)
+        v_bthk = qkv[2]
+        q_bthk = constrain(q_bthk, ("batch", "length", "heads", "kv"), rules)
+        if kv is not None:  # write this chunk's keys/values at slots [start, start + t)
+            k_bshk = jax.lax.dynamic_update_slice(kv[0], k_bthk, (0, start, 0, 0))
+            v_bshk = jax.lax.dynamic_update_slice(kv[1], v_bthk, (0, start, 0, 0))
+        else:
+            k_bshk, v_bshk = k_bthk, v_bthk
+        scores_bhts = jnp.einsum(
+            "bthk,bshk->bhts", q_bthk, k_bshk, preferred_element_type=jnp.float32
+        ) * (cfg.head_dim**-0.5)
+        scores_bhts = jnp.where(mask_b1ts, scores_bhts, _NEG_INF)
+        probs_bhts = jax.nn.softmax(scores_bhts, axis=-1).astype(dtype)
+        attn_bthk = jnp.einsum("bhts,bshk->bthk", probs_bhts, v_bshk)
+        out_btd = jnp.einsum("bthk,hkd->btd", attn_bthk, self.out_hkd.value.astype(dtype))
+        return out_btd, (k_bshk, v_bshk)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up fused into one matmul."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, f = cfg.d_model, cfg.d_ff
+        self.gate_up_dcf = _param(rngs, (d, 2, f), d**-0.5, ("embed", None, "mlp"), cfg)
+        down_std = f**-0.5 / math.sqrt(2 * cfg.num_layers)
+        self.down_fd = _param(rngs, (f, d), down_std, ("mlp", "embed"), cfg)
+
+    def __call__(self, x_btd):
+        dtype = jnp.dtype(self.cfg.dtype)
+        gate_up = jnp.einsum("btd,dcf->cbtf", x_btd, self.gate_up_dcf.value.astype(dtype))
+        hidden_btf = jax.nn.silu(gate_up[0]) * gate_up[1]
+        hidden_btf = constrain(hidden_btf, ("batch", "length", "mlp"), self.cfg.sharding_rules)
+        return jnp.einsum("btf,fd->btd", hidden_btf, self.down_fd.value.astype(dtype))
+
+
+class Block(nnx.Module):
+    """The parallel block: x + Attention(norm(x)) + MLP(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.norm = RMSNorm(cfg)
+        self.attention = Attention(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_btd, positions_bt, mask_b1ts, start, kv=None):
+        h_btd = self.norm(x_btd)
+        attn_btd, kv = self.attention(h_btd, positions_bt, mask_b1ts, start, kv)
+        return x_btd + attn_btd + self.mlp(h_btd), kv
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_vd = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std,
+                               ("vocab", "embed"), cfg)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(rngs):
+            return Block(cfg, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = RMSNorm(cfg)
+        if not cfg.tie_embeddings:
+            self.unembed_dv = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.d_model**-0.5,
+                                     ("embed", "vocab"), cfg)
+
+    def __call__(self, tokens_bt, *, segment_ids_bt=None, positions_bt=None):
+        """Logits (float32) for every position of a batch of (possibly packed) rows."""
+        logits_btv, _ = self.forward(tokens_bt, segment_ids_bt=segment_ids_bt,
+                                     positions_bt=positions_bt)
+        return logits_btv
+
+    def forward(self, tokens_bt, *, segment_ids_bt=None, positions_bt=None, cache=None,
+                start=0):
+        """Logits, and the updated cache when `cache` is given.
+
+        With a cache, the t tokens occupy slots [start, start + t) and attend to every
+        earlier slot of the same segment; callers keep segment ids 0 for empty slots.
+        """
+        cfg, rules = self.cfg, self.cfg.sharding_rules
+        b, t = tokens_bt.shape
+        if segment_ids_bt is None:
+            segment_ids_bt = jnp.ones((b, t), jnp.int32)
+        if positions_bt is None:
+            positions_bt = document_positions(segment_ids_bt)
+        if cache is not None:
+            seg_k_bs = jax.lax.dynamic_update_slice(cache.segment_ids_bs, segment_ids_bt,
+                                                    (0, start))
+        else:
+            seg_k_bs = segment_ids_bt
+        # Slot order, not positions, decides causality, so positions can restart per doc.
+        q_slot_t = start + jnp.arange(t)
+        k_slot_s = jnp.arange(seg_k_bs.shape[1])
+        mask_b1ts = (k_slot_s[None, :] <= q_slot_t[:, None])[None, None] & (
+            segment_ids_bt[:, None, :, None] == seg_k_bs[:, None, None, :]
+        )
+
+        x_btd = jnp.take(self.embed_vd.value, tokens_bt, axis=0).astype(jnp.dtype(cfg.dtype))
+        x_btd = constrain(x_btd, ("batch", "length", "embed"), rules)
+        graphdef, block_state = nnx.split(self.blocks)
+
+        def layer(x_btd, xs):
+            state, kv = xs
+            y_btd, kv = nnx.merge(graphdef, state)(x_btd, positions_bt, mask_b1ts, start, kv)
+            y_btd = constrain(y_btd, ("batch", "length", "embed"), rules)
+            return y_btd, (kv if cache is not None else None)
+
+        if cfg.remat:
+            layer = jax.checkpoint(layer, prevent_cse=False)
+        kv_in = (cache.k_lbshd, cache.v_lbshd) if cache is not None else None
+        x_btd, kv_out = jax.lax.scan(layer, x_btd, (block_state, kv_in))
+
+        h_btd = self.final_norm(x_btd)
+        if cfg.tie_embeddings:
+            unembed = self.embed_vd.value.astype(h_btd.dtype)
+            logits_btv = jnp.einsum("btd,vd->btv", h_btd, unembed,
+                                    preferred_element_type=jnp.float32)
+        else:
+            unembed = self.unembed_dv.value.astype(h_btd.dtype)
+            logits_btv = jnp.einsum("btd,dv->btv", h_btd, unembed,
+                                    preferred_element_type=jnp.float32)
+        logits_btv = constrain(logits_btv.astype(jnp.float32), ("batch", "length", "vocab"),
+                               rules)
+        new_cache = None if cache is None else KVCache(kv_out[0], kv_out[1], seg_k_bs)
+        return logits_btv, new_cache
+
+
+def cross_entropy(logits_btv, targets_bt, mask_bt=None):
+    """(mean loss over mask, per-token loss) in float32; per-token loss is 0 where masked.
+
+    The trainer averages per-token losses per data source; `mask_bt` excludes padding
+    and anything not to be learned.
+    """
+    logits_btv = logits_btv.astype(jnp.float32)
+    target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
+    per_token_bt = jax.nn.logsumexp(logits_btv, axis=-1) - target_logit_bt
+    if mask_bt is None:
+        mask_bt = jnp.ones_like(per_token_bt)
+    mask_bt = mask_bt.astype(jnp.float32)
+    per_token_bt = per_token_bt * mask_bt
+    return per_token_bt.sum() / jnp.maximum(mask_bt.sum(), 1.0), per_token_bt
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+    """The model's shapes and metadata with no parameter allocated."""
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def param_count(cfg: ModelConfig) -> int:
+    state = nnx.state(abstract_model(cfg), nnx.Param)
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+def embedding_param_count(cfg: ModelConfig) -> int:
+    """Parameters used only as a lookup table (the input embedding of an untied model)."""
+    return 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
