@@ -1,0 +1,230 @@
+"""Checkpoints on disk: the one format the trainer writes and the eval service reads.
+
+Layout: `<checkpoint_dir>/<run_id>/<step>/` is one orbax checkpoint with three items:
+
+    params  the model's nnx.Param state (tensorstore arrays)
+    opt     the optimizer state (only the trainer reads it back)
+    meta    JSON: model config, preset, lineage, tokenizer, data position
+
+A checkpoint's URI is its step directory. It is *committed* once orbax has
+finalised it (renamed its temporary directory locally, or written its commit
+marker on GCS); a save killed half-way leaves only a temporary directory that
+`load` refuses and `latest_step` ignores. The tokenizer travels inside `meta`
+so a checkpoint can be scored with nothing else at hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from libs.model import model as model_lib
+from libs.model.config import ModelConfig
+
+PARAMS, OPT, META = "params", "opt", "meta"
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used."""
+
+
+class NotFoundError(CheckpointError):
+    """Nothing is at the URI."""
+
+
+class NotCommittedError(CheckpointError):
+    """The save has not finished (or was killed): only a temporary directory exists."""
+
+
+class CorruptError(CheckpointError):
+    """The checkpoint is committed but cannot be read."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint loaded for inference."""
+
+    uri: str
+    step: int
+    config: ModelConfig
+    model: Any  # libs.model.model.Transformer
+    meta: dict
+
+    @property
+    def lineage(self) -> dict:
+        return self.meta.get("lineage", {})
+
+    @property
+    def tokenizer(self):
+        """The tokenizer the model was trained with (tokenizers.Tokenizer)."""
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.meta["tokenizer_json"])
+
+
+def _check_committed(path: epath.Path) -> None:
+    if ocp.path.step.is_path_temporary(path):
+        raise NotCommittedError(f"checkpoint {path}: a temporary directory, not committed")
+    if not path.exists():
+        tmp = [p for p in path.parent.glob(path.name + ".*") if ocp.path.step.is_path_temporary(p)]
+        if tmp:
+            raise NotCommittedError(f"checkpoint {path}: save in progress or killed ({tmp[0].name})")
+        raise NotFoundError(f"checkpoint {path}: no such checkpoint")
+    if not ocp.path.step.is_path_finalized(path):
+        raise NotCommittedError(f"checkpoint {path}: not committed")
+
+
+def read_meta(uri: str) -> dict:
+    """The JSON metadata of a committed checkpoint."""
+    path = epath.Path(uri)
+    _check_committed(path)
+    meta_dir = path / META
+    try:
+        handler = ocp.JsonCheckpointHandler()
+        return handler.restore(meta_dir)
+    except Exception as e:  # orbax raises several kinds for a broken item
+        raise CorruptError(f"checkpoint {uri}: cannot read {META}: {e}") from e
+
+
+def abstract_params(config: ModelConfig) -> dict:
+    """The model's parameters as a pure dict of shapes and dtypes (nothing
+    allocated), placed on this process's first device."""
+    state = nnx.state(model_lib.abstract_model(config), nnx.Param)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_local_sharding()),
+        nnx.to_pure_dict(state),
+    )
+
+
+def model_from_params(config: ModelConfig, params: dict):
+    """A Transformer whose parameters are the pure dict `params`."""
+    graphdef, state = nnx.split(model_lib.abstract_model(config), nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def load(uri: str) -> Checkpoint:
+    """Loads a committed checkpoint's model for inference (read-only)."""
+    meta = read_meta(uri)
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptError(f"checkpoint {uri}: bad model_config in {META}: {e}") from e
+    params = load_params(uri, config)
+    return Checkpoint(uri=uri, step=int(meta.get("step", -1)), config=config,
+                      model=model_from_params(config, params), meta=meta)
+
+
+def load_params(uri: str, config: ModelConfig) -> dict:
+    """The parameters (pure dict) of a committed checkpoint."""
+    _check_committed(epath.Path(uri))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(epath.Path(uri) / PARAMS, abstract_params(config))
+    except Exception as e:
+        raise CorruptError(f"checkpoint {uri}: cannot read {PARAMS}: {e}") from e
+
+
+def _local_sharding():
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+class CheckpointWriter:
+    """Saves and restores one run's checkpoints with an orbax CheckpointManager.
+
+    Saves are asynchronous: `save` returns once the arrays are copied off the
+    device, and the commit happens in the background; `committed()` lists
+    (step, uri) pairs that became visible since the last call, in order.
+    """
+
+    def __init__(self, directory: str, *, keep: int = 0, async_save: bool = True):
+        self.directory = epath.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._keep = keep
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=async_save,
+                max_to_keep=None,  # deletion is ours: phase-final checkpoints are kept
+                cleanup_tmp_directories=True,
+            ),
+            item_names=(PARAMS, OPT, META),
+        )
+        self._pending: list[int] = []
+        self._protected: set[int] = set()
+
+    def uri(self, step: int) -> str:
+        return os.fspath(self.directory / str(step))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, params, opt_state, meta: dict, *, protect: bool = False) -> str:
+        """Starts saving; `protect` keeps it from the keep-newest-N policy."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(**{
+                PARAMS: ocp.args.StandardSave(params),
+                OPT: ocp.args.StandardSave(opt_state),
+                META: ocp.args.JsonSave(json.loads(json.dumps(meta))),
+            }),
+            force=True,
+        )
+        self._pending.append(step)
+        if protect:
+            self._protected.add(step)
+        return self.uri(step)
+
+    def committed(self) -> list[tuple[int, str]]:
+        """Checkpoints saved by this writer that have committed since last asked."""
+        done = []
+        for step in list(self._pending):
+            path = self.directory / str(step)
+            if path.exists() and ocp.path.step.is_path_finalized(path):
+                done.append((step, self.uri(step)))
+                self._pending.remove(step)
+        if done:
+            self._apply_keep_policy()
+        return done
+
+    def wait(self) -> list[tuple[int, str]]:
+        """Blocks until every save has committed; returns those not yet reported."""
+        self._manager.wait_until_finished()
+        return self.committed()
+
+    def _apply_keep_policy(self) -> None:
+        if self._keep <= 0:
+            return
+        protected = self._protected | {
+            s for s in self.all_steps() if read_meta(self.uri(s)).get("phase_end")
+        }
+        candidates = [s for s in self.all_steps() if s not in protected and s not in self._pending]
+        for step in candidates[: max(0, len(candidates) - self._keep)]:
+            self._manager.delete(step)
+
+    def restore(self, step: int, abstract_params_state, abstract_opt_state):
+        """(params, opt_state, meta) of a committed step, onto the given
+        shardings (the abstract states carry them)."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(**{
+                PARAMS: ocp.args.StandardRestore(abstract_params_state),
+                OPT: ocp.args.StandardRestore(abstract_opt_state),
+                META: ocp.args.JsonRestore(),
+            }),
+        )
+        return restored[PARAMS], restored[OPT], restored[META]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
