@@ -1,0 +1,106 @@
+"""The trainer binary: trains a RunSpec, or serves TrainerService with --serve.
+
+With no flags it runs the README's main job (runs/tiny.textproto): the tiny
+model on the default corpus, starting a local data service.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from google.protobuf import text_format
+
+from libs.serving import server as serving
+from proto import trainer_pb2, trainer_pb2_grpc
+from services.trainer import data_link
+from services.trainer.runs import Runs
+from services.trainer.servicer import TrainerServicer
+from services.trainer.spec import SpecError
+
+DEFAULT_SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", "tiny.textproto")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run_spec", DEFAULT_SPEC, "RunSpec text proto to train.")
+flags.DEFINE_string("preset", None, "Override the spec's model preset (tiny, small, 470m, 2.8b).")
+flags.DEFINE_string("run_id", None, "Override the spec's run_id.")
+flags.DEFINE_string("data_address", None, "host:port of a data service; default: start one.")
+flags.DEFINE_string("checkpoint_dir", None, "Override the spec's checkpoint_dir.")
+flags.DEFINE_string("mesh", None, "Device mesh as data,fsdp,tensor (e.g. 1,8,1).")
+flags.DEFINE_bool("serve", False, "Serve TrainerService instead of training one spec.")
+flags.DEFINE_multi_string("data_flag", [], "Flag passed to a locally started data service.")
+
+
+def load_spec(path: str) -> trainer_pb2.RunSpec:
+    try:
+        with open(path) as f:
+            return text_format.Parse(f.read(), trainer_pb2.RunSpec())
+    except OSError as e:
+        raise app.UsageError(f"--run_spec: cannot read {path}: {e.strerror}")
+    except text_format.ParseError as e:
+        raise app.UsageError(f"--run_spec: {path}: {e}")
+
+
+def _spec_from_flags() -> trainer_pb2.RunSpec:
+    spec = load_spec(FLAGS.run_spec)
+    for name in ("preset", "run_id", "data_address", "checkpoint_dir"):
+        if FLAGS[name].value is not None:
+            setattr(spec, name, FLAGS[name].value)
+    if FLAGS.mesh:
+        try:
+            data, fsdp, tensor = (int(x) for x in FLAGS.mesh.split(","))
+        except ValueError:
+            raise app.UsageError(f"--mesh: expected data,fsdp,tensor integers, got {FLAGS.mesh!r}")
+        spec.mesh.CopyFrom(trainer_pb2.Mesh(data=data, fsdp=fsdp, tensor=tensor))
+    return spec
+
+
+def _connect(spec):
+    return data_link.connect(spec, data_flags=FLAGS.data_flag)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.serve:
+        runs = Runs(_connect, console=True)
+        serving.serve_from_flags(
+            "TrainerService",
+            [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(runs))],
+            ["codelab.trainer.v1.TrainerService"],
+        )
+        return
+    spec = _spec_from_flags()
+    runs = Runs(_connect, console=True)
+    try:
+        run_id, resumed = runs.start(spec)
+    except SpecError as e:
+        sys.exit(f"error: spec.{e}")
+    print(f"run {run_id}: {'resumed from its last checkpoint' if resumed else 'started'}",
+          flush=True)
+    status = runs.wait(run_id)
+    _summarise(runs, run_id, status)
+    if status.state != trainer_pb2.SUCCEEDED:
+        sys.exit(f"run {run_id} ended {trainer_pb2.RunState.Name(status.state)}: {status.error}")
+
+
+def _summarise(runs: Runs, run_id: str, status) -> None:
+    checkpoints, last_metrics = [], {}
+    for event in runs.watch(run_id):
+        kind = event.WhichOneof("event")
+        if kind == "checkpoint":
+            checkpoints.append(event.checkpoint)
+        elif kind == "metrics":
+            last_metrics[event.metrics.phase] = event.metrics
+    print(f"\nrun {run_id} {trainer_pb2.RunState.Name(status.state)} at step {status.step}")
+    for phase, m in last_metrics.items():
+        per_source = ", ".join(f"{k} {v:.3f}" for k, v in sorted(m.source_loss.items()))
+        print(f"  {phase:<10} final loss {m.loss:.3f} ({per_source})")
+    for c in checkpoints:
+        print(f"  checkpoint step {c.step:>5} phase {c.lineage.phase:<10} {c.uri}"
+              + ("  [phase end]" if c.phase_end else ""))
+
+
+if __name__ == "__main__":
+    app.run(main)

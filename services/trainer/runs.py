@@ -1,0 +1,130 @@
+"""The runs a trainer process knows: start one in the background, watch its
+events, list them, stop one. What the TrainerService serves, without gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import traceback
+from typing import Callable, Iterator
+
+import jax
+
+from proto import trainer_pb2
+from services.trainer import spec as spec_lib
+from services.trainer.events import EventLog
+from services.trainer.train import Trainer
+
+
+class RunNotFound(KeyError):
+    pass
+
+
+@dataclasses.dataclass
+class _Run:
+    spec: trainer_pb2.RunSpec
+    events: EventLog
+    stop: threading.Event
+    thread: threading.Thread | None = None
+    status: trainer_pb2.RunStatus | None = None
+
+
+class Runs:
+    """Runs of one trainer process.
+
+    `connect(spec) -> DataLink` opens the data side of a run (see data_link);
+    it is a parameter so that the library never decides how to reach data.
+    """
+
+    def __init__(self, connect: Callable, *, console: bool = False):
+        self._connect = connect
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._console = console
+
+    def start(self, spec: trainer_pb2.RunSpec) -> tuple[str, bool]:
+        """Validates and starts a run; (run_id, resumed). Raises SpecError."""
+        spec = spec_lib.with_defaults(spec)
+        with self._lock:
+            existing = self._runs.get(spec.run_id)
+            if existing and existing.thread and existing.thread.is_alive():
+                raise spec_lib.SpecError("run_id", f"{spec.run_id!r} is already running")
+        link = self._connect(spec)
+        try:
+            spec_lib.validate(spec, num_devices=jax.device_count(),
+                              check_mixture=link.check_mixture)
+        except Exception:
+            link.close()
+            raise
+        run_dir = os.path.join(spec.checkpoint_dir, spec.run_id)
+        os.makedirs(run_dir, exist_ok=True)
+        events = EventLog(spec.run_id, os.path.join(run_dir, "events.jsonl"))
+        run = _Run(spec=spec, events=events, stop=threading.Event())
+        trainer = Trainer(spec, batches=link.batches, vocab_size=link.vocab_size,
+                          tokenizer_json=link.tokenizer_json, events=events, stop=run.stop,
+                          console=self._console)
+        resumed = trainer.resumable()
+
+        def body():
+            try:
+                trainer.run()
+            except Exception as e:  # a failed run is reported, not fatal to the server
+                traceback.print_exc()
+                events.append(status=trainer_pb2.RunStatus(
+                    run_id=spec.run_id, state=trainer_pb2.FAILED, error=f"{type(e).__name__}: {e}"))
+            finally:
+                link.close()
+                events.close()
+
+        run.thread = threading.Thread(target=body, name=f"run-{spec.run_id}", daemon=True)
+        with self._lock:
+            self._runs[spec.run_id] = run
+        run.thread.start()
+        return spec.run_id, resumed
+
+    def _get(self, run_id: str) -> _Run:
+        with self._lock:
+            if run_id not in self._runs:
+                raise RunNotFound(run_id)
+            return self._runs[run_id]
+
+    def watch(self, run_id: str, from_sequence: int = 0, *, checkpoints_only: bool = False,
+              cancelled=lambda: False) -> Iterator[trainer_pb2.RunEvent]:
+        for event in self._get(run_id).events.watch(from_sequence, cancelled=cancelled):
+            if checkpoints_only and event.WhichOneof("event") == "metrics":
+                continue
+            yield event
+
+    def status(self, run_id: str) -> trainer_pb2.RunStatus:
+        run = self._get(run_id)
+        latest = trainer_pb2.RunStatus(run_id=run_id, state=trainer_pb2.PENDING)
+        last_ckpt = ""
+        for event in run.events.events():
+            kind = event.WhichOneof("event")
+            if kind == "status":
+                latest.CopyFrom(event.status)
+            elif kind == "metrics":
+                latest.step, latest.phase = event.metrics.step, event.metrics.phase
+            elif kind == "checkpoint":
+                last_ckpt = event.checkpoint.uri
+        latest.latest_checkpoint = last_ckpt or latest.latest_checkpoint
+        return latest
+
+    def list(self) -> list[trainer_pb2.RunStatus]:
+        with self._lock:
+            ids = sorted(self._runs)
+        return [self.status(i) for i in ids]
+
+    def stop(self, run_id: str, timeout: float | None = None) -> trainer_pb2.RunStatus:
+        run = self._get(run_id)
+        run.stop.set()
+        if run.thread:
+            run.thread.join(timeout)
+        return self.status(run_id)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> trainer_pb2.RunStatus:
+        run = self._get(run_id)
+        if run.thread:
+            run.thread.join(timeout)
+        return self.status(run_id)

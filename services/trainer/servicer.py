@@ -1,0 +1,40 @@
+"""TrainerService: translates messages to and from the Runs library."""
+
+from __future__ import annotations
+
+import grpc
+
+from proto import trainer_pb2, trainer_pb2_grpc
+from services.trainer.runs import RunNotFound, Runs
+from services.trainer.spec import SpecError
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, runs: Runs):
+        self._runs = runs
+
+    def StartRun(self, request, context):
+        try:
+            run_id, resumed = self._runs.start(request.spec)
+        except SpecError as e:
+            code = grpc.StatusCode.NOT_FOUND if e.not_found else grpc.StatusCode.INVALID_ARGUMENT
+            context.abort(code, f"spec.{e}")
+        return trainer_pb2.StartRunResponse(run_id=run_id, resumed=resumed)
+
+    def WatchRun(self, request, context):
+        try:
+            yield from self._runs.watch(
+                request.run_id, request.from_sequence,
+                checkpoints_only=request.checkpoints_only,
+                cancelled=lambda: not context.is_active())
+        except RunNotFound:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {request.run_id!r}")
+
+    def ListRuns(self, request, context):
+        return trainer_pb2.ListRunsResponse(runs=self._runs.list())
+
+    def StopRun(self, request, context):
+        try:
+            return trainer_pb2.StopRunResponse(status=self._runs.stop(request.run_id))
+        except RunNotFound:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {request.run_id!r}")

@@ -1,0 +1,362 @@
+"""The training loop: the phases of a RunSpec on JAX, with checkpoints and metrics.
+
+One `Trainer` runs one RunSpec from start to finish, or from its last
+committed checkpoint after a crash. Each phase gets its weights (scratch, a
+parent checkpoint's weights with a fresh optimizer, or the previous phase's
+state), its own learning-rate schedule and its own mixture; the data position
+is the (phase, step) pair, since the data service's batches are a pure
+function of it. Checkpoints carry the lineage: parent, phase, tokens per source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from libs.checkpoint import checkpoint
+from libs.model import flops, presets
+from libs.model import model as model_lib
+from proto import trainer_pb2
+from services.trainer import schedules
+from services.trainer.events import EventLog
+from services.trainer.spec import steps_of
+
+# Per-source losses are summed on device into this many slots (source ids
+# index the corpus's source list, which is far shorter).
+MAX_SOURCES = 32
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch as numpy arrays of shape [batch, seq_len] (see data.proto)."""
+
+    tokens: np.ndarray
+    targets: np.ndarray
+    segment_ids: np.ndarray
+    positions: np.ndarray
+    loss_mask: np.ndarray
+    source_ids: np.ndarray
+    source_names: list[str]
+
+
+# (phase index, phase, first step within the phase) -> that phase's batches.
+BatchSource = Callable[[int, trainer_pb2.Phase, int], Iterator[Batch]]
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a run is; saved in every checkpoint's metadata."""
+
+    step: int = 0  # optimizer steps done in the whole run
+    phase_index: int = 0
+    phase_step: int = 0  # steps done in the current phase
+    tokens_seen: int = 0
+    tokens_per_source: dict = dataclasses.field(default_factory=dict)
+    phases_done: list = dataclasses.field(default_factory=list)
+    parent_uri: str = ""  # what the current phase started from
+    last_lr: float = 0.0  # where the previous step's schedule was
+    last_uri: str = ""  # newest checkpoint written
+
+
+def _decay_mask(params):
+    # Decoupled weight decay only on the projection matrices: not on norm
+    # scales, and not on the (tied) embedding table.
+    def keep(path, leaf):
+        names = [str(getattr(k, "key", k)) for k in path]
+        return not any("norm" in n or n.startswith("embed") for n in names)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(opt: trainer_pb2.Optimizer) -> optax.GradientTransformation:
+    """AdamW with clipping; the learning rate is a hyperparameter the loop sets
+    each step, so one optimizer state carries across phases that continue."""
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=0.0, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+        weight_decay=opt.weight_decay, mask=_decay_mask,
+    )
+    if opt.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw)
+    return optax.chain(optax.identity(), adamw)
+
+
+def _set_lr(opt_state, lr):
+    inner = opt_state[1]
+    inner.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    return opt_state
+
+
+class Trainer:
+    def __init__(
+        self,
+        spec: trainer_pb2.RunSpec,
+        *,
+        batches: BatchSource,
+        vocab_size: int,
+        tokenizer_json: str,
+        events: EventLog,
+        stop: threading.Event | None = None,
+        console: bool = True,
+        peak_flops: float | None = None,
+    ):
+        self.spec = spec
+        base = presets.get_preset(spec.preset)
+        self.config = dataclasses.replace(
+            base, vocab_size=vocab_size, max_seq_len=max(base.max_seq_len, spec.seq_len),
+            dtype=spec.compute_dtype,
+        )
+        self.run_dir = os.path.join(spec.checkpoint_dir, spec.run_id)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.writer = checkpoint.CheckpointWriter(
+            os.path.join(self.run_dir, "checkpoints"), keep=spec.keep_checkpoints)
+        self.events = events
+        self.stop_event = stop or threading.Event()
+        self._batches = batches
+        self._tokenizer_json = tokenizer_json
+        self._console = console
+        self.phase_steps = [steps_of(spec, p) for p in spec.phases]
+        self.tx = make_optimizer(spec.optimizer)
+        self._graphdef = nnx.graphdef(model_lib.abstract_model(self.config))
+        self._step_fn = jax.jit(self._train_step, donate_argnums=(0, 1))
+        self._phase_end_steps: set[int] = set()
+        self._metrics_file = open(os.path.join(self.run_dir, "metrics.jsonl"), "a")
+        self._tb = None
+        self._peak = peak_flops
+        self.final_source_loss: dict[str, float] = {}
+
+    # -- the jitted step -------------------------------------------------------------
+
+    def _train_step(self, params, opt_state, batch, lr):
+        def loss_fn(params):
+            model = checkpoint.model_from_params(self.config, params)
+            logits_btv = model(batch["tokens"], segment_ids_bt=batch["segment_ids"],
+                               positions_bt=batch["positions"])
+            return model_lib.cross_entropy(logits_btv, batch["targets"], batch["loss_mask"])
+
+        (loss, per_token_bt), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        opt_state = _set_lr(opt_state, lr)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        sources = batch["source_ids"].reshape(-1).astype(jnp.int32)
+        mask = batch["loss_mask"].reshape(-1).astype(jnp.float32)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "source_loss_sum": jax.ops.segment_sum(per_token_bt.reshape(-1), sources, MAX_SOURCES),
+            "source_count": jax.ops.segment_sum(mask, sources, MAX_SOURCES),
+        }
+        return params, opt_state, metrics
+
+    # -- phases ----------------------------------------------------------------------
+
+    def _init_params(self):
+        model = model_lib.Transformer(self.config, rngs=nnx.Rngs(self.spec.seed))
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def _start_phase(self, pos: Position, params, opt_state):
+        phase = self.spec.phases[pos.phase_index]
+        init = phase.WhichOneof("init")
+        if init == "from_scratch":
+            params = self._init_params()
+            opt_state = self.tx.init(params)
+            pos.parent_uri = ""
+        elif init == "init_checkpoint":
+            params = checkpoint.load_params(phase.init_checkpoint, self.config)
+            opt_state = self.tx.init(params)
+            pos.parent_uri = phase.init_checkpoint
+        else:  # continue_previous: same weights and optimizer state
+            pos.parent_uri = pos.last_uri
+        return params, opt_state
+
+    def _resume(self) -> tuple[Position, object, object] | None:
+        step = self.writer.latest_step()
+        if step is None:
+            return None
+        abstract_params = checkpoint.abstract_params(self.config)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        params, opt_state, meta = self.writer.restore(step, abstract_params, abstract_opt)
+        pos = Position(**meta["position"])
+        return pos, params, opt_state
+
+    def resumable(self) -> bool:
+        return self.writer.latest_step() is not None
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self) -> trainer_pb2.RunState:
+        resumed = self._resume()
+        if resumed:
+            pos, params, opt_state = resumed
+            self._log(f"resuming {self.spec.run_id} at step {pos.step} "
+                      f"(phase {self.spec.phases[min(pos.phase_index, len(self.spec.phases)-1)].name}, "
+                      f"step {pos.phase_step})")
+        else:
+            pos, params, opt_state = Position(), None, None
+        if self._peak is None:
+            self._peak = flops.measure_matmul_peak_flops(
+                jnp.bfloat16 if self.spec.compute_dtype == "bfloat16" else jnp.float32)
+        self._status(trainer_pb2.RUNNING, pos)
+        total_steps = sum(self.phase_steps)
+        state = trainer_pb2.SUCCEEDED
+        while pos.phase_index < len(self.spec.phases):
+            phase = self.spec.phases[pos.phase_index]
+            num_steps = self.phase_steps[pos.phase_index]
+            if pos.phase_step == 0:
+                params, opt_state = self._start_phase(pos, params, opt_state)
+            start_lr = pos.last_lr if phase.WhichOneof("init") == "continue_previous" else None
+            schedule = schedules.build(phase.schedule, num_steps, start_lr)
+            if pos.phase_step < num_steps:
+                params, opt_state, stopped = self._run_phase(
+                    pos, phase, num_steps, schedule, params, opt_state, total_steps)
+                if stopped:
+                    state = trainer_pb2.STOPPED
+                    break
+            pos.phases_done.append(phase.name)
+            pos.phase_index += 1
+            pos.phase_step = 0
+            pos.last_lr = float(schedule(num_steps - 1))
+        self._emit_committed(self.writer.wait())
+        self._status(state, pos)
+        self._metrics_file.close()
+        if self._tb:
+            self._tb.close()
+        self.writer.close()
+        return state
+
+    def _run_phase(self, pos, phase, num_steps, schedule, params, opt_state, total_steps):
+        batches = self._batches(pos.phase_index, phase, pos.phase_step)
+        interval_start, interval_tokens = time.perf_counter(), 0
+        while pos.phase_step < num_steps:
+            if self.stop_event.is_set():
+                self._save(pos, params, opt_state, phase_end=False)
+                return params, opt_state, True
+            batch = next(batches)
+            lr = float(schedule(pos.phase_step))
+            arrays = {
+                "tokens": batch.tokens, "targets": batch.targets,
+                "segment_ids": batch.segment_ids, "positions": batch.positions,
+                "loss_mask": batch.loss_mask, "source_ids": batch.source_ids,
+            }
+            params, opt_state, metrics = self._step_fn(params, opt_state, arrays, lr)
+            pos.step += 1
+            pos.phase_step += 1
+            pos.last_lr = lr
+            counts = np.bincount(batch.source_ids[batch.segment_ids > 0].ravel(),
+                                 minlength=len(batch.source_names))
+            for name, count in zip(batch.source_names, counts):
+                if count:
+                    pos.tokens_per_source[name] = pos.tokens_per_source.get(name, 0) + int(count)
+            real_tokens = int(counts.sum())
+            pos.tokens_seen += real_tokens
+            interval_tokens += batch.tokens.size
+            phase_end = pos.phase_step == num_steps
+            if pos.step % self.spec.log_every_steps == 0 or phase_end:
+                metrics = jax.device_get(metrics)
+                elapsed = time.perf_counter() - interval_start
+                self._log_metrics(pos, phase, metrics, batch.source_names, lr,
+                                  interval_tokens / max(elapsed, 1e-9), total_steps)
+                interval_start, interval_tokens = time.perf_counter(), 0
+            if pos.step % self.spec.checkpoint_every_steps == 0 or phase_end:
+                self._save(pos, params, opt_state, phase_end=phase_end)
+            self._emit_committed(self.writer.committed())
+        return params, opt_state, False
+
+    # -- checkpoints, metrics, events -----------------------------------------------
+
+    def _lineage(self, pos: Position) -> dict:
+        phase = self.spec.phases[min(pos.phase_index, len(self.spec.phases) - 1)]
+        return {
+            "run_id": self.spec.run_id, "phase": phase.name, "parent_uri": pos.parent_uri,
+            "step": pos.step, "phase_step": pos.phase_step,
+            "tokens_per_source": dict(pos.tokens_per_source), "tokens_seen": pos.tokens_seen,
+            "phases_done": list(pos.phases_done), "preset": self.spec.preset,
+        }
+
+    def _save(self, pos: Position, params, opt_state, *, phase_end: bool) -> None:
+        jax.block_until_ready(params)
+        pos.last_uri = self.writer.uri(pos.step)
+        meta = {
+            "step": pos.step,
+            "phase_end": phase_end,
+            "model_config": self.config.to_dict(),
+            "preset": self.spec.preset,
+            "lineage": self._lineage(pos),
+            "position": dataclasses.asdict(pos),
+            "tokenizer_json": self._tokenizer_json,
+            "run_spec": json.loads(_to_json(self.spec)),
+        }
+        if phase_end:
+            self._phase_end_steps.add(pos.step)
+        self.writer.save(pos.step, params, opt_state, meta, protect=phase_end)
+
+    def _emit_committed(self, committed) -> None:
+        for step, uri in committed:
+            meta = checkpoint.read_meta(uri)
+            lineage = trainer_pb2.Lineage(**meta["lineage"])
+            self.events.append(checkpoint=trainer_pb2.CheckpointCommitted(
+                step=step, uri=uri, lineage=lineage, phase_end=bool(meta.get("phase_end"))))
+            self._log(f"checkpoint committed: step {step} -> {uri}")
+
+    def _log_metrics(self, pos, phase, metrics, source_names, lr, tokens_per_s, total_steps):
+        source_loss = {
+            name: float(metrics["source_loss_sum"][i] / metrics["source_count"][i])
+            for i, name in enumerate(source_names) if metrics["source_count"][i] > 0
+        }
+        self.final_source_loss.update(source_loss)
+        mfu = flops.mfu(tokens_per_s, self.config, self.spec.seq_len, self._peak)
+        record = trainer_pb2.Metrics(
+            step=pos.step, phase=phase.name, loss=float(metrics["loss"]),
+            source_loss=source_loss, tokens_per_second=tokens_per_s, mfu=mfu,
+            learning_rate=lr, grad_norm=float(metrics["grad_norm"]),
+            tokens_seen=pos.tokens_seen,
+        )
+        self.events.append(metrics=record)
+        self._metrics_file.write(_to_json(record) + "\n")
+        self._metrics_file.flush()
+        self._tensorboard(record)
+        if self._console:
+            per_source = " ".join(f"{k}={v:.3f}" for k, v in sorted(source_loss.items()))
+            print(f"[{pos.step:>5}/{total_steps}] {phase.name:<10} loss {record.loss:.4f} "
+                  f"({per_source}) lr {lr:.2e} gnorm {record.grad_norm:.2f} "
+                  f"{tokens_per_s / 1e3:.1f}k tok/s MFU {mfu:.2f}", flush=True)
+
+    def _tensorboard(self, record: trainer_pb2.Metrics) -> None:
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
+        step = record.step
+        self._tb.add_scalar("loss/all", record.loss, step)
+        for name, value in record.source_loss.items():
+            self._tb.add_scalar(f"loss/{name}", value, step)
+        self._tb.add_scalar("train/learning_rate", record.learning_rate, step)
+        self._tb.add_scalar("train/grad_norm", record.grad_norm, step)
+        self._tb.add_scalar("perf/tokens_per_second", record.tokens_per_second, step)
+        self._tb.add_scalar("perf/mfu", record.mfu, step)
+
+    def _status(self, state, pos: Position) -> None:
+        phase = self.spec.phases[min(pos.phase_index, len(self.spec.phases) - 1)]
+        self.events.append(status=trainer_pb2.RunStatus(
+            run_id=self.spec.run_id, state=state, step=pos.step, phase=phase.name,
+            latest_checkpoint=pos.last_uri))
+
+    def _log(self, text: str) -> None:
+        if self._console:
+            print(text, file=sys.stdout, flush=True)
+
+
+def _to_json(message) -> str:
+    from google.protobuf import json_format
+
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)

@@ -1,0 +1,169 @@
+"""The training loop on tiny runs: phases, lineage, and resume after SIGKILL.
+
+Batches come from a deterministic generator here (the data service has its
+own tests; tests/ runs the two together). Run as a script, this file is the
+worker that the resume test kills.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from proto import data_pb2, trainer_pb2
+from services.trainer import spec as spec_lib
+from services.trainer.events import EventLog
+from services.trainer.train import Batch, Trainer
+
+VOCAB = 512
+S = trainer_pb2.LRSchedule
+
+
+def synthetic_batches(phase_index, phase, start_step, *, batch=4, seq_len=32):
+    """Batch k of a phase is a pure function of (phase_index, k), like the data service's."""
+    step = start_step
+    while True:
+        rng = np.random.default_rng([phase_index, step])
+        # Learnable structure: each row counts up from a random start.
+        start = rng.integers(0, VOCAB, size=(batch, 1))
+        seq = (start + np.arange(seq_len + 1)) % VOCAB
+        segment = np.where(np.arange(seq_len) < seq_len // 2, 1, 2)[None].repeat(batch, 0)
+        positions = np.where(segment == 1, np.arange(seq_len), np.arange(seq_len) - seq_len // 2)
+        mask = np.ones((batch, seq_len), np.uint8)
+        mask[:, seq_len // 2 - 1] = 0  # no target across the document boundary
+        yield Batch(tokens=seq[:, :-1].astype(np.int32), targets=seq[:, 1:].astype(np.int32),
+                    segment_ids=segment.astype(np.int32), positions=positions.astype(np.int32),
+                    loss_mask=mask, source_ids=(np.arange(batch)[:, None] % 2 *
+                                                np.ones((1, seq_len), np.int64)).astype(np.uint8),
+                    source_names=["text", "code"])
+        step += 1
+
+
+def _mixture():
+    return data_pb2.MixtureSpec(stages=[data_pb2.MixtureStage(
+        weights=[data_pb2.SourceWeight(source="text", weight=1)])])
+
+
+def make_spec(checkpoint_dir, run_id="r", phases=None, **kw):
+    phases = phases or [
+        trainer_pb2.Phase(name="init", from_scratch=True, token_budget=4 * 32 * 6,
+                          mixture=_mixture(),
+                          schedule=S(kind=S.COSINE, peak_lr=1e-2, warmup_steps=2)),
+        trainer_pb2.Phase(name="cooldown", continue_previous=True, token_budget=4 * 32 * 3,
+                          mixture=_mixture(), schedule=S(kind=S.LINEAR_ANNEAL)),
+    ]
+    spec = trainer_pb2.RunSpec(run_id=run_id, preset="tiny", phases=phases,
+                               global_batch_size=4, seq_len=32, checkpoint_dir=str(checkpoint_dir),
+                               checkpoint_every_steps=2, **kw)
+    return spec_lib.with_defaults(spec)
+
+
+def train(spec, stop=None):
+    os.makedirs(spec.checkpoint_dir, exist_ok=True)
+    events = EventLog(spec.run_id, os.path.join(spec.checkpoint_dir, spec.run_id + ".events"))
+    trainer = Trainer(spec, batches=synthetic_batches, vocab_size=VOCAB, tokenizer_json="{}",
+                      events=events, stop=stop, console=False, peak_flops=1e11)
+    state = trainer.run()
+    events.close()
+    return state, events.events()
+
+
+def _losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def test_phases_lineage_and_loss_goes_down(tmp_path):
+    spec = make_spec(tmp_path)
+    state, events = train(spec)
+    assert state == trainer_pb2.SUCCEEDED
+    ckpts = [e.checkpoint for e in events if e.WhichOneof("event") == "checkpoint"]
+    assert [c.step for c in ckpts] == [2, 4, 6, 8, 9]
+    assert [c.phase_end for c in ckpts] == [False, False, True, False, True]
+    assert ckpts[0].lineage.phase == "init" and ckpts[-1].lineage.phase == "cooldown"
+    # The cooldown continues from the init phase's last checkpoint.
+    assert ckpts[-1].lineage.parent_uri == ckpts[2].uri
+    assert ckpts[-1].lineage.tokens_seen == 9 * 4 * 32
+    assert dict(ckpts[-1].lineage.tokens_per_source) == {"text": 9 * 2 * 32, "code": 9 * 2 * 32}
+    metrics = [e.metrics for e in events if e.WhichOneof("event") == "metrics"]
+    assert metrics[-1].learning_rate == pytest.approx(1e-6)
+    assert metrics[-1].loss < metrics[0].loss
+    assert set(metrics[0].source_loss) == {"text", "code"}
+    # A new run initialised from the cooldown checkpoint's weights.
+    child = make_spec(tmp_path, run_id="child", phases=[trainer_pb2.Phase(
+        name="continue", init_checkpoint=ckpts[-1].uri, token_budget=4 * 32 * 2,
+        mixture=_mixture(), schedule=S(kind=S.CONSTANT, peak_lr=1e-3))])
+    spec_lib.validate(child)
+    state, events = train(child)
+    child_ckpts = [e.checkpoint for e in events if e.WhichOneof("event") == "checkpoint"]
+    assert child_ckpts[-1].lineage.parent_uri == ckpts[-1].uri
+    child_metrics = [e.metrics for e in events if e.WhichOneof("event") == "metrics"]
+    assert child_metrics[0].loss < metrics[0].loss  # starts from trained weights
+
+
+def test_bad_specs_name_the_field(tmp_path):
+    good = make_spec(tmp_path)
+    cases = {
+        "phases[0].token_budget": lambda s: setattr(s.phases[0], "token_budget", -5),
+        "preset": lambda s: setattr(s, "preset", "huge"),
+        "phases[1].init_checkpoint": lambda s: setattr(s.phases[1], "init_checkpoint",
+                                                       str(tmp_path / "none" / "3")),
+        "phases[0].continue_previous": lambda s: setattr(s.phases[0], "continue_previous", True),
+        "phases[0].schedule.kind": lambda s: s.phases[0].schedule.Clear(),
+        "global_batch_size": lambda s: setattr(s, "global_batch_size", -1),
+    }
+    for field, mutate in cases.items():
+        spec = trainer_pb2.RunSpec()
+        spec.CopyFrom(good)
+        mutate(spec)
+        with pytest.raises(spec_lib.SpecError) as err:
+            spec_lib.validate(spec)
+        assert err.value.field == field, (field, str(err.value))
+    assert spec_lib.SpecError  # the not-found flag marks a missing parent:
+    spec = trainer_pb2.RunSpec()
+    spec.CopyFrom(good)
+    spec.phases[1].init_checkpoint = str(tmp_path / "none" / "3")
+    with pytest.raises(spec_lib.SpecError) as err:
+        spec_lib.validate(spec)
+    assert err.value.not_found
+
+
+def test_resume_after_sigkill_gives_identical_losses(tmp_path):
+    reference = make_spec(tmp_path / "ref")
+    train(reference)
+    expected = _losses(os.path.join(reference.checkpoint_dir, reference.run_id))
+
+    killed_dir = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    worker = [sys.executable, os.path.abspath(__file__), str(killed_dir)]
+    proc = subprocess.Popen(worker, env=env)
+    run_dir = killed_dir / "r"
+    deadline = time.monotonic() + 240
+    # Kill once step 4's checkpoint has committed and training has gone on.
+    while time.monotonic() < deadline:
+        if (run_dir / "checkpoints" / "4").exists() and len(_safe_losses(run_dir)) >= 5:
+            break
+        assert proc.poll() is None, "worker ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert subprocess.run(worker, env=env).returncode == 0
+    # Steps replayed after the restart overwrite nothing: compare the last value per step.
+    assert _losses(run_dir) == expected
+
+
+def _safe_losses(run_dir):
+    try:
+        return _losses(run_dir)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+if __name__ == "__main__":
+    state, _ = train(make_spec(sys.argv[1]))
+    sys.exit(0 if state == trainer_pb2.SUCCEEDED else 1)
