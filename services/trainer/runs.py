@@ -50,10 +50,12 @@ class Runs:
             existing = self._runs.get(spec.run_id)
             if existing and existing.thread and existing.thread.is_alive():
                 raise spec_lib.SpecError("run_id", f"{spec.run_id!r} is already running")
+        # Everything checkable locally first, so a bad spec never starts a data service.
+        spec_lib.validate(spec, num_devices=jax.device_count())
         link = self._connect(spec)
         try:
-            spec_lib.validate(spec, num_devices=jax.device_count(),
-                              check_mixture=link.check_mixture)
+            for i, phase in enumerate(spec.phases):
+                link.check_mixture(f"phases[{i}].mixture", phase.mixture)
         except Exception:
             link.close()
             raise
