@@ -93,13 +93,14 @@ def read_meta(uri: str) -> dict:
         raise CorruptError(f"checkpoint {uri}: cannot read {META}: {e}") from e
 
 
-def abstract_params(config: ModelConfig) -> dict:
+def abstract_params(config: ModelConfig, shardings: dict | None = None) -> dict:
     """The model's parameters as a pure dict of shapes and dtypes (nothing
-    allocated), placed on this process's first device."""
-    state = nnx.state(model_lib.abstract_model(config), nnx.Param)
+    allocated), placed by `shardings` (a matching dict) or on the first device."""
+    pure = nnx.to_pure_dict(nnx.state(model_lib.abstract_model(config), nnx.Param))
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: _local_sharding(), pure)
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_local_sharding()),
-        nnx.to_pure_dict(state),
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), pure, shardings
     )
 
 
@@ -122,12 +123,13 @@ def load(uri: str) -> Checkpoint:
                       model=model_from_params(config, params), meta=meta)
 
 
-def load_params(uri: str, config: ModelConfig) -> dict:
-    """The parameters (pure dict) of a committed checkpoint."""
+def load_params(uri: str, config: ModelConfig, shardings: dict | None = None) -> dict:
+    """The parameters (pure dict) of a committed checkpoint, placed by `shardings`."""
     _check_committed(epath.Path(uri))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(epath.Path(uri) / PARAMS, abstract_params(config))
+            return checkpointer.restore(epath.Path(uri) / PARAMS,
+                                       abstract_params(config, shardings))
     except Exception as e:
         raise CorruptError(f"checkpoint {uri}: cannot read {PARAMS}: {e}") from e
 

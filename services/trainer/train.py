@@ -25,7 +25,10 @@ import optax
 from flax import nnx
 
 from libs.checkpoint import checkpoint
-from libs.model import flops, presets
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from libs.model import flops, presets, sharding
 from libs.model import model as model_lib
 from proto import trainer_pb2
 from services.trainer import schedules
@@ -118,6 +121,10 @@ class Trainer:
         )
         self.run_dir = os.path.join(spec.checkpoint_dir, spec.run_id)
         os.makedirs(self.run_dir, exist_ok=True)
+        # One code path for one CPU and for a slice: a (data, fsdp, tensor) mesh
+        # over every device of every process; process 0 alone reports.
+        self.primary = jax.process_index() == 0
+        self.mesh = self._make_mesh(spec.mesh)
         self.writer = checkpoint.CheckpointWriter(
             os.path.join(self.run_dir, "checkpoints"), keep=spec.keep_checkpoints)
         self.events = events
@@ -127,19 +134,40 @@ class Trainer:
         self._console = console
         self.phase_steps = [steps_of(spec, p) for p in spec.phases]
         self.tx = make_optimizer(spec.optimizer)
-        self._graphdef = nnx.graphdef(model_lib.abstract_model(self.config))
+        self._graphdef, abstract_state = nnx.split(model_lib.abstract_model(self.config),
+                                                   nnx.Param)
+        self.param_shardings = nnx.to_pure_dict(
+            sharding.state_shardings(abstract_state, self.mesh, self.config.sharding_rules))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._abstract_params = checkpoint.abstract_params(self.config, self.param_shardings)
+        self._abstract_opt = jax.eval_shape(self.tx.init, self._abstract_params)
+        self.opt_shardings = optax.tree_utils.tree_map_params(
+            self.tx, lambda _, s: s, self._abstract_opt, self.param_shardings,
+            transform_non_params=lambda _: replicated)
+        self._abstract_opt = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            self._abstract_opt, self.opt_shardings)
+        self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+        self._opt_init = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
         self._step_fn = jax.jit(self._train_step, donate_argnums=(0, 1))
         self._phase_end_steps: set[int] = set()
-        self._metrics_file = open(os.path.join(self.run_dir, "metrics.jsonl"), "a")
+        self._metrics_file = (open(os.path.join(self.run_dir, "metrics.jsonl"), "a")
+                              if self.primary else None)
         self._tb = None
         self._peak = peak_flops
         self.final_source_loss: dict[str, float] = {}
+
+    @staticmethod
+    def _make_mesh(mesh_spec: trainer_pb2.Mesh):
+        fsdp, tensor = max(mesh_spec.fsdp, 1), max(mesh_spec.tensor, 1)
+        data = mesh_spec.data or jax.device_count() // (fsdp * tensor)
+        return sharding.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
 
     # -- the jitted step -------------------------------------------------------------
 
     def _train_step(self, params, opt_state, batch, lr):
         def loss_fn(params):
-            model = checkpoint.model_from_params(self.config, params)
+            model = nnx.merge(self._graphdef, params)
             logits_btv = model(batch["tokens"], segment_ids_bt=batch["segment_ids"],
                                positions_bt=batch["positions"])
             return model_lib.cross_entropy(logits_btv, batch["targets"], batch["loss_mask"])
@@ -161,19 +189,24 @@ class Trainer:
     # -- phases ----------------------------------------------------------------------
 
     def _init_params(self):
-        model = model_lib.Transformer(self.config, rngs=nnx.Rngs(self.spec.seed))
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        def init():
+            model = model_lib.Transformer(self.config, rngs=nnx.Rngs(self.spec.seed))
+            return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+        # Each parameter is created directly in its shards.
+        return jax.jit(init, out_shardings=self.param_shardings)()
 
     def _start_phase(self, pos: Position, params, opt_state):
         phase = self.spec.phases[pos.phase_index]
         init = phase.WhichOneof("init")
         if init == "from_scratch":
             params = self._init_params()
-            opt_state = self.tx.init(params)
+            opt_state = self._opt_init(params)
             pos.parent_uri = ""
         elif init == "init_checkpoint":
-            params = checkpoint.load_params(phase.init_checkpoint, self.config)
-            opt_state = self.tx.init(params)
+            params = checkpoint.load_params(phase.init_checkpoint, self.config,
+                                            self.param_shardings)
+            opt_state = self._opt_init(params)
             pos.parent_uri = phase.init_checkpoint
         else:  # continue_previous: same weights and optimizer state
             pos.parent_uri = pos.last_uri
@@ -183,9 +216,8 @@ class Trainer:
         step = self.writer.latest_step()
         if step is None:
             return None
-        abstract_params = checkpoint.abstract_params(self.config)
-        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
-        params, opt_state, meta = self.writer.restore(step, abstract_params, abstract_opt)
+        params, opt_state, meta = self.writer.restore(step, self._abstract_params,
+                                                      self._abstract_opt)
         pos = Position(**meta["position"])
         return pos, params, opt_state
 
@@ -228,7 +260,8 @@ class Trainer:
             pos.last_lr = float(schedule(num_steps - 1))
         self._emit_committed(self.writer.wait())
         self._status(state, pos)
-        self._metrics_file.close()
+        if self._metrics_file:
+            self._metrics_file.close()
         if self._tb:
             self._tb.close()
         self.writer.close()
@@ -243,23 +276,28 @@ class Trainer:
                 return params, opt_state, True
             batch = next(batches)
             lr = float(schedule(pos.phase_step))
+            # Each process holds its own rows of the global batch.
             arrays = {
-                "tokens": batch.tokens, "targets": batch.targets,
-                "segment_ids": batch.segment_ids, "positions": batch.positions,
-                "loss_mask": batch.loss_mask, "source_ids": batch.source_ids,
+                name: jax.make_array_from_process_local_data(
+                    self._batch_sharding, getattr(batch, name))
+                for name in ("tokens", "targets", "segment_ids", "positions", "loss_mask",
+                             "source_ids")
             }
-            params, opt_state, metrics = self._step_fn(params, opt_state, arrays, lr)
+            with jax.set_mesh(self.mesh):
+                params, opt_state, metrics = self._step_fn(params, opt_state, arrays, lr)
             pos.step += 1
             pos.phase_step += 1
             pos.last_lr = lr
             counts = np.bincount(batch.source_ids[batch.segment_ids > 0].ravel(),
                                  minlength=len(batch.source_names))
+            if jax.process_count() > 1:
+                counts = multihost_utils.process_allgather(counts).sum(axis=0)
             for name, count in zip(batch.source_names, counts):
                 if count:
                     pos.tokens_per_source[name] = pos.tokens_per_source.get(name, 0) + int(count)
             real_tokens = int(counts.sum())
             pos.tokens_seen += real_tokens
-            interval_tokens += batch.tokens.size
+            interval_tokens += batch.tokens.size * jax.process_count()
             phase_end = pos.phase_step == num_steps
             if pos.step % self.spec.log_every_steps == 0 or phase_end:
                 metrics = jax.device_get(metrics)
@@ -301,6 +339,8 @@ class Trainer:
         self.writer.save(pos.step, params, opt_state, meta, protect=phase_end)
 
     def _emit_committed(self, committed) -> None:
+        if not self.primary:
+            return
         for step, uri in committed:
             meta = checkpoint.read_meta(uri)
             lineage = trainer_pb2.Lineage(**meta["lineage"])
@@ -309,6 +349,8 @@ class Trainer:
             self._log(f"checkpoint committed: step {step} -> {uri}")
 
     def _log_metrics(self, pos, phase, metrics, source_names, lr, tokens_per_s, total_steps):
+        if not self.primary:
+            return
         source_loss = {
             name: float(metrics["source_loss_sum"][i] / metrics["source_count"][i])
             for i, name in enumerate(source_names) if metrics["source_count"][i] > 0
@@ -346,13 +388,15 @@ class Trainer:
         self._tb.add_scalar("perf/mfu", record.mfu, step)
 
     def _status(self, state, pos: Position) -> None:
+        if not self.primary:
+            return
         phase = self.spec.phases[min(pos.phase_index, len(self.spec.phases) - 1)]
         self.events.append(status=trainer_pb2.RunStatus(
             run_id=self.spec.run_id, state=state, step=pos.step, phase=phase.name,
             latest_checkpoint=pos.last_uri))
 
     def _log(self, text: str) -> None:
-        if self._console:
+        if self._console and self.primary:
             print(text, file=sys.stdout, flush=True)
 
 

@@ -5,9 +5,12 @@ own tests; tests/ runs the two together). Run as a script, this file is the
 worker that the resume test kills.
 """
 
+import dataclasses
+import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +27,18 @@ VOCAB = 512
 S = trainer_pb2.LRSchedule
 
 
-def synthetic_batches(phase_index, phase, start_step, *, batch=4, seq_len=32):
-    """Batch k of a phase is a pure function of (phase_index, k), like the data service's."""
+def synthetic_batches(phase_index, phase, start_step, *, batch=4, seq_len=32, shard=0,
+                      num_shards=1):
+    """Batch k of a phase is a pure function of (phase_index, k), like the data service's;
+    shard i of n holds rows [i*batch/n, (i+1)*batch/n) of it."""
+    rows = slice(shard * batch // num_shards, (shard + 1) * batch // num_shards)
+    for full in _global_batches(phase_index, start_step, batch, seq_len):
+        yield Batch(**{f.name: (getattr(full, f.name)[rows] if f.name != "source_names"
+                                else full.source_names)
+                       for f in dataclasses.fields(Batch)})
+
+
+def _global_batches(phase_index, start_step, batch, seq_len):
     step = start_step
     while True:
         rng = np.random.default_rng([phase_index, step])
@@ -63,10 +76,11 @@ def make_spec(checkpoint_dir, run_id="r", phases=None, **kw):
     return spec_lib.with_defaults(spec)
 
 
-def train(spec, stop=None):
+def train(spec, stop=None, shard=0, num_shards=1):
     os.makedirs(spec.checkpoint_dir, exist_ok=True)
     events = EventLog(spec.run_id, os.path.join(spec.checkpoint_dir, spec.run_id + ".events"))
-    trainer = Trainer(spec, batches=synthetic_batches, vocab_size=VOCAB, tokenizer_json="{}",
+    batches = functools.partial(synthetic_batches, shard=shard, num_shards=num_shards)
+    trainer = Trainer(spec, batches=batches, vocab_size=VOCAB, tokenizer_json="{}",
                       events=events, stop=stop, console=False, peak_flops=1e11)
     state = trainer.run()
     events.close()
@@ -164,6 +178,38 @@ def _safe_losses(run_dir):
         return {}
 
 
+def test_two_processes_with_cpu_collectives_match_one(tmp_path):
+    """jax.distributed over gloo: 2 processes, each feeding its own half of every batch."""
+    reference = make_spec(tmp_path / "one")
+    train(reference)
+    expected = _losses(os.path.join(reference.checkpoint_dir, reference.run_id))
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workers = [
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), str(tmp_path / "two"),
+                          f"127.0.0.1:{port}", "2", str(i)], env=env)
+        for i in range(2)
+    ]
+    assert [w.wait(timeout=600) for w in workers] == [0, 0]
+    got = _losses(str(tmp_path / "two" / "r"))
+    assert sorted(got) == sorted(expected)
+    # Sums are reduced across processes in another order: equal to float32 round-off.
+    np.testing.assert_allclose([got[k] for k in sorted(got)],
+                               [expected[k] for k in sorted(expected)], rtol=2e-4)
+
+
 if __name__ == "__main__":
-    state, _ = train(make_spec(sys.argv[1]))
+    directory = sys.argv[1]
+    shard, num_shards = 0, 1
+    if len(sys.argv) > 2:  # coordinator address, number of processes, this process's index
+        import jax
+
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(sys.argv[2], num_processes=int(sys.argv[3]),
+                                   process_id=int(sys.argv[4]))
+        shard, num_shards = int(sys.argv[4]), int(sys.argv[3])
+    state, _ = train(make_spec(directory), shard=shard, num_shards=num_shards)
     sys.exit(0 if state == trainer_pb2.SUCCEEDED else 1)
