@@ -30,6 +30,12 @@ flags.DEFINE_string("checkpoint_dir", None, "Override the spec's checkpoint_dir.
 flags.DEFINE_string("mesh", None, "Device mesh as data,fsdp,tensor (e.g. 1,8,1).")
 flags.DEFINE_bool("serve", False, "Serve TrainerService instead of training one spec.")
 flags.DEFINE_multi_string("data_flag", [], "Flag passed to a locally started data service.")
+flags.DEFINE_bool("distributed", False,
+                  "Join a multi-process run with jax.distributed (TPU/GPU slices detect the "
+                  "rest; on CPUs give the three flags below).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def load_spec(path: str) -> trainer_pb2.RunSpec:
@@ -57,12 +63,28 @@ def _spec_from_flags() -> trainer_pb2.RunSpec:
 
 
 def _connect(spec):
-    return data_link.connect(spec, data_flags=FLAGS.data_flag)
+    import jax
+
+    # Each process pulls its own shard of every global batch.
+    return data_link.connect(spec, data_flags=FLAGS.data_flag,
+                             shard_index=jax.process_index(), num_shards=jax.process_count())
+
+
+def _init_distributed() -> None:
+    import jax
+
+    # Only CPU devices use it; set before any backend starts.
+    if FLAGS.coordinator_address:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.distributed:
+        _init_distributed()
     if FLAGS.serve:
         runs = Runs(_connect, console=True)
         serving.serve_from_flags(
