@@ -1,0 +1,150 @@
+"""Evaluation throughput on this machine: scoring, generation and sandboxed programs.
+
+- multiple choice: HellaSwag examples/s through LanguageModel.loglikelihood (4 requests
+  an example), and the scoring forward pass's MFU: real (unpadded) tokens/s times the
+  forward FLOPs per token (libs/model's training FLOPs / 3) over the matmul peak
+  measured in this same process; the padding the length buckets add is reported beside;
+- generation: new tokens/s of greedy TriviaQA answers (KV-cache decoding);
+- code: MBPP reference programs/s through the sandbox (run_many, one per CPU).
+
+A random model of the chosen preset with a BPE of the preset's vocabulary trained on
+the benchmark text: throughput does not depend on the weights. The last line printed
+is one JSON object with every figure.
+
+    bazel run //services/eval:bench -- --preset=tiny
+"""
+
+import os
+
+# As libs/model/bench.py: oneDNN matmuls were the fastest here; set before jax loads.
+if "xla_cpu_use_onednn" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_use_onednn=true").strip()
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from libs.model import flops, model as model_lib, presets  # noqa: E402
+from services.eval import code_exec, evaluator, flag_defs, tasks  # noqa: E402
+from services.eval.lm import LanguageModel  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", "tiny", "Model preset (libs/model presets).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_integer("mc_examples", 128, "HellaSwag examples timed.")
+flags.DEFINE_integer("gen_prompts", 32, "TriviaQA prompts timed.")
+flags.DEFINE_integer("gen_tokens", 64, "New tokens per prompt.")
+flags.DEFINE_integer("programs", 100, "MBPP reference programs timed.")
+flags.DEFINE_integer("batch_size", 16, "Rows per scoring / generation batch.")
+
+
+def _tokenizer(vocab_size: int, benchmarks_dir: str, cache_dir: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = []
+    for name in ("arc_easy", "boolq", "triviaqa", "mbpp"):
+        ds = tasks.load_examples(tasks.TASKS[name], benchmarks_dir=benchmarks_dir,
+                                 cache_dir=cache_dir, limit=2000)
+        texts += [json.dumps(row) for row in ds]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_multiple_choice(lm: LanguageModel, examples: list[dict], peak: float) -> dict:
+    requests = [r for ex in examples for r in evaluator.mc_requests(ex)]
+    lm.loglikelihood(requests[: 4 * lm.batch_size])  # compile the common buckets
+    lm.loglikelihood(requests)  # and the rest
+    _, seconds = _timed(lambda: lm.loglikelihood(requests))
+    cfg = lm.cfg
+    lengths = [min(sum(map(len, lm.encode_pair(c, x))) - 1, cfg.max_seq_len)
+               for c, x in requests]
+    tokens = sum(lengths)
+    mean_len = tokens / len(lengths)
+    # The model's training FLOPs per token are forward + backward = 3 x forward.
+    forward_flops = flops.flops_per_token(cfg, max(1, round(mean_len))) / 3
+    padded = sum(_padded_rows(lengths, lm.batch_size, cfg.max_seq_len))
+    return {
+        "mc_examples_per_s": len(examples) / seconds,
+        "mc_tokens_per_s": tokens / seconds,
+        "mc_mfu": tokens / seconds * forward_flops / peak,
+        "mc_padding_fraction": 1 - tokens / padded,
+        "mc_mean_tokens": mean_len,
+    }
+
+
+def _padded_rows(lengths, batch_size, max_len):
+    # What decode.score_continuations computes on: batches of similar lengths, each
+    # padded to a power-of-two bucket (at least 16) and to a full batch.
+    ordered = sorted(lengths, reverse=True)
+    for first in range(0, len(ordered), batch_size):
+        longest = ordered[first]
+        bucket = min(max(16, 1 << (longest - 1).bit_length()), max_len)
+        yield bucket * batch_size
+
+
+def bench_generation(lm: LanguageModel, prompts: list[str], new_tokens: int) -> dict:
+    lm.generate(prompts, max_new_tokens=new_tokens)  # compile
+    _, seconds = _timed(lambda: lm.generate(prompts, max_new_tokens=new_tokens))
+    generated = len(prompts) * new_tokens  # no stop strings: every row runs to the end
+    return {"gen_tokens_per_s": generated / seconds, "gen_prompts_per_s": len(prompts) / seconds}
+
+
+def bench_sandbox(examples: list[dict]) -> dict:
+    runner = code_exec.CodeRunner(parallelism=flag_defs.sandbox_parallelism())
+    jobs = [(code_exec.program(ex, ex["canonical_solution"]), ex["tests"]) for ex in examples]
+    runner.passed(jobs[:4])  # warm up
+    passed, seconds = _timed(lambda: runner.passed(jobs))
+    assert all(passed), "a reference solution failed in the sandbox"
+    return {"sandbox_programs_per_s": len(jobs) / seconds}
+
+
+def main(argv):
+    del argv
+    benchmarks_dir = flag_defs.benchmarks_dir()
+    cache_dir = FLAGS.cache_dir or tempfile.mkdtemp(prefix="eval_bench_")
+    cfg = presets.get_preset(FLAGS.preset)
+    tok = _tokenizer(cfg.vocab_size, benchmarks_dir, cache_dir)
+    cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size(), dtype=FLAGS.dtype)
+    lm = LanguageModel(model_lib.Transformer(cfg, rngs=nnx.Rngs(0)), tok,
+                       batch_size=FLAGS.batch_size)
+    peak = flops.measure_matmul_peak_flops()
+
+    def examples(name, limit):
+        return tasks.load_examples(tasks.TASKS[name], benchmarks_dir=benchmarks_dir,
+                                   cache_dir=cache_dir, limit=limit).to_list()
+
+    figures = {"preset": FLAGS.preset, "dtype": FLAGS.dtype, "device": jax.devices()[0].platform,
+               "cpus": os.cpu_count(), "peak_matmul_flops": peak}
+    figures.update(bench_multiple_choice(lm, examples("hellaswag", FLAGS.mc_examples), peak))
+    print(f"multiple choice: {figures['mc_examples_per_s']:.1f} HellaSwag examples/s, "
+          f"{figures['mc_tokens_per_s']:.0f} tokens/s, MFU {figures['mc_mfu']:.3f} "
+          f"(padding {figures['mc_padding_fraction']:.0%}; peak {peak / 1e9:.0f} GFLOP/s)",
+          flush=True)
+    prompts = [ex["prompt"] for ex in examples("triviaqa", FLAGS.gen_prompts)]
+    figures.update(bench_generation(lm, prompts, FLAGS.gen_tokens))
+    print(f"generation: {figures['gen_tokens_per_s']:.0f} new tokens/s "
+          f"({FLAGS.gen_prompts} prompts x {FLAGS.gen_tokens} tokens)", flush=True)
+    figures.update(bench_sandbox(examples("mbpp", FLAGS.programs)))
+    print(f"sandbox: {figures['sandbox_programs_per_s']:.1f} MBPP programs/s", flush=True)
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,88 @@
+"""From a checkpoint URI to a TextModel: loading through libs/checkpoint, and a cache.
+
+`load_checkpoint(uri)` reads a committed checkpoint (model, config, tokenizer,
+lineage) and wraps it in a LanguageModel; libs/checkpoint's errors become
+errors.NotFound (nothing there, or not committed yet) or errors.FailedPrecondition
+(committed but unreadable), naming the request field. `ModelCache` keeps the few most
+recently used models so that repeated requests do not reload them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from typing import Any, Callable
+
+from services.eval import errors
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    uri: str
+    step: int
+    lineage: dict
+    model: Any  # a TextModel
+
+
+def load_checkpoint(uri: str, *, field: str = "checkpoint_uri",
+                    batch_size: int = 16) -> LoadedCheckpoint:
+    """The committed checkpoint at `uri` as a LanguageModel."""
+    from libs.checkpoint import checkpoint as ckpt_lib
+    from services.eval.lm import LanguageModel
+
+    if not uri:
+        raise errors.InvalidArgument(field, f"{field}: required")
+    try:
+        ckpt = ckpt_lib.load(uri)
+    except (ckpt_lib.NotFoundError, ckpt_lib.NotCommittedError) as e:
+        raise errors.NotFound(field, f"{field}: {e}") from e
+    except ckpt_lib.CheckpointError as e:
+        raise errors.FailedPrecondition(field, f"{field}: {e}") from e
+    except (OSError, ValueError) as e:  # e.g. a malformed URI or unknown scheme
+        raise errors.NotFound(field, f"{field}: cannot read {uri!r}: {e}") from e
+    try:
+        tokenizer = ckpt.tokenizer
+    except Exception as e:  # noqa: BLE001  (missing or malformed tokenizer JSON)
+        raise errors.FailedPrecondition(field, f"{field}: {uri}: no usable tokenizer: {e}")
+    lineage = dict(ckpt.lineage or {})
+    model = LanguageModel(ckpt.model, tokenizer, batch_size=batch_size)
+    return LoadedCheckpoint(uri=uri, step=int(lineage.get("step", ckpt.step)),
+                            lineage=lineage, model=model)
+
+
+class ModelCache:
+    """Keeps the `capacity` most recently used checkpoints loaded (thread-safe)."""
+
+    def __init__(self, loader: Callable[[str], LoadedCheckpoint] = load_checkpoint,
+                 capacity: int = 2):
+        self._loader = loader
+        self._capacity = max(1, capacity)
+        self._items: "collections.OrderedDict[str, LoadedCheckpoint]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, uri: str, field: str = "checkpoint_uri") -> LoadedCheckpoint:
+        if not uri:
+            raise errors.InvalidArgument(field, f"{field}: required")
+        with self._lock:
+            if uri in self._items:
+                self._items.move_to_end(uri)
+                return self._items[uri]
+            loading = self._loading.setdefault(uri, threading.Lock())
+        with loading:  # one load per URI at a time
+            with self._lock:
+                if uri in self._items:
+                    return self._items[uri]
+            try:
+                loaded = self._loader(uri)
+            except errors.EvalError as e:
+                if e.field != field:  # report the field of this request
+                    raise type(e)(field, e.message.replace(e.field, field, 1)) from e
+                raise
+            with self._lock:
+                self._items[uri] = loaded
+                while len(self._items) > self._capacity:
+                    self._items.popitem(last=False)
+                self._loading.pop(uri, None)
+            return loaded

@@ -1,0 +1,81 @@
+"""Scores one checkpoint on a suite and prints the table:
+
+    bazel run //services/eval:evaluate -- --checkpoint=URI --suite=tiny [--baseline=URI]
+
+Results go to the same results database as the service (reused when already there).
+With --baseline, a last column gives the relative change against that checkpoint
+(scored with the same tasks and settings), as the paper reports against its
+text-only model.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from absl import app, flags
+
+from services.eval import code_exec, errors, evaluator, flag_defs
+from services.eval.harness import Harness
+from services.eval.results_db import ResultsDB
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "URI of the committed checkpoint to score.")
+flags.DEFINE_string("suite", "tiny", "Named suite (smoke, tiny, paper).")
+flags.DEFINE_list("tasks", [], "Explicit task names (override --suite).")
+flags.DEFINE_integer("limit", 0, "Examples per task (0: the suite's default).")
+flags.DEFINE_integer("num_samples", 1, "Samples per code problem (pass@k).")
+flags.DEFINE_integer("seed", 0, "Seed of sampling and of the bootstrap intervals.")
+flags.DEFINE_string("baseline", "", "Checkpoint URI to report the relative change against.")
+
+
+def format_table(rows: list[evaluator.TaskResult], baseline: dict[str, float]) -> str:
+    lines = [f"{'task':<28}{'category':<17}{'metric':<13}{'value':>8}  {'95% CI':<17}"
+             f"{'n':>7}" + ("  vs baseline" if baseline else "")]
+    for r in rows:
+        ci = f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        line = (f"{r.task:<28}{r.category:<17}{r.metric:<13}{r.value:>8.4f}  {ci:<17}"
+                f"{r.num_examples:>7}")
+        if baseline:
+            change = baseline.get(r.task, math.nan)
+            line += f"  {change * 100:+10.1f}%" if math.isfinite(change) else f"  {'n/a':>11}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _score(harness: Harness, uri: str) -> list[evaluator.TaskResult]:
+    results, step = [], None
+    for scored in harness.evaluate(uri, suite=FLAGS.suite, task_names=FLAGS.tasks,
+                                   limit=FLAGS.limit, num_samples=FLAGS.num_samples,
+                                   seed=FLAGS.seed):
+        step = scored.step
+        results.append(scored.result)
+        if not scored.result.is_aggregate:
+            print(f"  {scored.result.task}: {scored.result.metric} = "
+                  f"{scored.result.value:.4f}", file=sys.stderr, flush=True)
+    print(f"{uri} (step {step})", flush=True)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.checkpoint:
+        raise app.UsageError("--checkpoint is required")
+    harness = Harness(benchmarks_dir=flag_defs.benchmarks_dir(),
+                      results_db=ResultsDB(flag_defs.results_db()),
+                      cache_dir=flag_defs.cache_dir(), source=FLAGS.task_source,
+                      code_runner=code_exec.CodeRunner(
+                          parallelism=flag_defs.sandbox_parallelism()))
+    try:
+        results = _score(harness, FLAGS.checkpoint)
+        change = {}
+        if FLAGS.baseline:
+            change = evaluator.relative_change(results, _score(harness, FLAGS.baseline))
+    except errors.EvalError as e:
+        sys.exit(f"error: {e}")
+    print(format_table(results, change))
+
+
+if __name__ == "__main__":
+    app.run(main)

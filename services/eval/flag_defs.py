@@ -1,0 +1,42 @@
+"""Flags shared by the eval binaries (service, CLI, benchmark), defined once."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from absl import flags
+
+from services.eval import tasks
+
+flags.DEFINE_string("benchmarks_dir", "",
+                    "Benchmark files; default $CODE_LAB_BENCHMARKS_DIR, /work/shared/benchmarks "
+                    "or ../shared/benchmarks from the repository root.")
+flags.DEFINE_string("cache_dir", "",
+                    "Converted task files and datasets' cache; default "
+                    "$CODE_LAB_EVAL_CACHE_DIR or <tmp>/code_lab_eval_cache.")
+flags.DEFINE_string("results_db", "~/.cache/code_lab/eval/results.sqlite",
+                    "SQLite file holding every result, FollowRun progress and lineage.")
+flags.DEFINE_enum("task_source", "local", ["local", "hub"],
+                  "Where task data comes from: the benchmarks directory, or the Hugging Face "
+                  "datasets named in the registry (needs the network).")
+flags.DEFINE_integer("sandbox_parallelism", 0,
+                     "Generated programs run at once in the sandbox (0: one per CPU).")
+
+FLAGS = flags.FLAGS
+
+
+def benchmarks_dir() -> str:
+    return FLAGS.benchmarks_dir or tasks.default_benchmarks_dir()
+
+
+def cache_dir() -> str:
+    return FLAGS.cache_dir or tasks.default_cache_dir()
+
+
+def sandbox_parallelism() -> Optional[int]:
+    return FLAGS.sandbox_parallelism or None
+
+
+def results_db() -> str:
+    return os.path.expanduser(FLAGS.results_db)

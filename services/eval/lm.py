@@ -1,0 +1,161 @@
+"""LanguageModel: a text-in, text-out view of (Flax NNX Transformer, tokenizer).
+
+The evaluation code asks two things of a model, both over text, both batched:
+
+- `loglikelihood([(context, continuation), ...])` -> [(sum log p(continuation |
+  context), is_greedy)], tokenised the lm-evaluation-harness way: the pair is encoded
+  as one string and the continuation's tokens are those after the context's own
+  encoding, so BPE merges across the boundary match what the model saw in training.
+- `generate(prompts, max_new_tokens=, stop=, temperature=, top_p=, seed=)` -> the new
+  text of each prompt, cut before the first stop string.
+
+`TextModel` is that interface (tests use hand-built oracles that implement it);
+`LanguageModel` implements it with libs/model's KV-cache decoding and scoring.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, Sequence
+
+import jax
+
+from libs.model import decode
+
+
+class TextModel(Protocol):
+    """What the evaluator needs of a model."""
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        ...
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
+                 stop: Sequence[str] = (), temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0) -> list[str]:
+        ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            at = text.find(s)
+            if at != -1:
+                cut = min(cut, at)
+    return text[:cut]
+
+
+# Special tokens a tokenizer may use to start a document, in order of preference.
+_DOC_START_TOKENS = ("<|endoftext|>", "<eos>", "</s>", "<bos>", "<s>", "<|begin_of_text|>")
+
+
+class LanguageModel:
+    """TextModel over a libs.model Transformer and a `tokenizers.Tokenizer`.
+
+    prefix_token_id: a token put before every context and prompt (e.g. the document
+        separator the model was trained with); None: none, except that an empty
+        context gets the tokenizer's end-of-text token (or 0) so the first
+        continuation token has something to condition on.
+    batch_size: rows per scoring forward pass and per generation call.
+    """
+
+    def __init__(self, model, tokenizer, *, prefix_token_id: int | None = None,
+                 batch_size: int = 16):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size: must be positive, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = model.cfg
+        self.batch_size = batch_size
+        self.prefix_token_id = prefix_token_id
+        # One request at a time per model: nnx.jit traverses (and writes back) the shared
+        # module graph, which concurrent service threads must not do together.
+        self._lock = threading.Lock()
+        self._fallback_start = next(
+            (tid for tok in _DOC_START_TOKENS
+             if (tid := tokenizer.token_to_id(tok)) is not None), 0)
+        if tokenizer.get_vocab_size() > self.cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer: {tokenizer.get_vocab_size()} tokens exceed the model's "
+                f"vocab_size {self.cfg.vocab_size}")
+
+    @property
+    def max_length(self) -> int:
+        return self.cfg.max_seq_len
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _prefix(self) -> list[int]:
+        return [] if self.prefix_token_id is None else [self.prefix_token_id]
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context tokens, continuation tokens) as lm-evaluation-harness splits them."""
+        # Trailing spaces of the context belong to the continuation ("Answer: " + "x"
+        # scores " x"), as the tokenizer would merge them with the next word.
+        n_spaces = len(context) - len(context.rstrip(" "))
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self._encode(context + continuation)
+        ctx = self._encode(context)
+        if whole[:len(ctx)] != ctx:  # a merge across the boundary: encode separately
+            cont = self._encode(continuation)
+        else:
+            cont = whole[len(ctx):]
+        ctx = self._prefix() + ctx
+        if not ctx:
+            ctx = [self._fallback_start]
+        if not cont:  # an empty continuation has log-likelihood 0; score a dummy
+            cont = [self._fallback_start]
+        return ctx, cont
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        if not requests:
+            return []
+        contexts, continuations, empty = [], [], []
+        for context, continuation in requests:
+            ctx, cont = self.encode_pair(context, continuation)
+            contexts.append(ctx)
+            continuations.append(cont[-self.max_length:])
+            empty.append(continuation == "")
+        with self._lock:
+            scored = decode.score_continuations(self.model, contexts, continuations,
+                                                batch_size=self.batch_size)
+        return [(0.0, True) if e else (lp, greedy)
+                for (lp, _n, greedy), e in zip(scored, empty)]
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
+                 stop: Sequence[str] = (), temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0) -> list[str]:
+        if not prompts:
+            return []
+        if max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens: must be positive, got {max_new_tokens}")
+        # Leave room for the prompt: at most half the context goes to new tokens, and a
+        # long prompt keeps its end (where the question is).
+        new = min(max_new_tokens, self.max_length // 2)
+        room = self.max_length - new
+        encoded = []
+        for p in prompts:
+            ids = self._prefix() + self._encode(p)
+            encoded.append((ids or [self._fallback_start])[-room:])
+        stop_ids = [ids for s in stop if (ids := self._encode(s))]
+        # Similar lengths together: a batch is padded to its longest prompt.
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        out: list[str] = [""] * len(prompts)
+        key = jax.random.key(seed)
+        for first in range(0, len(order), self.batch_size):
+            chunk = order[first:first + self.batch_size]
+            key, sub = jax.random.split(key)
+            with self._lock:
+                new_ids = decode.generate(
+                    self.model, [encoded[i] for i in chunk], max_new_tokens=new,
+                    temperature=temperature, top_p=top_p, stop_sequences=stop_ids, rng=sub)
+            for i, ids in zip(chunk, new_ids):
+                # Token-level stops are an early exit only; the text is cut exactly here.
+                out[i] = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=False),
+                                     stop)
+        return out
+

@@ -1,0 +1,100 @@
+"""EvalService over gRPC: translates messages to Harness calls and back, nothing more.
+
+Library errors become status codes naming the request field: errors.InvalidArgument ->
+INVALID_ARGUMENT, errors.NotFound -> NOT_FOUND, errors.Unavailable -> UNAVAILABLE,
+errors.FailedPrecondition -> FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from proto import eval_pb2, eval_pb2_grpc
+from services.eval import errors, follow
+from services.eval.harness import Harness, JudgeSpec, Scored
+
+SERVICE_NAME = eval_pb2.DESCRIPTOR.services_by_name["EvalService"].full_name
+
+_CODES = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _abort(context: grpc.ServicerContext, e: errors.EvalError):
+    context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
+
+
+def _result_message(scored: Scored) -> eval_pb2.EvalResult:
+    r = scored.result
+    return eval_pb2.EvalResult(
+        checkpoint_uri=scored.checkpoint_uri, task=r.task, category=r.category,
+        metric=r.metric, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high,
+        num_examples=r.num_examples, extra={k: float(v) for k, v in r.extra.items()},
+        step=scored.step)
+
+
+def _stream(context, results):
+    try:
+        for scored in results:
+            yield _result_message(scored)
+    except errors.EvalError as e:
+        _abort(context, e)
+
+
+class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
+    def __init__(self, harness: Harness):
+        self.harness = harness
+
+    def ListTasks(self, request, context):
+        infos, suites = self.harness.list_tasks()
+        return eval_pb2.ListTasksResponse(
+            tasks=[eval_pb2.TaskInfo(name=t.name, category=t.category, metric=t.metric,
+                                     num_examples=t.num_examples) for t in infos],
+            suites=[eval_pb2.Suite(name=s.name, tasks=list(s.tasks)) for s in suites])
+
+    def Evaluate(self, request, context):
+        try:
+            results = self.harness.evaluate(
+                request.checkpoint_uri, suite=request.suite, task_names=list(request.tasks),
+                limit=request.limit, num_samples=request.num_samples, seed=request.seed,
+                should_stop=lambda: not context.is_active())
+        except errors.EvalError as e:
+            _abort(context, e)
+        yield from _stream(context, results)
+
+    def FollowRun(self, request, context):
+        cancellation = follow.Cancellation()
+        context.add_callback(cancellation.cancel)
+        try:
+            results = self.harness.follow_run(
+                request.trainer_address, request.run_id, suite=request.suite,
+                task_names=list(request.tasks), limit=request.limit, cancellation=cancellation)
+        except errors.EvalError as e:
+            _abort(context, e)
+        yield from _stream(context, results)
+
+    def Compare(self, request, context):
+        kind = request.judge.WhichOneof("kind")
+        spec = JudgeSpec()
+        if kind == "openai":
+            o = request.judge.openai
+            spec = JudgeSpec(openai_base_url=o.base_url, openai_model=o.model,
+                             openai_api_key_env=o.api_key_env)
+        elif kind == "checkpoint_uri":
+            spec = JudgeSpec(checkpoint_uri=request.judge.checkpoint_uri)
+            if not spec.checkpoint_uri:
+                _abort(context, errors.InvalidArgument(
+                    "judge.checkpoint_uri", "judge.checkpoint_uri: must not be empty"))
+        try:
+            c = self.harness.compare(
+                request.checkpoint_a, request.checkpoint_b, prompt_set=request.prompt_set,
+                judge=spec, limit=request.limit, max_new_tokens=request.max_new_tokens,
+                seed=request.seed)
+        except errors.EvalError as e:
+            _abort(context, e)
+        return eval_pb2.CompareResponse(win_rate=c.win_rate, wins=c.wins, losses=c.losses,
+                                        ties=c.ties, num_prompts=c.num_prompts,
+                                        ci_low=c.ci_low, ci_high=c.ci_high)
