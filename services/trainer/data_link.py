@@ -2,22 +2,18 @@
 
 With no address, a local data service process is started (and stopped with
 the run). Mixture checks are the data service's verdict, turned into
-SpecErrors that name the RunSpec field.
+SpecErrors that name the RunSpec field. Batches arrive through the data
+client's prefetching stream, which reconnects and resumes at the next step
+when the data service restarts.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from libs.serving import process as service_process
-from libs.serving import server as serving
-from proto import data_pb2, data_pb2_grpc
 from services.data import client as data_client
 from services.trainer import spec as spec_lib
 from services.trainer.train import Batch
-
-# The local data service builds (once) and serves the default corpus.
-LOCAL_DATA_SERVICE = "services.data.main"
 
 
 class DataLink:
@@ -26,12 +22,12 @@ class DataLink:
                  num_shards: int = 1):
         self.address = address
         self._process = owned_process
-        self._channel = grpc.insecure_channel(address, options=serving.channel_options())
-        self._stub = data_pb2_grpc.DataServiceStub(self._channel)
-        self._request = dict(seed=seed, global_batch_size=global_batch_size, seq_len=seq_len,
+        self._client = data_client.DataClient(address)
+        self._request = dict(global_batch_size=global_batch_size, seq_len=seq_len,
                              shard_index=shard_index, num_shards=num_shards)
+        self._seed = seed
         try:
-            sources = self._stub.ListSources(data_pb2.ListSourcesRequest(), timeout=60)
+            sources = self._client.list_sources(timeout=60)
         except grpc.RpcError as e:
             self.close()
             raise spec_lib.SpecError("data_address", f"cannot reach data service at {address}: "
@@ -40,35 +36,30 @@ class DataLink:
         self.tokenizer_json = sources.tokenizer_json
         self.source_names = [s.name for s in sources.sources]
 
-    def check_mixture(self, field: str, mixture: data_pb2.MixtureSpec) -> None:
+    def check_mixture(self, field: str, mixture) -> None:
         try:
-            self._stub.ValidateMixture(data_pb2.ValidateMixtureRequest(mixture=mixture), timeout=60)
+            self._client.validate_mixture(mixture, timeout=60)
         except grpc.RpcError as e:
-            detail = e.details() or ""
-            # The service names its own field ("mixture.stages[0]..."); re-root it.
-            detail = detail.removeprefix("mixture.").removeprefix("mixture")
-            raise spec_lib.SpecError(
-                f"{field}.{detail}" if detail and not detail.startswith(":") else field,
-                "" if detail else e.code().name,
-                not_found=e.code() == grpc.StatusCode.NOT_FOUND) from None
+            # The service names its own field ("mixture.stages[0]...: ..."); re-root it.
+            detail = (e.details() or e.code().name).removeprefix("mixture")
+            sub, sep, message = detail.partition(": ")
+            if sep and (not sub or sub.startswith((".", "["))):
+                raise spec_lib.SpecError(field + sub, message,
+                                         not_found=e.code() == grpc.StatusCode.NOT_FOUND) from None
+            raise spec_lib.SpecError(field, detail,
+                                     not_found=e.code() == grpc.StatusCode.NOT_FOUND) from None
 
     def batches(self, phase_index: int, phase, start_step: int):
-        """The phase's batches from `start_step`, prefetched, resuming over
-        data service restarts."""
-        stream = data_client.BatchStream(
-            self.address, mixture=phase.mixture, start_step=start_step,
-            seed=self._request["seed"] + phase_index,
-            global_batch_size=self._request["global_batch_size"],
-            seq_len=self._request["seq_len"],
-            shard_index=self._request["shard_index"], num_shards=self._request["num_shards"],
-        )
-        for b in stream:
-            yield Batch(tokens=b.tokens, targets=b.targets, segment_ids=b.segment_ids,
-                        positions=b.positions, loss_mask=b.loss_mask, source_ids=b.source_ids,
-                        source_names=list(b.source_names))
+        """The phase's batches from `start_step`, prefetched."""
+        with self._client.stream(phase.mixture, seed=self._seed + phase_index,
+                                 start_step=start_step, **self._request) as stream:
+            for b in stream:
+                yield Batch(tokens=b.tokens, targets=b.targets, segment_ids=b.segment_ids,
+                            positions=b.positions, loss_mask=b.loss_mask,
+                            source_ids=b.source_ids, source_names=list(b.source_names))
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.close()
         if self._process is not None:
             self._process.stop()
             self._process = None
@@ -76,13 +67,14 @@ class DataLink:
 
 def connect(spec, *, data_flags: list[str] | None = None, shard_index: int = 0,
             num_shards: int = 1, echo: bool = True) -> DataLink:
-    """Opens the data side of `spec`: its data_address, or a local service."""
+    """Opens the data side of `spec`: its data_address, or a local service
+    serving the default corpus (built on first use)."""
     owned = None
     address = spec.data_address
     if not address:
-        argv = service_process.module_command(LOCAL_DATA_SERVICE) + (data_flags or [])
         try:
-            owned = service_process.start(argv, timeout=900, echo=echo)
+            owned = data_client.start_local_server(extra_args=data_flags or (), timeout=900,
+                                                   echo=echo)
         except RuntimeError as e:
             raise spec_lib.SpecError("data_address", f"no address given and the local data "
                                      f"service failed to start: {e}") from None

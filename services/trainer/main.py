@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from google.protobuf import text_format
 
 from libs.serving import server as serving
@@ -81,6 +81,8 @@ def _init_distributed() -> None:
 
 
 def main(argv):
+    # Orbax logs every step of every save at INFO; the trainer reports commits itself.
+    logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.distributed:

@@ -105,7 +105,11 @@ class Runs:
         for event in run.events.events():
             kind = event.WhichOneof("event")
             if kind == "status":
+                step, phase = latest.step, latest.phase
                 latest.CopyFrom(event.status)
+                # A failure report knows only what went wrong, not where.
+                latest.step = latest.step or step
+                latest.phase = latest.phase or phase
             elif kind == "metrics":
                 latest.step, latest.phase = event.metrics.step, event.metrics.phase
             elif kind == "checkpoint":
