@@ -270,6 +270,7 @@ class Trainer:
     def _run_phase(self, pos, phase, num_steps, schedule, params, opt_state, total_steps):
         batches = self._batches(pos.phase_index, phase, pos.phase_step)
         interval_start, interval_tokens = time.perf_counter(), 0
+        interval = None  # metrics summed over the logging interval, on device
         while pos.phase_step < num_steps:
             if self.stop_event.is_set():
                 self._save(pos, params, opt_state, phase_end=False)
@@ -285,6 +286,8 @@ class Trainer:
             }
             with jax.set_mesh(self.mesh):
                 params, opt_state, metrics = self._step_fn(params, opt_state, arrays, lr)
+            metrics["steps"] = 1
+            interval = metrics if interval is None else jax.tree.map(jnp.add, interval, metrics)
             pos.step += 1
             pos.phase_step += 1
             pos.last_lr = lr
@@ -300,11 +303,10 @@ class Trainer:
             interval_tokens += batch.tokens.size * jax.process_count()
             phase_end = pos.phase_step == num_steps
             if pos.step % self.spec.log_every_steps == 0 or phase_end:
-                metrics = jax.device_get(metrics)
                 elapsed = time.perf_counter() - interval_start
-                self._log_metrics(pos, phase, metrics, batch.source_names, lr,
+                self._log_metrics(pos, phase, jax.device_get(interval), batch.source_names, lr,
                                   interval_tokens / max(elapsed, 1e-9), total_steps)
-                interval_start, interval_tokens = time.perf_counter(), 0
+                interval_start, interval_tokens, interval = time.perf_counter(), 0, None
             if pos.step % self.spec.checkpoint_every_steps == 0 or phase_end:
                 self._save(pos, params, opt_state, phase_end=phase_end)
             self._emit_committed(self.writer.committed())
@@ -357,10 +359,11 @@ class Trainer:
         }
         self.final_source_loss.update(source_loss)
         mfu = flops.mfu(tokens_per_s, self.config, self.spec.seq_len, self._peak)
+        steps = metrics["steps"]  # loss and gradient norm are means over the interval
         record = trainer_pb2.Metrics(
-            step=pos.step, phase=phase.name, loss=float(metrics["loss"]),
+            step=pos.step, phase=phase.name, loss=float(metrics["loss"] / steps),
             source_loss=source_loss, tokens_per_second=tokens_per_s, mfu=mfu,
-            learning_rate=lr, grad_norm=float(metrics["grad_norm"]),
+            learning_rate=lr, grad_norm=float(metrics["grad_norm"] / steps),
             tokens_seen=pos.tokens_seen,
         )
         self.events.append(metrics=record)
