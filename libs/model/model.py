@@ -1,13 +1,14 @@
 """The paper's decoder-only transformer (Aryabumi et al. 2024, arXiv 2408.10914) in Flax NNX.
 
-Architecture choices, all from the paper unless marked:
-- decoder-only, pre-norm RMSNorm, one final RMSNorm before the output projection;
+Architecture choices. From the paper: decoder-only; parallel attention and MLP; SwiGLU;
+no biases; a 256k vocabulary at the paper's sizes (presets.py). Ours, where the paper is
+silent: RMSNorm, rotary positions, tied embeddings by default. In full:
+- pre-norm RMSNorm (scale only), and one final RMSNorm before the output projection;
 - parallel block: one norm feeds both attention and the MLP, and their sum goes into the
   residual:  x <- x + Attention(norm(x)) + MLP(norm(x));
-- SwiGLU MLP: down(silu(gate(h)) * up(h));
+- SwiGLU MLP: down(silu(gate(h)) * up(h)), hidden width cfg.d_ff;
 - no biases anywhere;
-- rotary position embeddings (half-split, theta = cfg.rope_theta; ours, the paper does
-  not name its position encoding);
+- rotary position embeddings (half-split pairs, theta = cfg.rope_theta);
 - causal attention that respects document boundaries in packed rows: token i attends to
   j only if j <= i and segment[i] == segment[j] (segment 0 = padding); positions restart
   at 0 for each document unless given;
@@ -49,16 +50,25 @@ def _param(rngs, shape, std, logical_axes, cfg: ModelConfig) -> nnx.Param:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys and values of every layer at every slot, and each slot's segment id."""
+    """Keys and values of every layer at every slot, and each slot's segment id.
 
-    k_lbshd: jax.Array
-    v_lbshd: jax.Array
+    Keys and values are stacked [layers, b, heads, slots, head_dim] arrays, or tuples of
+    one [b, heads, slots, head_dim] array per layer for unrolled decoding (see
+    Transformer.forward's `layers`).
+    """
+
+    k_lbhsk: jax.Array | tuple[jax.Array, ...]
+    v_lbhsk: jax.Array | tuple[jax.Array, ...]
     segment_ids_bs: jax.Array  # 0 = empty or padding
 
     @classmethod
-    def init(cls, cfg: ModelConfig, batch: int, length: int) -> "KVCache":
-        shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.head_dim)
-        zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+    def init(cls, cfg: ModelConfig, batch: int, length: int, per_layer: bool = False
+             ) -> "KVCache":
+        shape = (batch, cfg.num_heads, length, cfg.head_dim)
+        if per_layer:
+            zeros = tuple(jnp.zeros(shape, jnp.dtype(cfg.dtype)) for _ in range(cfg.num_layers))
+        else:
+            zeros = jnp.zeros((cfg.num_layers, *shape), jnp.dtype(cfg.dtype))
         return cls(zeros, zeros, jnp.zeros((batch, length), jnp.int32))
 
 
@@ -96,7 +106,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         x = x_btd.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
-        return (x * self.scale.value.astype(jnp.float32)).astype(jnp.dtype(self.cfg.dtype))
+        return (x * self.scale[...].astype(jnp.float32)).astype(jnp.dtype(self.cfg.dtype))
 
 
 class Attention(nnx.Module):
@@ -113,24 +123,30 @@ class Attention(nnx.Module):
     def __call__(self, x_btd, positions_bt, mask_b1ts, start, kv=None):
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         rules = cfg.sharding_rules
-        qkv = jnp.einsum("btd,dchk->cbthk", x_btd, self.qkv_dchk.value.astype(dtype))
-        q_bthk = rotary(qkv[0], positions_bt, cfg.rope_theta)
-        k_bthk = rotary(qkv[1], positions_bt, cfg.rope_theta)
-        v_bthk = qkv[2]
+        # Output dimensions in the kernel's order: a transposed einsum output made XLA:CPU
+        # copy the kernel on every call (decoding was 3x slower).
+        qkv_btchk = jnp.einsum("btd,dchk->btchk", x_btd, self.qkv_dchk[...].astype(dtype))
+        q_bthk = rotary(qkv_btchk[:, :, 0], positions_bt, cfg.rope_theta)
+        k_bthk = rotary(qkv_btchk[:, :, 1], positions_bt, cfg.rope_theta)
         q_bthk = constrain(q_bthk, ("batch", "length", "heads", "kv"), rules)
+        # Heads before length from here on (and in the cache), so each attention matmul
+        # reads keys and values contiguously instead of transposing the whole cache.
+        q_bhtk, k_bhtk, v_bhtk = (
+            a.transpose(0, 2, 1, 3) for a in (q_bthk, k_bthk, qkv_btchk[:, :, 2])
+        )
         if kv is not None:  # write this chunk's keys/values at slots [start, start + t)
-            k_bshk = jax.lax.dynamic_update_slice(kv[0], k_bthk, (0, start, 0, 0))
-            v_bshk = jax.lax.dynamic_update_slice(kv[1], v_bthk, (0, start, 0, 0))
+            k_bhsk = jax.lax.dynamic_update_slice(kv[0], k_bhtk, (0, 0, start, 0))
+            v_bhsk = jax.lax.dynamic_update_slice(kv[1], v_bhtk, (0, 0, start, 0))
         else:
-            k_bshk, v_bshk = k_bthk, v_bthk
+            k_bhsk, v_bhsk = k_bhtk, v_bhtk
         scores_bhts = jnp.einsum(
-            "bthk,bshk->bhts", q_bthk, k_bshk, preferred_element_type=jnp.float32
+            "bhtk,bhsk->bhts", q_bhtk, k_bhsk, preferred_element_type=jnp.float32
         ) * (cfg.head_dim**-0.5)
         scores_bhts = jnp.where(mask_b1ts, scores_bhts, _NEG_INF)
         probs_bhts = jax.nn.softmax(scores_bhts, axis=-1).astype(dtype)
-        attn_bthk = jnp.einsum("bhts,bshk->bthk", probs_bhts, v_bshk)
-        out_btd = jnp.einsum("bthk,hkd->btd", attn_bthk, self.out_hkd.value.astype(dtype))
-        return out_btd, (k_bshk, v_bshk)
+        attn_bthk = jnp.einsum("bhts,bhsk->bhtk", probs_bhts, v_bhsk).transpose(0, 2, 1, 3)
+        out_btd = jnp.einsum("bthk,hkd->btd", attn_bthk, self.out_hkd[...].astype(dtype))
+        return out_btd, (k_bhsk, v_bhsk)
 
 
 class MLP(nnx.Module):
@@ -145,10 +161,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd):
         dtype = jnp.dtype(self.cfg.dtype)
-        gate_up = jnp.einsum("btd,dcf->cbtf", x_btd, self.gate_up_dcf.value.astype(dtype))
-        hidden_btf = jax.nn.silu(gate_up[0]) * gate_up[1]
+        gate_up_btcf = jnp.einsum("btd,dcf->btcf", x_btd, self.gate_up_dcf[...].astype(dtype))
+        hidden_btf = jax.nn.silu(gate_up_btcf[:, :, 0]) * gate_up_btcf[:, :, 1]
         hidden_btf = constrain(hidden_btf, ("batch", "length", "mlp"), self.cfg.sharding_rules)
-        return jnp.einsum("btf,fd->btd", hidden_btf, self.down_fd.value.astype(dtype))
+        return jnp.einsum("btf,fd->btd", hidden_btf, self.down_fd[...].astype(dtype))
 
 
 class Block(nnx.Module):
@@ -166,6 +182,8 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
+    """Token embedding, cfg.num_layers parallel blocks (stacked), final norm, logits."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed_vd = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std,
@@ -189,18 +207,24 @@ class Transformer(nnx.Module):
         return logits_btv
 
     def forward(self, tokens_bt, *, segment_ids_bt=None, positions_bt=None, cache=None,
-                start=0):
+                start=0, layers=None):
         """Logits, and the updated cache when `cache` is given.
 
         With a cache, the t tokens occupy slots [start, start + t) and attend to every
         earlier slot of the same segment; callers keep segment ids 0 for empty slots.
+        Default positions restart at each document boundary (plus `start`), which suits
+        training rows and unpadded decoding; decode.py passes its own for padded rows.
+
+        `layers` (from `unstack_layers`, with a per-layer cache) unrolls the layers instead
+        of scanning them. Memory-bound decoding uses it: XLA:CPU copies each scanned
+        layer's weights out of the stack on every step, which halved decoding speed.
         """
         cfg, rules = self.cfg, self.cfg.sharding_rules
         b, t = tokens_bt.shape
         if segment_ids_bt is None:
             segment_ids_bt = jnp.ones((b, t), jnp.int32)
-        if positions_bt is None:
-            positions_bt = document_positions(segment_ids_bt)
+        if positions_bt is None:  # a chunk after `start` continues its row's document
+            positions_bt = document_positions(segment_ids_bt) + start
         if cache is not None:
             seg_k_bs = jax.lax.dynamic_update_slice(cache.segment_ids_bs, segment_ids_bt,
                                                     (0, start))
@@ -213,7 +237,7 @@ class Transformer(nnx.Module):
             segment_ids_bt[:, None, :, None] == seg_k_bs[:, None, None, :]
         )
 
-        x_btd = jnp.take(self.embed_vd.value, tokens_bt, axis=0).astype(jnp.dtype(cfg.dtype))
+        x_btd = jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(jnp.dtype(cfg.dtype))
         x_btd = constrain(x_btd, ("batch", "length", "embed"), rules)
         graphdef, block_state = nnx.split(self.blocks)
 
@@ -225,22 +249,35 @@ class Transformer(nnx.Module):
 
         if cfg.remat:
             layer = jax.checkpoint(layer, prevent_cse=False)
-        kv_in = (cache.k_lbshd, cache.v_lbshd) if cache is not None else None
-        x_btd, kv_out = jax.lax.scan(layer, x_btd, (block_state, kv_in))
+        if layers is None:
+            kv_in = (cache.k_lbhsk, cache.v_lbhsk) if cache is not None else None
+            x_btd, kv_out = jax.lax.scan(layer, x_btd, (block_state, kv_in))
+        else:
+            kv_layers = []
+            for i, state in enumerate(layers):
+                kv_in = (cache.k_lbhsk[i], cache.v_lbhsk[i]) if cache is not None else None
+                x_btd, kv = layer(x_btd, (state, kv_in))
+                kv_layers.append(kv)
+            kv_out = None if cache is None else tuple(zip(*kv_layers))
 
         h_btd = self.final_norm(x_btd)
         if cfg.tie_embeddings:
-            unembed = self.embed_vd.value.astype(h_btd.dtype)
+            unembed = self.embed_vd[...].astype(h_btd.dtype)
             logits_btv = jnp.einsum("btd,vd->btv", h_btd, unembed,
                                     preferred_element_type=jnp.float32)
         else:
-            unembed = self.unembed_dv.value.astype(h_btd.dtype)
+            unembed = self.unembed_dv[...].astype(h_btd.dtype)
             logits_btv = jnp.einsum("btd,dv->btv", h_btd, unembed,
                                     preferred_element_type=jnp.float32)
         logits_btv = constrain(logits_btv.astype(jnp.float32), ("batch", "length", "vocab"),
                                rules)
         new_cache = None if cache is None else KVCache(kv_out[0], kv_out[1], seg_k_bs)
         return logits_btv, new_cache
+
+    def unstack_layers(self) -> list[nnx.State]:
+        """Each layer's parameters as separate arrays (a copy of the stacked weights)."""
+        state = nnx.state(self.blocks)
+        return [jax.tree.map(lambda x, i=i: x[i], state) for i in range(self.cfg.num_layers)]
 
 
 def cross_entropy(logits_btv, targets_bt, mask_bt=None):
