@@ -26,12 +26,17 @@ class DataLink:
         self._request = dict(global_batch_size=global_batch_size, seq_len=seq_len,
                              shard_index=shard_index, num_shards=num_shards)
         self._seed = seed
+        # A spec naming a dead address should fail in seconds, not after the
+        # streaming client's two minutes of reconnecting.
+        probe = data_client.DataClient(address, retry=data_client.RetryPolicy(give_up_s=10))
         try:
-            sources = self._client.list_sources(timeout=60)
+            sources = probe.list_sources(timeout=10)
         except grpc.RpcError as e:
             self.close()
             raise spec_lib.SpecError("data_address", f"cannot reach data service at {address}: "
                                      f"{e.code().name} {e.details()}") from None
+        finally:
+            probe.close()
         self.vocab_size = sources.vocab_size
         self.tokenizer_json = sources.tokenizer_json
         self.source_names = [s.name for s in sources.sources]

@@ -93,6 +93,7 @@ def main(argv):
             "TrainerService",
             [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(runs))],
             ["codelab.trainer.v1.TrainerService"],
+            on_stop=lambda: runs.stop_all(timeout=60),
         )
         return
     spec = _spec_from_flags()

@@ -129,6 +129,13 @@ class Runs:
             run.thread.join(timeout)
         return self.status(run_id)
 
+    def stop_all(self, timeout: float | None = None) -> None:
+        """Stops every run (each commits a checkpoint first)."""
+        with self._lock:
+            ids = list(self._runs)
+        for run_id in ids:
+            self.stop(run_id, timeout)
+
     def wait(self, run_id: str, timeout: float | None = None) -> trainer_pb2.RunStatus:
         run = self._get(run_id)
         if run.thread:
