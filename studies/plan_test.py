@@ -1,0 +1,115 @@
+import os
+import re
+
+import pytest
+
+from proto import trainer_pb2
+from studies import plan as plan_lib
+from studies import spec
+
+SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the trainer's rule
+
+
+@pytest.fixture
+def tiny():
+    return spec.load(os.path.join(SPECS, "tiny.textproto"))
+
+
+def test_each_shared_phase_is_planned_once(tiny):
+    plan = plan_lib.build(tiny)
+    refs = [r.name(tiny) for r in spec.all_refs(tiny)]
+    assert len(refs) == 22
+    assert len(plan.phases) == 20
+    # Explicit sharing (init_from) and identical spellings (the sweep's 0% and
+    # 50% arms are the text-only and balanced inits) are each one training.
+    assert plan.by_ref["code0/init"] is plan.by_ref["text-only/init"]
+    assert plan.by_ref["code50/init"] is plan.by_ref["balanced-only/init"]
+    assert plan.by_ref["code-to-text/continue"].parent == plan.by_ref["code100/init"].fingerprint
+    balanced = plan.by_ref["balanced-only/init"]
+    children = [p for p in plan.phases if p.parent == balanced.fingerprint]
+    assert sorted(p.name for p in children) == ["balanced-only/continue",
+                                                 "balanced-to-text/continue"]
+    assert sorted(balanced.refs) == ["balanced-only/init", "code50/init"]
+    assert len({p.fingerprint for p in plan.phases}) == 20
+    assert len({p.run_id for p in plan.phases}) == 20
+
+
+def test_phases_come_in_dependency_order(tiny):
+    plan = plan_lib.build(tiny)
+    position = {p.fingerprint: i for i, p in enumerate(plan.phases)}
+    for p in plan.phases:
+        if p.parent:
+            assert position[p.parent] < position[p.fingerprint]
+        for ancestor in p.chain:
+            assert position[ancestor] < position[p.fingerprint]
+    # A parent declared after its child (init_from a later arm) still comes first.
+    cooldown = plan.by_ref["cooldown-code20/cooldown"]
+    assert [plan.get(fp).name for fp in cooldown.chain] == [
+        "balanced-only/init", "balanced-to-text/continue"]
+
+
+def test_budgets_are_scaled(tiny):
+    plan = plan_lib.build(tiny)
+    init = plan.by_ref["text-only/init"]
+    assert (init.paper_tokens, init.steps, init.tokens) == (200e9, 98, 98 * 2048)
+    cooldown = plan.by_ref["cooldown-nocode/cooldown"]
+    assert cooldown.paper_tokens == pytest.approx(40e9)
+    assert (cooldown.steps, cooldown.tokens) == (20, 20 * 2048)
+
+
+def test_a_change_retrains_the_phase_and_its_descendants_only(tiny):
+    before = {p.name: p.fingerprint for p in plan_lib.build(tiny).phases}
+    for m in tiny.mixtures:
+        if m.name == "balanced":
+            m.stages[0].weights[0].weight = 0.6
+    after = {p.name: p.fingerprint for p in plan_lib.build(tiny).phases}
+    changed = {n for n in before if before[n] != after.get(n)}
+    assert changed == {"balanced-only/init", "balanced-only/continue",
+                       "balanced-to-text/continue", "cooldown-nocode/cooldown",
+                       "cooldown-code20/cooldown"}
+
+
+def test_labels_do_not_change_fingerprints(tiny):
+    before = [p.fingerprint for p in plan_lib.build(tiny).phases]
+    for m in tiny.mixtures:
+        m.name = m.name.upper()
+    for arm in tiny.arms:
+        for phase in arm.phases:
+            phase.mixture_name = phase.mixture_name.upper()
+    tiny.description = "renamed"
+    tiny.log_every_steps = 99
+    assert [p.fingerprint for p in plan_lib.build(tiny).phases] == before
+
+
+def test_run_specs(tiny):
+    plan = plan_lib.build(tiny)
+    init = plan.by_ref["code100/init"]
+    cont = plan.by_ref["code-to-text/continue"]
+    for p in plan.phases:
+        assert RUN_ID.match(p.run_id), p.run_id
+    first = plan_lib.run_spec(tiny, init, parent_uri="", data_address="127.0.0.1:1",
+                              checkpoint_dir="/ck")
+    assert first.phases[0].WhichOneof("init") == "from_scratch"
+    assert first.phases[0].token_budget == init.tokens
+    assert first.phases[0].name == "init"
+    assert first.phases[0].schedule.kind == trainer_pb2.LRSchedule.COSINE
+    assert (first.preset, first.global_batch_size, first.seq_len) == ("tiny", 8, 256)
+    assert (first.data_address, first.checkpoint_dir, first.run_id) == (
+        "127.0.0.1:1", "/ck", init.run_id)
+    second = plan_lib.run_spec(tiny, cont, parent_uri="/ck/x/checkpoints/98",
+                               data_address="a:1", checkpoint_dir="/ck")
+    assert second.phases[0].init_checkpoint == "/ck/x/checkpoints/98"
+    assert [w.source for w in second.phases[0].mixture.stages[0].weights] == ["text", "code"]
+    with pytest.raises(ValueError, match="parent_uri"):
+        plan_lib.run_spec(tiny, cont, parent_uri="", data_address="a:1", checkpoint_dir="/ck")
+    cooldown = plan_lib.run_spec(tiny, plan.by_ref["cooldown-code20/cooldown"],
+                                 parent_uri="/u", data_address="a:1", checkpoint_dir="/ck")
+    assert cooldown.phases[0].schedule.kind == trainer_pb2.LRSchedule.LINEAR_ANNEAL
+
+
+def test_describe_lists_every_training_once(tiny):
+    text = plan_lib.describe(plan_lib.build(tiny))
+    assert "20 trainings" in text
+    assert "(also code0/init)" in text
+    assert "from balanced-to-text/continue" in text

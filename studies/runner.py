@@ -1,0 +1,419 @@
+"""Runs a study end to end: trains every planned phase once, evaluates it,
+judges win rates, and writes the report.
+
+The three services are separate processes reached over gRPC (studies/
+services.py starts them, or uses running ones). Trainings run one at a time
+in dependency order (the plan's order); each finished phase is evaluated on
+a worker thread while the next one trains. Every finished step is recorded
+in the output directory's state file (studies/state.py) before the next
+begins, so a runner stopped at any point (SIGTERM, SIGKILL, a crash) and
+started again skips what is done; a half-trained phase resumes from the
+trainer's last committed checkpoint, because its run id and checkpoint
+directory are the same, and a half-evaluated one reuses the tasks the eval
+service already stored.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import sys
+import time
+
+import grpc
+from google.protobuf import json_format
+
+from proto import eval_pb2, study_pb2, trainer_pb2
+from studies import plan as plan_lib
+from studies import report as report_lib
+from studies import spec as spec_lib
+from studies.plan import Plan, PlannedPhase
+from studies.services import Services
+from studies.state import State
+
+# Seconds between progress lines of a training phase.
+PROGRESS_EVERY_S = 15.0
+
+
+class StudyRunError(RuntimeError):
+    """A phase failed; the message says which, why, and that a rerun resumes."""
+
+
+@dataclasses.dataclass
+class JudgeOverride:
+    """A judge given on the command line, replacing the spec's."""
+
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = ""
+    checkpoint_uri: str = ""
+
+
+def checkpoint_dir(study: study_pb2.Study, out_dir: str) -> str:
+    return study.checkpoint_dir or os.path.join(out_dir, "checkpoints")
+
+
+class Runner:
+    def __init__(self, study: study_pb2.Study, out_dir: str, services: Services, *,
+                 log=print, judge: JudgeOverride | None = None, parallel_eval: bool = True):
+        self.study = study
+        self.out_dir = out_dir
+        self.services = services
+        self.log = log
+        self.judge_override = judge or JudgeOverride()
+        self.parallel_eval = parallel_eval
+        self.plan: Plan = plan_lib.build(study)
+        self.state = State(out_dir)
+        # What this invocation did, for the summary and for tests.
+        self.trained: list[str] = []
+        self.reused: list[str] = []
+        self.evaluated: list[str] = []
+
+    # -- the whole study -------------------------------------------------------------
+
+    def run(self) -> str:
+        """Runs what is left and writes the report; returns the report's path."""
+        started = time.monotonic()
+        study, plan = self.study, self.plan
+        self.log(f"study {study.name}: preset {study.preset}, scale {study.scale:g}, "
+                 f"{len(study.arms)} arms, {len(plan.phases)} distinct phases to train")
+        self.log(plan_lib.describe(plan))
+        to_train = [p for p in plan.phases if self.state.phase(p.fingerprint) is None]
+        settings = spec_lib.eval_settings(study)
+        to_eval = [p for p in plan.phases if self.state.evaluation(p.fingerprint, settings) is None]
+        to_judge = self._pending_judgements()
+        if not (to_train or to_eval or to_judge):
+            self.log("every phase is trained and evaluated: writing the report only")
+        # Start what is needed from this thread: a service's parent-death
+        # signal is tied to the thread that started it.
+        if to_train:
+            self.services.address("trainer")
+            self.services.address("data")
+            self.state.set_sources(self.services.source_kinds())
+        if to_eval or to_judge:
+            self.services.address("eval")
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
+        evaluations = []
+        try:
+            for i, p in enumerate(plan.phases):
+                label = f"[{i + 1}/{len(plan.phases)}] {p.name}"
+                if self.state.phase(p.fingerprint) is None:
+                    self._train(p, label)
+                    self.trained.append(p.name)
+                else:
+                    self.reused.append(p.name)
+                    self.log(f"{label}: finished before, reused "
+                             f"({self.state.phase(p.fingerprint)['checkpoint_uri']})")
+                if self.state.evaluation(p.fingerprint, settings) is None:
+                    if self.parallel_eval:
+                        evaluations.append(pool.submit(self._evaluate, p, label))
+                    else:
+                        self._evaluate(p, label)
+                # A failed evaluation stops the study at once, not after training.
+                for f in evaluations:
+                    if f.done():
+                        f.result()
+            for f in evaluations:
+                f.result()
+        except BaseException:
+            # Stopping: do not wait for an evaluation in flight; it ends when
+            # its service is stopped.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        self._judge_all(to_judge)
+        path = report_lib.write(study, plan, self.state, self.out_dir)
+        self.log(f"study {study.name}: trained {len(self.trained)}, reused {len(self.reused)}, "
+                 f"evaluated {len(self.evaluated)} phases in {time.monotonic() - started:.0f}s")
+        self.log(f"report: {path}")
+        return path
+
+    # -- training --------------------------------------------------------------------
+
+    def _train(self, p: PlannedPhase, label: str) -> None:
+        parent_uri = ""
+        if p.parent is not None:
+            parent_uri = self.state.phase(p.parent)["checkpoint_uri"]
+        run_spec = plan_lib.run_spec(
+            self.study, p, parent_uri=parent_uri, data_address=self.services.address("data"),
+            checkpoint_dir=checkpoint_dir(self.study, self.out_dir))
+        trainer = self.services.trainer()
+        started = time.monotonic()
+        try:
+            response = trainer.StartRun(trainer_pb2.StartRunRequest(spec=run_spec), timeout=600)
+            how = "resumed from its last checkpoint" if response.resumed else "started"
+        except grpc.RpcError as e:
+            if "already running" not in (e.details() or ""):
+                raise StudyRunError(f"{p.name}: the trainer refused run {p.run_id}: "
+                                    f"{e.code().name} {e.details()}") from None
+            how = "already running in the trainer, watching it"
+        self.log(f"{label}: run {p.run_id} {how}: {p.steps:,} steps, {p.tokens:,} tokens, "
+                 f"mixture {_mixture_words(p)}")
+        metrics: dict[tuple[str, int], dict] = {}
+        final, status = None, None
+        last_print = time.monotonic()
+        try:
+            for event in trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id=p.run_id)):
+                kind = event.WhichOneof("event")
+                if kind == "metrics":
+                    m = event.metrics
+                    metrics[(m.phase, m.step)] = {
+                        "step": m.step, "phase": m.phase, "loss": m.loss,
+                        "source_loss": dict(m.source_loss), "tokens_seen": m.tokens_seen,
+                        "learning_rate": m.learning_rate, "tokens_per_second": m.tokens_per_second}
+                    if time.monotonic() - last_print > PROGRESS_EVERY_S:
+                        last_print = time.monotonic()
+                        self.log(f"{label}: step {m.step}/{p.steps} loss {m.loss:.3f} "
+                                 f"({_per_source(m.source_loss)}) "
+                                 f"{m.tokens_per_second / 1e3:.1f}k tok/s")
+                elif kind == "checkpoint" and event.checkpoint.phase_end:
+                    final = event.checkpoint
+                elif kind == "status":
+                    status = event.status
+        except grpc.RpcError as e:
+            raise StudyRunError(f"{p.name}: lost the trainer while watching run {p.run_id}: "
+                                f"{e.code().name} {e.details()}; run the study again to resume"
+                                f"\n{self.services.logs('trainer')}") from None
+        if status is None or status.state != trainer_pb2.SUCCEEDED or final is None:
+            state = trainer_pb2.RunState.Name(status.state) if status else "unknown"
+            raise StudyRunError(f"{p.name}: run {p.run_id} ended {state}"
+                                f"{': ' + status.error if status and status.error else ''}"
+                                f"\n{self.services.logs('trainer')}")
+        records = sorted(metrics.values(), key=lambda r: r["step"])
+        self.state.write_curves(p.run_id, records)
+        lineage = final.lineage
+        last = records[-1] if records else {}
+        self.state.finish_phase(p.fingerprint, {
+            "refs": p.refs, "run_id": p.run_id, "checkpoint_uri": final.uri, "step": final.step,
+            "tokens_seen": lineage.tokens_seen,
+            "tokens_per_source": dict(lineage.tokens_per_source),
+            "parent_uri": lineage.parent_uri, "final_loss": last.get("loss"),
+            "final_source_loss": last.get("source_loss", {}),
+            "train_seconds": time.monotonic() - started,
+        })
+        self.log(f"{label}: trained in {time.monotonic() - started:.0f}s, final loss "
+                 f"{last.get('loss', float('nan')):.3f} -> {final.uri}")
+
+    # -- evaluation ------------------------------------------------------------------
+
+    def _evaluate(self, p: PlannedPhase, label: str) -> None:
+        uri = self.state.phase(p.fingerprint)["checkpoint_uri"]
+        e = self.study.evaluation
+        request = eval_pb2.EvaluateRequest(checkpoint_uri=uri, suite=e.suite, tasks=e.tasks,
+                                           limit=e.limit, num_samples=e.num_samples, seed=e.seed)
+        started = time.monotonic()
+        try:
+            results = [json_format.MessageToDict(r, preserving_proto_field_name=True)
+                       for r in self.services.eval().Evaluate(request)]
+        except grpc.RpcError as err:
+            raise StudyRunError(f"{p.name}: evaluating {uri} failed: {err.code().name} "
+                                f"{err.details()}\n{self.services.logs('eval')}") from None
+        for r in results:  # proto3 JSON drops zeros; the report wants every number
+            for key in ("value", "ci_low", "ci_high", "num_examples"):
+                r.setdefault(key, 0)
+        self.state.finish_evaluation(p.fingerprint, spec_lib.eval_settings(self.study), {
+            "checkpoint_uri": uri, "results": results,
+            "eval_seconds": time.monotonic() - started})
+        self.evaluated.append(p.name)
+        scores = {r["task"].removeprefix("aggregate/"): r["value"] for r in results
+                  if r["task"].startswith("aggregate/")}
+        self.log(f"{label}: evaluated in {time.monotonic() - started:.0f}s: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+    # -- judge -----------------------------------------------------------------------
+
+    def _judge_request(self) -> eval_pb2.Judge | None:
+        """The judge of Compare requests; None: the eval service's default."""
+        o = self.judge_override
+        if o.base_url:
+            return eval_pb2.Judge(openai=eval_pb2.OpenAIJudge(
+                base_url=o.base_url, model=o.model, api_key_env=o.api_key_env))
+        if o.checkpoint_uri:
+            return eval_pb2.Judge(checkpoint_uri=o.checkpoint_uri)
+        j = self.study.judge
+        kind = j.WhichOneof("judge")
+        if kind == "openai":
+            return eval_pb2.Judge(openai=j.openai)
+        if kind == "checkpoint_uri":
+            return eval_pb2.Judge(checkpoint_uri=j.checkpoint_uri)
+        if kind == "judge_phase":
+            judge = self.state.phase(self.plan.lookup(j.judge_phase).fingerprint)
+            return eval_pb2.Judge(checkpoint_uri=judge["checkpoint_uri"])
+        return None
+
+    def _judge_identity(self) -> bytes:
+        """What makes two judges the same, known before any training."""
+        o, j = self.judge_override, self.study.judge
+        if o.base_url or o.checkpoint_uri:
+            return f"override|{o.base_url}|{o.model}|{o.checkpoint_uri}".encode()
+        if j.WhichOneof("judge") == "judge_phase":
+            return b"phase|" + self.plan.lookup(j.judge_phase).fingerprint.encode()
+        copy = study_pb2.JudgeSettings()
+        copy.CopyFrom(j)
+        copy.ClearField("compare")
+        return copy.SerializeToString(deterministic=True)
+
+    def _comparisons(self) -> list[tuple[PlannedPhase, PlannedPhase, str]]:
+        """(phase A, baseline B, key) of every judged pair."""
+        if not self.study.HasField("judge"):
+            return []
+        j = self.study.judge
+        baseline = self.plan.lookup(self.study.baseline)
+        refs = list(j.compare) or [arm.name for arm in self.study.arms]
+        judge_identity = self._judge_identity()
+        out, seen = [], set()
+        for ref in refs:
+            a = self.plan.lookup(ref)
+            if a.fingerprint == baseline.fingerprint or a.fingerprint in seen:
+                continue
+            seen.add(a.fingerprint)
+            key = hashlib.sha256(b"|".join([
+                a.fingerprint.encode(), baseline.fingerprint.encode(),
+                judge_identity])).hexdigest()[:24]
+            out.append((a, baseline, key))
+        return out
+
+    def _pending_judgements(self) -> list[tuple[PlannedPhase, PlannedPhase, str]]:
+        return [c for c in self._comparisons() if self.state.judgement(c[2]) is None]
+
+    def _judge_all(self, pending) -> None:
+        j = self.study.judge
+        for a, b, key in pending:
+            judge = self._judge_request()
+            uri_a = self.state.phase(a.fingerprint)["checkpoint_uri"]
+            uri_b = self.state.phase(b.fingerprint)["checkpoint_uri"]
+            request = eval_pb2.CompareRequest(
+                checkpoint_a=uri_a, checkpoint_b=uri_b, prompt_set=j.prompt_set, limit=j.limit,
+                max_new_tokens=j.max_new_tokens, seed=j.seed)
+            if judge is not None:
+                request.judge.CopyFrom(judge)
+            started = time.monotonic()
+            try:
+                c = self.services.eval().Compare(request)
+            except grpc.RpcError as err:
+                raise StudyRunError(f"judging {a.name} against {b.name} failed: "
+                                    f"{err.code().name} {err.details()}") from None
+            self.state.finish_judgement(key, {
+                "a": a.name, "b": b.name, "a_fingerprint": a.fingerprint,
+                "b_fingerprint": b.fingerprint, "win_rate": c.win_rate, "wins": c.wins,
+                "losses": c.losses, "ties": c.ties, "num_prompts": c.num_prompts,
+                "ci_low": c.ci_low, "ci_high": c.ci_high,
+                "judge": json_format.MessageToDict(judge) if judge else "service default",
+                "seconds": time.monotonic() - started})
+            self.log(f"win rate {a.name} vs {b.name}: {c.win_rate:.3f} "
+                     f"[{c.ci_low:.3f}, {c.ci_high:.3f}] over {c.num_prompts} prompts")
+
+
+def _mixture_words(p: PlannedPhase) -> str:
+    stages = []
+    for stage in p.mixture.stages:
+        total = sum(w.weight for w in stage.weights)
+        stages.append(" ".join(f"{w.source} {w.weight / total:.0%}" for w in stage.weights
+                               if w.weight > 0))
+    return (p.mixture.name + ": " if p.mixture.name else "") + " | ".join(stages)
+
+
+def _per_source(source_loss) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in sorted(source_loss.items()))
+
+
+def resolve_path(path: str) -> str:
+    """A path given on the command line, relative to where the user ran
+    `bazel run` (which changes the working directory to the runfiles)."""
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return path
+    base = os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd()
+    return os.path.normpath(os.path.join(base, path))
+
+
+def log_to_stdout(text: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    for line in str(text).splitlines() or [""]:
+        print(f"{stamp} {line}", file=sys.stdout, flush=True)
+
+
+@dataclasses.dataclass
+class Options:
+    """Everything the runner binary's flags say."""
+
+    spec_path: str
+    out_dir: str = ""  # default: /tmp/code_lab/studies/<study name>
+    addresses: dict = dataclasses.field(default_factory=dict)  # data/trainer/eval -> host:port
+    service_flags: dict = dataclasses.field(default_factory=dict)  # name -> extra flags
+    judge: JudgeOverride = dataclasses.field(default_factory=JudgeOverride)
+    report_only: bool = False
+    plan_only: bool = False
+    parallel_eval: bool = True
+    echo_services: bool = False
+
+
+RUNNER_LOCK = "runner.lock"
+
+
+def default_out_dir(study: study_pb2.Study) -> str:
+    return os.path.join("/tmp", "code_lab", "studies", study.name)
+
+
+def main(options: Options, log=log_to_stdout) -> int:
+    """The runner binary's body; returns the exit status."""
+    import fcntl
+    import signal
+
+    try:
+        study = spec_lib.load(resolve_path(options.spec_path))
+    except spec_lib.StudyError as e:
+        print(f"error: {resolve_path(options.spec_path)}: {e}", file=sys.stderr)
+        return 2
+    out_dir = resolve_path(options.out_dir) if options.out_dir else default_out_dir(study)
+    if options.plan_only:
+        log(plan_lib.describe(plan_lib.build(study)))
+        return 0
+    os.makedirs(out_dir, exist_ok=True)
+    lock = open(os.path.join(out_dir, RUNNER_LOCK), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"error: another runner is working in {out_dir}", file=sys.stderr)
+        return 1
+    with open(os.path.join(out_dir, "study.textproto"), "w") as f:
+        f.write(text_format_of(study))
+    if options.report_only:
+        runner = Runner(study, out_dir, Services(out_dir), log=log)
+        log(f"report: {report_lib.write(study, runner.plan, runner.state, out_dir)}")
+        return 0
+    flags = {name: list(extra) for name, extra in options.service_flags.items()}
+    eval_flags = flags.setdefault("eval", [])
+    if not any(f.startswith("--results_db") for f in eval_flags):
+        # Per-task results survive a killed evaluation, beside the study's state.
+        eval_flags.append(f"--results_db={os.path.join(out_dir, 'eval_results.sqlite')}")
+    services = Services(out_dir, addresses=options.addresses, flags=flags, log=log,
+                        echo=options.echo_services)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        Runner(study, out_dir, services, log=log, judge=options.judge,
+               parallel_eval=options.parallel_eval).run()
+        return 0
+    except KeyboardInterrupt as e:
+        log(f"stopped ({e or 'SIGINT'}); run the same command again to continue where it "
+            "left off")
+        return 130
+    except StudyRunError as e:
+        log(f"error: {e}")
+        return 1
+    finally:
+        services.close()
+
+
+def text_format_of(study: study_pb2.Study) -> str:
+    from google.protobuf import text_format
+
+    return ("# proto-file: proto/study.proto\n# proto-message: codelab.study.v1.Study\n"
+            "# The spec this output directory was last run with.\n"
+            + text_format.MessageToString(study))

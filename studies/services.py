@@ -1,0 +1,176 @@
+"""The three services a study drives, as child processes of the runner.
+
+Each is started as `python -m services.<name>.main` (libs/serving/process)
+through a small launcher that (1) asks the kernel to SIGTERM the child when
+the runner dies, even by SIGKILL (PR_SET_PDEATHSIG survives exec), and
+(2) holds a shared lock on `<out>/services.lock` for the child's whole life.
+A runner started again takes that lock exclusively before starting its own
+services, so it waits for any orphan of a killed runner to finish exiting:
+two trainers never write one run's checkpoints at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import sys
+import threading
+import time
+
+import grpc
+
+from libs.serving import process
+from libs.serving import server as serving
+from proto import data_pb2, data_pb2_grpc, eval_pb2_grpc, trainer_pb2_grpc
+
+LOCK_FILE = "services.lock"
+
+# Runs in the child before it becomes the service; argv: parent pid, lock
+# path, then the service's own argv.
+_LAUNCHER = """
+import ctypes, fcntl, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("study service launcher: the runner is gone")
+lock = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(lock, fcntl.LOCK_SH)
+os.set_inheritable(lock, True)
+os.execv(sys.executable, [sys.executable] + sys.argv[3:])
+"""
+
+# name -> (module, flags every start passes)
+MODULES = {
+    "data": ("services.data.main", []),
+    "trainer": ("services.trainer.main", ["--serve"]),
+    "eval": ("services.eval.main", []),
+}
+START_TIMEOUT_S = {"data": 1800.0, "trainer": 300.0, "eval": 300.0}
+
+
+def guarded_command(module: str, flags: list[str], lock_path: str) -> list[str]:
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), lock_path, "-m", module, *flags]
+
+
+def wait_for_orphans(out_dir: str, log=print, timeout: float = 120.0) -> None:
+    """Blocks until no service of an earlier runner on `out_dir` is alive."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if not told:
+                    log("waiting for the services of an earlier runner to exit ...")
+                    told = True
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"services of an earlier runner still hold {path} after "
+                                       f"{timeout:.0f}s; stop them and run again")
+                time.sleep(0.5)
+    finally:
+        os.close(fd)
+
+
+@dataclasses.dataclass
+class Service:
+    name: str
+    address: str
+    process: process.ServiceProcess | None = None  # None: not ours
+    channel: grpc.Channel | None = None
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+class Services:
+    """Lazily started services: nothing starts until a stub is asked for, so
+    a study with nothing left to do never starts a process."""
+
+    def __init__(self, out_dir: str, *, addresses: dict[str, str] | None = None,
+                 flags: dict[str, list[str]] | None = None, log=print, echo: bool = False):
+        self._out_dir = out_dir
+        self._addresses = {k: v for k, v in (addresses or {}).items() if v}
+        self._flags = flags or {}
+        self._log = log
+        self._echo = echo
+        self._running: dict[str, Service] = {}
+        self._checked_orphans = False
+        self._lock = threading.RLock()
+
+    def address(self, name: str) -> str:
+        return self._service(name).address
+
+    def channel(self, name: str) -> grpc.Channel:
+        with self._lock:
+            service = self._service(name)
+            if service.channel is None:
+                service.channel = grpc.insecure_channel(service.address,
+                                                        options=serving.channel_options())
+            return service.channel
+
+    def data(self) -> data_pb2_grpc.DataServiceStub:
+        return data_pb2_grpc.DataServiceStub(self.channel("data"))
+
+    def trainer(self) -> trainer_pb2_grpc.TrainerServiceStub:
+        return trainer_pb2_grpc.TrainerServiceStub(self.channel("trainer"))
+
+    def eval(self) -> eval_pb2_grpc.EvalServiceStub:
+        return eval_pb2_grpc.EvalServiceStub(self.channel("eval"))
+
+    def source_kinds(self) -> dict[str, str]:
+        response = self.data().ListSources(data_pb2.ListSourcesRequest(), timeout=120)
+        return {s.name: s.kind for s in response.sources}
+
+    def _service(self, name: str) -> Service:
+        with self._lock:
+            if name in self._running:
+                return self._running[name]
+            if name in self._addresses:
+                service = Service(name, self._addresses[name])
+            else:
+                service = self._start(name)
+            self._running[name] = service
+            return service
+
+    def started(self) -> list[str]:
+        """Services this runner started itself (not given by address)."""
+        return [n for n, s in self._running.items() if s.process is not None]
+
+    def _start(self, name: str) -> Service:
+        if not self._checked_orphans:
+            wait_for_orphans(self._out_dir, log=self._log)
+            self._checked_orphans = True
+        lock = os.path.join(self._out_dir, LOCK_FILE)
+        module, flags = MODULES[name]
+        argv = guarded_command(module, flags + self._flags.get(name, []), lock)
+        self._log(f"starting the {name} service ...")
+        started = time.monotonic()
+        child = process.start(argv, timeout=START_TIMEOUT_S[name], echo=self._echo)
+        self._log(f"{name} service at {child.address} ({time.monotonic() - started:.0f}s)")
+        return Service(name, child.address, process=child)
+
+    def close(self) -> None:
+        """Stops the services this runner started (SIGTERM, then SIGKILL)."""
+        with self._lock:
+            for service in reversed(list(self._running.values())):
+                with contextlib.suppress(Exception):
+                    service.stop()
+            self._running.clear()
+
+    def logs(self, name: str, lines: int = 30) -> str:
+        service = self._running.get(name)
+        if service is None or service.process is None:
+            return ""
+        return "\n".join(service.process.log_lines[-lines:])
