@@ -59,3 +59,9 @@ def measure_matmul_peak_flops(dtype=jnp.float32, n: int = 2048, repeats: int = 5
         matmul(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best
+
+
+def measure_peak_flops() -> float:
+    """The device's matmul peak: the larger of the float32 and bfloat16 peaks, so that a
+    dtype that is slow on this device (bfloat16 on many CPUs) cannot flatter an MFU."""
+    return max(measure_matmul_peak_flops(jnp.float32), measure_matmul_peak_flops(jnp.bfloat16))

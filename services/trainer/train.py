@@ -236,8 +236,7 @@ class Trainer:
         else:
             pos, params, opt_state = Position(), None, None
         if self._peak is None:
-            self._peak = flops.measure_matmul_peak_flops(
-                jnp.bfloat16 if self.spec.compute_dtype == "bfloat16" else jnp.float32)
+            self._peak = flops.measure_peak_flops()
         self._status(trainer_pb2.RUNNING, pos)
         total_steps = sum(self.phase_steps)
         state = trainer_pb2.SUCCEEDED
