@@ -20,6 +20,16 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# Runs first in the child, then becomes the service (exec keeps the setting): the
+# child gets SIGTERM when the parent dies, even by SIGKILL, so a killed trainer leaves
+# no data service behind. (A preexec_fn would fork a multithreaded JAX process.)
+_TERMINATE_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the parent exited before the service started")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 _LISTENING = re.compile(r"(\w+) listening on (\S+:\d+)")
 
 
@@ -80,8 +90,13 @@ def start(
     the child never blocks on a full pipe. Raises RuntimeError with the
     child's last output when it exits or times out first.
     """
+    argv = list(argv)
+    # The kernel's parent-death signal follows the *thread* that forked, so it is
+    # asked for only from the main thread, whose end is the process's end.
+    if threading.current_thread() is threading.main_thread():
+        argv = [sys.executable, "-c", _TERMINATE_WITH_PARENT, str(os.getpid())] + argv
     process = subprocess.Popen(
-        list(argv),
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

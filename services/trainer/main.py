@@ -7,6 +7,7 @@ model on the default corpus, starting a local data service.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -104,8 +105,14 @@ def main(argv):
         sys.exit(f"error: spec.{e}")
     print(f"run {run_id}: {'resumed from its last checkpoint' if resumed else 'started'}",
           flush=True)
+    # SIGTERM/Ctrl-C: stop after the current step with a checkpoint, so a later start
+    # resumes there, and let the run close its data service.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: runs.request_stop_all())
     status = runs.wait(run_id)
     _summarise(runs, run_id, status)
+    if status.state == trainer_pb2.STOPPED:
+        sys.exit(f"run {run_id} stopped at step {status.step}; start it again to resume")
     if status.state != trainer_pb2.SUCCEEDED:
         sys.exit(f"run {run_id} ended {trainer_pb2.RunState.Name(status.state)}: {status.error}")
 

@@ -129,6 +129,13 @@ class Runs:
             run.thread.join(timeout)
         return self.status(run_id)
 
+    def request_stop_all(self) -> None:
+        """Asks every run to stop after its current step, without waiting."""
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.stop.set()
+
     def stop_all(self, timeout: float | None = None) -> None:
         """Stops every run (each commits a checkpoint first)."""
         with self._lock:
