@@ -11,7 +11,9 @@ from services.data import client, mixture, testing
 from services.data.mixture import Mixture
 
 MIX = Mixture.of({"text": 0.6, "code": 0.2, "code_adjacent": 0.2})
-GEOMETRY = dict(seed=17, global_batch_size=4, seq_len=64)
+# Batches big enough that the HTTP/2 window cannot hold the rest of the stream when
+# the server is killed, so the client must reconnect.
+GEOMETRY = dict(seed=17, global_batch_size=8, seq_len=1024)
 STEPS = 30
 
 
