@@ -27,9 +27,7 @@ def test_batch_arrays_round_trip_as_bytes():
     batch = data_pb2.Batch(step=7, batch_size=2, seq_len=8, tokens=tokens.tobytes())
     decoded = data_pb2.Batch.FromString(batch.SerializeToString())
     assert decoded.step == 7
-    np.testing.assert_array_equal(
-        np.frombuffer(decoded.tokens, np.int32).reshape(2, 8), tokens
-    )
+    np.testing.assert_array_equal(np.frombuffer(decoded.tokens, np.int32).reshape(2, 8), tokens)
 
 
 def test_run_spec_round_trip_keeps_phases_and_mixture():
@@ -37,11 +35,17 @@ def test_run_spec_round_trip_keeps_phases_and_mixture():
         run_id="code-then-text",
         preset="tiny",
         phases=[
-            trainer_pb2.Phase(name="init", from_scratch=True, token_budget=10_000,
-                              mixture=_mixture()),
-            trainer_pb2.Phase(name="cooldown", continue_previous=True, token_budget=1_000,
-                              schedule=trainer_pb2.LRSchedule(
-                                  kind=trainer_pb2.LRSchedule.LINEAR_ANNEAL, final_lr=1e-6)),
+            trainer_pb2.Phase(
+                name="init", from_scratch=True, token_budget=10_000, mixture=_mixture()
+            ),
+            trainer_pb2.Phase(
+                name="cooldown",
+                continue_previous=True,
+                token_budget=1_000,
+                schedule=trainer_pb2.LRSchedule(
+                    kind=trainer_pb2.LRSchedule.LINEAR_ANNEAL, final_lr=1e-6
+                ),
+            ),
         ],
     )
     decoded = trainer_pb2.RunSpec.FromString(spec.SerializeToString())
@@ -55,7 +59,8 @@ def test_run_event_oneof_and_lineage_map():
     event = trainer_pb2.RunEvent(
         sequence=3,
         checkpoint=trainer_pb2.CheckpointCommitted(
-            step=100, uri="/ckpt/run/100",
+            step=100,
+            uri="/ckpt/run/100",
             lineage=trainer_pb2.Lineage(phase="init", tokens_per_source={"code": 5, "text": 9}),
         ),
     )
@@ -65,8 +70,9 @@ def test_run_event_oneof_and_lineage_map():
 
 
 def test_eval_result_round_trip():
-    result = eval_pb2.EvalResult(task="arc_easy", metric="acc", value=0.5, ci_low=0.4,
-                                 ci_high=0.6, extra={"acc_norm": 0.55})
+    result = eval_pb2.EvalResult(
+        task="arc_easy", metric="acc", value=0.5, ci_low=0.4, ci_high=0.6, extra={"acc_norm": 0.55}
+    )
     decoded = eval_pb2.EvalResult.FromString(result.SerializeToString())
     assert decoded == result
     assert decoded.extra["acc_norm"] == 0.55

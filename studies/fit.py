@@ -83,7 +83,7 @@ def fit(form: str, p: Sequence[float], y: Sequence[float]) -> Fit:
     else:
         params = _fit_exp(p, y)
     residual = f.fn(p, *params) - y
-    return Fit(form, params, float(np.sqrt(np.mean(residual ** 2))))
+    return Fit(form, params, float(np.sqrt(np.mean(residual**2))))
 
 
 def _fit_exp(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -100,8 +100,9 @@ def _fit_exp(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     errors = [solve(c)[0] for c in grid]
     i = int(np.argmin(errors))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    result = optimize.minimize_scalar(lambda c: solve(c)[0], bounds=(lo, hi), method="bounded",
-                                      options={"xatol": 1e-10})
+    result = optimize.minimize_scalar(
+        lambda c: solve(c)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-10}
+    )
     best_sse, best = solve(float(result.x))
     try:
         with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
@@ -154,8 +155,12 @@ class Surface:
     held_out: HeldOut | None
 
 
-def response_surface(points: Sequence[tuple[str, float, float]], *, held_out: str = "",
-                     forms: Sequence[str] = ("quadratic", "exp")) -> Surface:
+def response_surface(
+    points: Sequence[tuple[str, float, float]],
+    *,
+    held_out: str = "",
+    forms: Sequence[str] = ("quadratic", "exp"),
+) -> Surface:
     """Fits (name, code fraction, score) points, leaving `held_out` out.
 
     Raises ValueError when the points left are too few for any form.

@@ -10,8 +10,10 @@ SWEEP = [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]
 
 def _points(fn, fractions=SWEEP, noise=0.0, seed=0):
     rng = np.random.default_rng(seed)
-    return [(f"code{round(p * 100)}", p, float(fn(p) + noise * rng.standard_normal()))
-            for p in fractions]
+    return [
+        (f"code{round(p * 100)}", p, float(fn(p) + noise * rng.standard_normal()))
+        for p in fractions
+    ]
 
 
 def test_quadratic_recovers_a_known_interior_optimum():
@@ -35,8 +37,10 @@ def test_quadratic_optimum_survives_noise():
 def test_exp_form_recovers_its_parameters_and_a_boundary_optimum():
     # Code score rising steeply with the code fraction: best at 100% code.
     truth = (0.01, 0.002, 4.0)
-    points = _points(lambda p: truth[0] + truth[1] * math.exp(truth[2] * p),
-                     fractions=[0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0])
+    points = _points(
+        lambda p: truth[0] + truth[1] * math.exp(truth[2] * p),
+        fractions=[0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0],
+    )
     surface = fit.response_surface(points, held_out="code60")
     assert surface.fit.form == "exp"
     assert surface.fit.params == pytest.approx(truth, rel=1e-3)
@@ -54,7 +58,7 @@ def test_decreasing_score_has_its_optimum_at_zero():
 def test_too_few_points_is_an_error_and_three_fit_exactly():
     with pytest.raises(ValueError, match="too few"):
         fit.response_surface(_points(lambda p: p, fractions=[0.0, 1.0]))
-    surface = fit.response_surface(_points(lambda p: 1 - (p - 0.5) ** 2, fractions=[0, .5, 1]))
+    surface = fit.response_surface(_points(lambda p: 1 - (p - 0.5) ** 2, fractions=[0, 0.5, 1]))
     assert surface.fit.rmse < 1e-9
     assert math.isnan(surface.loo_rmse["quadratic"])
     assert surface.best_fraction == pytest.approx(0.5, abs=0.002)

@@ -34,17 +34,23 @@ def corpus(tmp_path_factory):
 
 def _command(out, corpus_path, *extra):
     return RUNNER + [
-        f"--spec={SPEC}", f"--out={out}",
-        f"--data_flag=--corpus_dir={corpus_path}", "--data_flag=--nobuild_default_corpus",
-        f"--eval_flag=--cache_dir={os.path.join(out, 'eval-cache')}", *extra]
+        f"--spec={SPEC}",
+        f"--out={out}",
+        f"--data_flag=--corpus_dir={corpus_path}",
+        "--data_flag=--nobuild_default_corpus",
+        f"--eval_flag=--cache_dir={os.path.join(out, 'eval-cache')}",
+        *extra,
+    ]
 
 
 def _wait_for(path, process_, log, timeout=600):
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if process_.poll() is not None:
-            pytest.fail(f"the runner exited ({process_.returncode}) before {path} appeared:\n"
-                        + open(log).read())
+            pytest.fail(
+                f"the runner exited ({process_.returncode}) before {path} appeared:\n"
+                + open(log).read()
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"{path} did not appear in {timeout}s:\n" + open(log).read())
         time.sleep(0.2)
@@ -63,8 +69,9 @@ def test_killed_study_resumes_and_a_finished_one_only_reports(tmp_path, corpus):
 
     # Run 1: SIGKILL once the second phase has committed its step-10 checkpoint.
     with open(log, "w") as f:
-        first = subprocess.Popen(_command(out, corpus.path), stdout=f, stderr=subprocess.STDOUT,
-                                 env=process.child_env())
+        first = subprocess.Popen(
+            _command(out, corpus.path), stdout=f, stderr=subprocess.STDOUT, env=process.child_env()
+        )
     try:
         _wait_for(os.path.join(out, "checkpoints", cont.run_id, "checkpoints", "10"), first, log)
         first.send_signal(signal.SIGKILL)
@@ -75,8 +82,13 @@ def test_killed_study_resumes_and_a_finished_one_only_reports(tmp_path, corpus):
 
     # Run 2: continues. The orphaned services of run 1 die with it (the
     # runner waits for them), the finished phase is reused, the killed one resumes.
-    second = subprocess.run(_command(out, corpus.path), capture_output=True, text=True,
-                            timeout=900, env=process.child_env())
+    second = subprocess.run(
+        _command(out, corpus.path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=process.child_env(),
+    )
     output = second.stdout + second.stderr
     assert second.returncode == 0, output
     assert "[1/2] balanced/init: finished before, reused" in output
@@ -93,9 +105,13 @@ def test_killed_study_resumes_and_a_finished_one_only_reports(tmp_path, corpus):
     trainer = process.start(process.module_command("services.trainer.main") + ["--serve"])
     try:
         started = time.monotonic()
-        third = subprocess.run(_command(out, corpus.path, f"--trainer_address={trainer.address}"),
-                               capture_output=True, text=True, timeout=300,
-                               env=process.child_env())
+        third = subprocess.run(
+            _command(out, corpus.path, f"--trainer_address={trainer.address}"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=process.child_env(),
+        )
         elapsed = time.monotonic() - started
         assert third.returncode == 0, third.stdout + third.stderr
         assert "every phase is trained and evaluated" in third.stdout
@@ -103,7 +119,8 @@ def test_killed_study_resumes_and_a_finished_one_only_reports(tmp_path, corpus):
         assert elapsed < 60, f"a finished study took {elapsed:.0f}s to report"
         with grpc.insecure_channel(trainer.address) as channel:
             runs = trainer_pb2_grpc.TrainerServiceStub(channel).ListRuns(
-                trainer_pb2.ListRunsRequest(), timeout=30)
+                trainer_pb2.ListRunsRequest(), timeout=30
+            )
         assert list(runs.runs) == []
     finally:
         trainer.stop()

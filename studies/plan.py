@@ -79,8 +79,12 @@ def _digest(*parts: bytes) -> str:
 def _study_identity(study: study_pb2.Study) -> bytes:
     """What every run of the study shares and what changes its weights."""
     shared = study_pb2.Study(
-        preset=study.preset, global_batch_size=study.global_batch_size, seq_len=study.seq_len,
-        seed=study.seed, compute_dtype=study.compute_dtype or "float32")
+        preset=study.preset,
+        global_batch_size=study.global_batch_size,
+        seq_len=study.seq_len,
+        seed=study.seed,
+        compute_dtype=study.compute_dtype or "float32",
+    )
     shared.optimizer.CopyFrom(study.optimizer)
     return shared.SerializeToString(deterministic=True)
 
@@ -154,24 +158,39 @@ def _run_id(study: str, arm: str, phase: str, fingerprint: str) -> str:
     return f"{head}-{fingerprint[:12]}"
 
 
-def run_spec(study: study_pb2.Study, p: PlannedPhase, *, parent_uri: str,
-             data_address: str, checkpoint_dir: str) -> trainer_pb2.RunSpec:
+def run_spec(
+    study: study_pb2.Study,
+    p: PlannedPhase,
+    *,
+    parent_uri: str,
+    data_address: str,
+    checkpoint_dir: str,
+) -> trainer_pb2.RunSpec:
     """The trainer RunSpec of one planned phase. `parent_uri` is the parent's
     final checkpoint (empty for a phase from scratch)."""
     if (p.parent is None) != (not parent_uri):
         raise ValueError(f"{p.name}: parent_uri must be given exactly when the phase has a parent")
-    phase = trainer_pb2.Phase(name=p.name.split("/", 1)[1], token_budget=p.tokens,
-                              mixture=p.mixture, schedule=p.schedule)
+    phase = trainer_pb2.Phase(
+        name=p.name.split("/", 1)[1], token_budget=p.tokens, mixture=p.mixture, schedule=p.schedule
+    )
     if parent_uri:
         phase.init_checkpoint = parent_uri
     else:
         phase.from_scratch = True
     spec = trainer_pb2.RunSpec(
-        run_id=p.run_id, preset=study.preset, phases=[phase], data_address=data_address,
-        global_batch_size=study.global_batch_size, seq_len=study.seq_len, seed=study.seed,
-        checkpoint_dir=checkpoint_dir, checkpoint_every_steps=study.checkpoint_every_steps,
-        keep_checkpoints=KEEP_CHECKPOINTS, compute_dtype=study.compute_dtype,
-        log_every_steps=study.log_every_steps)
+        run_id=p.run_id,
+        preset=study.preset,
+        phases=[phase],
+        data_address=data_address,
+        global_batch_size=study.global_batch_size,
+        seq_len=study.seq_len,
+        seed=study.seed,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every_steps=study.checkpoint_every_steps,
+        keep_checkpoints=KEEP_CHECKPOINTS,
+        compute_dtype=study.compute_dtype,
+        log_every_steps=study.log_every_steps,
+    )
     if study.HasField("optimizer"):
         spec.optimizer.CopyFrom(study.optimizer)
     if study.HasField("mesh"):
@@ -187,7 +206,9 @@ def describe(plan: Plan) -> str:
         total += p.tokens
         start = f"from {plan.get(p.parent).name}" if p.parent else "from scratch"
         shared = f"  (also {', '.join(p.refs[1:])})" if len(p.refs) > 1 else ""
-        lines.append(f"  {i + 1:>2}. {p.name:<36} {p.tokens:>14,} tokens {p.steps:>7,} steps, "
-                     f"{start}{shared}")
+        lines.append(
+            f"  {i + 1:>2}. {p.name:<36} {p.tokens:>14,} tokens {p.steps:>7,} steps, "
+            f"{start}{shared}"
+        )
     lines.append(f"  {len(plan.phases)} trainings, {total:,} tokens in all")
     return "\n".join(lines)

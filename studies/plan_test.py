@@ -28,8 +28,10 @@ def test_each_shared_phase_is_planned_once(tiny):
     assert plan.by_ref["code-to-text/continue"].parent == plan.by_ref["code100/init"].fingerprint
     balanced = plan.by_ref["balanced-only/init"]
     children = [p for p in plan.phases if p.parent == balanced.fingerprint]
-    assert sorted(p.name for p in children) == ["balanced-only/continue",
-                                                 "balanced-to-text/continue"]
+    assert sorted(p.name for p in children) == [
+        "balanced-only/continue",
+        "balanced-to-text/continue",
+    ]
     assert sorted(balanced.refs) == ["balanced-only/init", "code50/init"]
     assert len({p.fingerprint for p in plan.phases}) == 20
     assert len({p.run_id for p in plan.phases}) == 20
@@ -46,7 +48,9 @@ def test_phases_come_in_dependency_order(tiny):
     # A parent declared after its child (init_from a later arm) still comes first.
     cooldown = plan.by_ref["cooldown-code20/cooldown"]
     assert [plan.get(fp).name for fp in cooldown.chain] == [
-        "balanced-only/init", "balanced-to-text/continue"]
+        "balanced-only/init",
+        "balanced-to-text/continue",
+    ]
 
 
 def test_budgets_are_scaled(tiny):
@@ -65,9 +69,13 @@ def test_a_change_retrains_the_phase_and_its_descendants_only(tiny):
             m.stages[0].weights[0].weight = 0.6
     after = {p.name: p.fingerprint for p in plan_lib.build(tiny).phases}
     changed = {n for n in before if before[n] != after.get(n)}
-    assert changed == {"balanced-only/init", "balanced-only/continue",
-                       "balanced-to-text/continue", "cooldown-nocode/cooldown",
-                       "cooldown-code20/cooldown"}
+    assert changed == {
+        "balanced-only/init",
+        "balanced-only/continue",
+        "balanced-to-text/continue",
+        "cooldown-nocode/cooldown",
+        "cooldown-code20/cooldown",
+    }
 
 
 def test_labels_do_not_change_fingerprints(tiny):
@@ -88,23 +96,33 @@ def test_run_specs(tiny):
     cont = plan.by_ref["code-to-text/continue"]
     for p in plan.phases:
         assert RUN_ID.match(p.run_id), p.run_id
-    first = plan_lib.run_spec(tiny, init, parent_uri="", data_address="127.0.0.1:1",
-                              checkpoint_dir="/ck")
+    first = plan_lib.run_spec(
+        tiny, init, parent_uri="", data_address="127.0.0.1:1", checkpoint_dir="/ck"
+    )
     assert first.phases[0].WhichOneof("init") == "from_scratch"
     assert first.phases[0].token_budget == init.tokens
     assert first.phases[0].name == "init"
     assert first.phases[0].schedule.kind == trainer_pb2.LRSchedule.COSINE
     assert (first.preset, first.global_batch_size, first.seq_len) == ("tiny", 8, 256)
     assert (first.data_address, first.checkpoint_dir, first.run_id) == (
-        "127.0.0.1:1", "/ck", init.run_id)
-    second = plan_lib.run_spec(tiny, cont, parent_uri="/ck/x/checkpoints/98",
-                               data_address="a:1", checkpoint_dir="/ck")
+        "127.0.0.1:1",
+        "/ck",
+        init.run_id,
+    )
+    second = plan_lib.run_spec(
+        tiny, cont, parent_uri="/ck/x/checkpoints/98", data_address="a:1", checkpoint_dir="/ck"
+    )
     assert second.phases[0].init_checkpoint == "/ck/x/checkpoints/98"
     assert [w.source for w in second.phases[0].mixture.stages[0].weights] == ["text", "code"]
     with pytest.raises(ValueError, match="parent_uri"):
         plan_lib.run_spec(tiny, cont, parent_uri="", data_address="a:1", checkpoint_dir="/ck")
-    cooldown = plan_lib.run_spec(tiny, plan.by_ref["cooldown-code20/cooldown"],
-                                 parent_uri="/u", data_address="a:1", checkpoint_dir="/ck")
+    cooldown = plan_lib.run_spec(
+        tiny,
+        plan.by_ref["cooldown-code20/cooldown"],
+        parent_uri="/u",
+        data_address="a:1",
+        checkpoint_dir="/ck",
+    )
     assert cooldown.phases[0].schedule.kind == trainer_pb2.LRSchedule.LINEAR_ANNEAL
 
 

@@ -88,14 +88,25 @@ def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:
             for r in evaluation["results"]:
                 if r["task"].startswith("aggregate/"):
                     scores[r["task"].removeprefix("aggregate/")] = (
-                        r["value"], r.get("ci_low", r["value"]), r.get("ci_high", r["value"]))
+                        r["value"],
+                        r.get("ci_low", r["value"]),
+                        r.get("ci_high", r["value"]),
+                    )
                 else:
                     tasks.append(r)
-        rows.append(Row(ref=name, arm=study.arms[ref.arm].name,
-                        phase=spec_lib.phase(study, ref).name, planned=planned, record=record,
-                        scores=scores, tasks=tasks,
-                        tokens=_chain_tokens(plan, state, planned, kinds),
-                        eval_seconds=evaluation.get("eval_seconds") if evaluation else None))
+        rows.append(
+            Row(
+                ref=name,
+                arm=study.arms[ref.arm].name,
+                phase=spec_lib.phase(study, ref).name,
+                planned=planned,
+                record=record,
+                scores=scores,
+                tasks=tasks,
+                tokens=_chain_tokens(plan, state, planned, kinds),
+                eval_seconds=evaluation.get("eval_seconds") if evaluation else None,
+            )
+        )
     return rows
 
 
@@ -191,8 +202,10 @@ def _header(study, plan: Plan, rows: list[Row]) -> list[str]:
     e = study.evaluation
     suite = f"suite `{e.suite}`" if not e.tasks else f"tasks {', '.join(e.tasks)}"
     lines = [
-        f"# Study `{study.name}`", "",
-        study.description.strip(), "",
+        f"# Study `{study.name}`",
+        "",
+        study.description.strip(),
+        "",
         f"- Model preset `{study.preset}`; batch {study.global_batch_size} x {study.seq_len} "
         f"tokens; seed {study.seed}.",
         f"- Budgets at scale {study.scale:g}: the paper's 200B-token phase trains on "
@@ -202,9 +215,11 @@ def _header(study, plan: Plan, rows: list[Row]) -> list[str]:
         f"- {len(study.arms)} arms, {len(rows)} arm phases, {len(plan.phases)} distinct "
         f"trainings ({trained} done); {evaluated} evaluated on {suite}"
         f"{f', at most {e.limit} examples per task' if e.limit else ''} (0-shot).",
-        f"- Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
+        f"- Written {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        "",
         "Scores are percentages (accuracy, exact match, F1 or pass@1, averaged per "
-        "category); a row marked *(= x)* is the same training as x.", "",
+        "category); a row marked *(= x)* is the same training as x.",
+        "",
     ]
     return lines
 
@@ -214,19 +229,30 @@ def _done(rows: list[Row], p: PlannedPhase) -> bool:
 
 
 def _table2(rows: list[Row]) -> list[str]:
-    header = ["Arm", "Phase"] + [t for _, t in CATEGORIES] + ["Text tok.", "Code tok.",
-                                                               "Other tok."]
+    header = (
+        ["Arm", "Phase"] + [t for _, t in CATEGORIES] + ["Text tok.", "Code tok.", "Other tok."]
+    )
     body = []
     for r in rows:
         phase = r.phase if r.owner else f"{r.phase} *(= {r.planned.refs[0]})*"
         scores = [_pct(r.scores[c][0]) if c in r.scores else "—" for c, _ in CATEGORIES]
         tokens = r.tokens or {}
-        body.append([r.arm, phase] + scores + [_tok(tokens.get("text")), _tok(tokens.get("code")),
-                                               _tok(tokens.get("other"))])
-    return ["## Table 2: scores by arm and phase", ""] + _table(header, body) + [
-        "", "Tokens count everything the model has seen along its chain (parents included); "
-        "code tokens include markup, code-adjacent and synthetic code; other is the cooldown "
-        "mix.", ""]
+        body.append(
+            [r.arm, phase]
+            + scores
+            + [_tok(tokens.get("text")), _tok(tokens.get("code")), _tok(tokens.get("other"))]
+        )
+    return (
+        ["## Table 2: scores by arm and phase", ""]
+        + _table(header, body)
+        + [
+            "",
+            "Tokens count everything the model has seen along its chain (parents included); "
+            "code tokens include markup, code-adjacent and synthetic code; other is the cooldown "
+            "mix.",
+            "",
+        ]
+    )
 
 
 def _figure_scores(last_rows: list[Row], figures: str) -> list[str]:
@@ -240,8 +266,14 @@ def _figure_scores(last_rows: list[Row], figures: str) -> list[str]:
     for i, cat in enumerate(cats):
         values = np.array([r.scores.get(cat, (np.nan,) * 3) for r in rows], dtype=float)
         err = np.abs(np.stack([values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]]))
-        ax.bar(x + (i - (len(cats) - 1) / 2) * width, 100 * values[:, 0], width,
-               yerr=100 * err, capsize=2, label=TITLES[cat])
+        ax.bar(
+            x + (i - (len(cats) - 1) / 2) * width,
+            100 * values[:, 0],
+            width,
+            yerr=100 * err,
+            capsize=2,
+            label=TITLES[cat],
+        )
     ax.set_xticks(x, [r.arm for r in rows], rotation=30, ha="right")
     ax.set_ylabel("score (%)")
     ax.set_title("Final scores by arm (bootstrap 95% intervals)")
@@ -273,23 +305,35 @@ def _relative_section(plan, rows, last_rows, baseline: Row, figures: str) -> lis
         ref = reference(plan, rows, r, baseline)
         if not r.scores or not ref.scores or r.planned is ref.planned:
             continue
-        changes = [relative(r.scores[c][0], ref.scores[c][0])
-                   if c in r.scores and c in ref.scores else math.nan for c, _ in CATEGORIES]
+        changes = [
+            relative(r.scores[c][0], ref.scores[c][0])
+            if c in r.scores and c in ref.scores
+            else math.nan
+            for c, _ in CATEGORIES
+        ]
         body.append([r.ref, ref.ref] + [_rel(v) for v in changes])
         data.append((r.arm, changes))
     if not body:
         return lines + ["Not evaluated yet.", ""]
     lines += _table(["Arm (last phase)", "Against"] + [t for _, t in CATEGORIES], body)
-    lines += ["", "Each arm is compared with the baseline arm's phase of the same token budget "
-              "(else its last phase). n/a: the baseline scores 0, so a relative change is "
-              "undefined.", ""]
+    lines += [
+        "",
+        "Each arm is compared with the baseline arm's phase of the same token budget "
+        "(else its last phase). n/a: the baseline scores 0, so a relative change is "
+        "undefined.",
+        "",
+    ]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(data) + 1.5))
     cats = [0, 1, 3]  # NL reasoning, knowledge, code
     height = 0.8 / len(cats)
     y = np.arange(len(data))
     for k, ci in enumerate(cats):
-        ax.barh(y + (k - 1) * height, [100 * np.nan_to_num(d[1][ci]) for d in data], height,
-                label=CATEGORIES[ci][1])
+        ax.barh(
+            y + (k - 1) * height,
+            [100 * np.nan_to_num(d[1][ci]) for d in data],
+            height,
+            label=CATEGORIES[ci][1],
+        )
     ax.set_yticks(y, [d[0] for d in data])
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel(f"relative change vs {baseline.arm} (%)")
@@ -328,13 +372,20 @@ def _sweep_section(study, sweep, fitted, figures: str) -> list[str]:
     points, surfaces = fitted
     lines = [f"## Code proportion: sweep `{sweep.name}`", ""]
     header = ["Arm", "Code fraction"] + [t for _, t in CATEGORIES]
-    body = [[arm, f"{f:.0%}"] + [_pct(row.scores[c][0]) if c in row.scores else "—"
-                                 for c, _ in CATEGORIES] for arm, f, row in points]
+    body = [
+        [arm, f"{f:.0%}"]
+        + [_pct(row.scores[c][0]) if c in row.scores else "—" for c, _ in CATEGORIES]
+        for arm, f, row in points
+    ]
     lines += _table(header, body) + [""]
     held = spec_lib.held_out_arm(study, sweep)
-    lines += [f"Response surface per category, fitted without `{held}` (held out); the form "
-              "is chosen by leave-one-out error: "
-              + "; ".join(f"{f.name}: {f.formula}" for f in fit_lib.FORMS.values()) + ".", ""]
+    lines += [
+        f"Response surface per category, fitted without `{held}` (held out); the form "
+        "is chosen by leave-one-out error: "
+        + "; ".join(f"{f.name}: {f.formula}" for f in fit_lib.FORMS.values())
+        + ".",
+        "",
+    ]
     fit_rows = []
     for cat, title in CATEGORIES:
         s = surfaces[cat]
@@ -342,13 +393,29 @@ def _sweep_section(study, sweep, fitted, figures: str) -> list[str]:
             fit_rows.append([title, "—", s, "—", "—", "—", "—"])
             continue
         h = s.held_out
-        fit_rows.append([
-            title, s.fit.form, s.fit.describe(),
-            "—" if math.isnan(s.loo_rmse[s.fit.form]) else _pct(s.loo_rmse[s.fit.form]),
-            f"{s.best_fraction:.0%}", _pct(s.best_score),
-            f"{_pct(h.actual)} vs {_pct(h.predicted)} ({100 * h.error:+.1f})" if h else "—"])
-    lines += _table(["Category", "Form", "Parameters", "LOO RMSE", "Best code fraction",
-                     "Predicted score", f"Held out `{held}`: actual vs fit (error)"], fit_rows)
+        fit_rows.append(
+            [
+                title,
+                s.fit.form,
+                s.fit.describe(),
+                "—" if math.isnan(s.loo_rmse[s.fit.form]) else _pct(s.loo_rmse[s.fit.form]),
+                f"{s.best_fraction:.0%}",
+                _pct(s.best_score),
+                f"{_pct(h.actual)} vs {_pct(h.predicted)} ({100 * h.error:+.1f})" if h else "—",
+            ]
+        )
+    lines += _table(
+        [
+            "Category",
+            "Form",
+            "Parameters",
+            "LOO RMSE",
+            "Best code fraction",
+            "Predicted score",
+            f"Held out `{held}`: actual vs fit (error)",
+        ],
+        fit_rows,
+    )
     lines += [""]
     if any(row.scores for _, _, row in points):
         path = f"code_proportion_{sweep.name}.png"
@@ -372,17 +439,23 @@ def _sweep_figure(points, surfaces, held, name, path):
         xs, ys = np.array(xs), np.array(ys)
         mask = np.array(is_held, dtype=bool)
         if len(xs):
-            ax.errorbar(xs, ys, yerr=np.abs(np.array([lo, hi])), fmt="none", ecolor="gray",
-                        capsize=2)
+            ax.errorbar(
+                xs, ys, yerr=np.abs(np.array([lo, hi])), fmt="none", ecolor="gray", capsize=2
+            )
             ax.plot(xs[~mask], ys[~mask], "o", color="C0", label="fitted arms")
             if mask.any():
                 ax.plot(xs[mask], ys[mask], "o", mfc="white", color="C3", label="held out")
         s = surfaces[cat]
         if not isinstance(s, str):
-            ax.plot(100 * grid, 100 * s.fit.predict(grid), "--", color="C1",
-                    label=f"{s.fit.form} fit")
-            ax.axvline(100 * s.best_fraction, color="C2", linewidth=0.8,
-                       label=f"best {s.best_fraction:.0%}")
+            ax.plot(
+                100 * grid, 100 * s.fit.predict(grid), "--", color="C1", label=f"{s.fit.form} fit"
+            )
+            ax.axvline(
+                100 * s.best_fraction,
+                color="C2",
+                linewidth=0.8,
+                label=f"best {s.best_fraction:.0%}",
+            )
         ax.set_title(TITLES[cat])
         ax.set_xlabel("code in the mixture (%)")
         ax.set_ylabel("score (%)")
@@ -406,12 +479,14 @@ def _cooldown_section(study, plan: Plan, rows: list[Row], figures: str) -> list[
     for parent_fp, children in groups.items():
         parent = owners[parent_fp]
         lines += [f"Starting from `{parent.ref}`:", ""]
-        body = [[f"{parent.ref} (no cooldown)", "—"]
-                + [_pct(parent.scores[c][0]) if c in parent.scores else "—"
-                   for c, _ in CATEGORIES]]
+        body = [
+            [f"{parent.ref} (no cooldown)", "—"]
+            + [_pct(parent.scores[c][0]) if c in parent.scores else "—" for c, _ in CATEGORIES]
+        ]
         for c in children:
-            body.append([c.ref, _mixture_short(c.planned)]
-                        + [_against(c, parent, k) for k, _ in CATEGORIES])
+            body.append(
+                [c.ref, _mixture_short(c.planned)] + [_against(c, parent, k) for k, _ in CATEGORIES]
+            )
         lines += _table(["Model", "Cooldown mixture"] + [t for _, t in CATEGORIES], body)
         lines += ["", "In brackets: relative change against the model before its cooldown.", ""]
         models = [parent] + children
@@ -421,9 +496,12 @@ def _cooldown_section(study, plan: Plan, rows: list[Row], figures: str) -> list[
             width = 0.8 / len(models)
             x = np.arange(len(cats))
             for i, m in enumerate(models):
-                ax.bar(x + (i - (len(models) - 1) / 2) * width,
-                       [100 * m.scores[c][0] for c in cats], width,
-                       label=m.ref if m is not parent else f"{m.ref} (no cooldown)")
+                ax.bar(
+                    x + (i - (len(models) - 1) / 2) * width,
+                    [100 * m.scores[c][0] for c in cats],
+                    width,
+                    label=m.ref if m is not parent else f"{m.ref} (no cooldown)",
+                )
             ax.set_xticks(x, [TITLES[c] for c in cats])
             ax.set_ylabel("score (%)")
             ax.legend(fontsize=7)
@@ -453,32 +531,42 @@ def _mixture_short(p: PlannedPhase) -> str:
 def _code_share(p: PlannedPhase, kinds=None) -> float:
     stage = p.mixture.stages[0]
     total = sum(w.weight for w in stage.weights)
-    return sum(w.weight for w in stage.weights if (kinds or {}).get(w.source, w.source)
-               in CODE_KINDS) / total
+    return (
+        sum(w.weight for w in stage.weights if (kinds or {}).get(w.source, w.source) in CODE_KINDS)
+        / total
+    )
 
 
 # ---------------------------------------------------------------- headline claims
 
 
-def _headline_section(study, plan, rows, last_rows, baseline: Row | None,
-                      surfaces_by_sweep) -> list[str]:
+def _headline_section(
+    study, plan, rows, last_rows, baseline: Row | None, surfaces_by_sweep
+) -> list[str]:
     """The paper's headline findings next to what this study measured."""
     if baseline is None:
         return []
     body = []
     pairs = [(r, reference(plan, rows, r, baseline)) for r in last_rows]
     pairs = [(r, b) for r, b in pairs if r.scores and b.scores and r.planned is not b.planned]
-    for cat, claim in (("nl_reasoning", "code lifts NL reasoning: +8.2% relative"),
-                       ("world_knowledge", "code lifts world knowledge: +4.2% relative"),
-                       ("code", "code lifts code performance 12x")):
+    for cat, claim in (
+        ("nl_reasoning", "code lifts NL reasoning: +8.2% relative"),
+        ("world_knowledge", "code lifts world knowledge: +4.2% relative"),
+        ("code", "code lifts code performance 12x"),
+    ):
         scored = [(r, b) for r, b in pairs if cat in r.scores and cat in b.scores]
         if not scored:
             continue
         if len({round(x.scores[cat][0], 12) for pair in scored for x in pair}) == 1:
-            body.append([claim, f"every arm and the baseline score "
-                                f"{_pct(scored[0][0].scores[cat][0])}: no difference to measure"])
+            body.append(
+                [
+                    claim,
+                    f"every arm and the baseline score "
+                    f"{_pct(scored[0][0].scores[cat][0])}: no difference to measure",
+                ]
+            )
             continue
-        r, b = max(scored, key=lambda rb: (rb[0].scores[cat][0] - rb[1].scores[cat][0]))
+        r, b = max(scored, key=lambda rb: rb[0].scores[cat][0] - rb[1].scores[cat][0])
         v, base = r.scores[cat][0], b.scores[cat][0]
         if cat == "code":
             measured = f"{v / base:.1f}x" if base else f"{_pct(v)} vs {_pct(base)} (baseline 0)"
@@ -489,8 +577,12 @@ def _headline_section(study, plan, rows, last_rows, baseline: Row | None,
         _, surfaces = surfaces_by_sweep[sweep.name]
         s = surfaces.get("nl_reasoning")
         if s is not None and not isinstance(s, str):
-            body.append(["~25% code is the NL-reasoning sweet spot",
-                         f"sweep `{sweep.name}` fit: best at {s.best_fraction:.0%} code"])
+            body.append(
+                [
+                    "~25% code is the NL-reasoning sweet spot",
+                    f"sweep `{sweep.name}` fit: best at {s.best_fraction:.0%} code",
+                ]
+            )
     by_parent: dict[str, list[Row]] = {}
     for r in rows:
         if r.planned.kind == study_pb2.Phase.COOLDOWN and r.owner and r.scores:
@@ -500,17 +592,25 @@ def _headline_section(study, plan, rows, last_rows, baseline: Row | None,
             continue
         group = sorted(group, key=lambda r: _code_share(r.planned))
         lo, hi = group[0], group[-1]
-        changes = ", ".join(f"{TITLES[c]} {_rel(relative(hi.scores[c][0], lo.scores[c][0]))}"
-                            for c in ("nl_reasoning", "world_knowledge", "code", "total")
-                            if c in hi.scores and c in lo.scores)
-        body.append(["code in the cooldown lifts everything",
-                     f"`{hi.arm}` against `{lo.arm}`: {changes}"])
+        changes = ", ".join(
+            f"{TITLES[c]} {_rel(relative(hi.scores[c][0], lo.scores[c][0]))}"
+            for c in ("nl_reasoning", "world_knowledge", "code", "total")
+            if c in hi.scores and c in lo.scores
+        )
+        body.append(
+            ["code in the cooldown lifts everything", f"`{hi.arm}` against `{lo.arm}`: {changes}"]
+        )
     if not body:
         return []
-    return ["## The paper's headline findings, measured here", ""] + _table(
-        ["Paper", "This study"], body) + [
-        "", "At small scale most scores sit near chance: read directions with the intervals "
-        "below.", ""]
+    return (
+        ["## The paper's headline findings, measured here", ""]
+        + _table(["Paper", "This study"], body)
+        + [
+            "",
+            "At small scale most scores sit near chance: read directions with the intervals below.",
+            "",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- win rates
@@ -521,16 +621,31 @@ def _win_rate_section(state: State, figures: str) -> list[str]:
     lines = ["## Win rates (LLM-as-judge)", ""]
     if not judged:
         return lines + ["No comparisons judged yet.", ""]
-    body = [[j["a"], j["b"], f"{100 * j['win_rate']:.1f}",
-             f"[{100 * j['ci_low']:.1f}, {100 * j['ci_high']:.1f}]",
-             f"{j['wins']}/{j['losses']}/{j['ties']}", str(j["num_prompts"])] for j in judged]
-    lines += _table(["Model A", "Against B", "Win rate of A (%)", "95% interval",
-                     "W/L/T", "Prompts"], body)
+    body = [
+        [
+            j["a"],
+            j["b"],
+            f"{100 * j['win_rate']:.1f}",
+            f"[{100 * j['ci_low']:.1f}, {100 * j['ci_high']:.1f}]",
+            f"{j['wins']}/{j['losses']}/{j['ties']}",
+            str(j["num_prompts"]),
+        ]
+        for j in judged
+    ]
+    lines += _table(
+        ["Model A", "Against B", "Win rate of A (%)", "95% interval", "W/L/T", "Prompts"], body
+    )
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(judged) + 1.5))
     y = np.arange(len(judged))
     rates = np.array([100 * j["win_rate"] for j in judged])
-    err = np.abs(np.array([[100 * (j["win_rate"] - j["ci_low"]) for j in judged],
-                           [100 * (j["ci_high"] - j["win_rate"]) for j in judged]]))
+    err = np.abs(
+        np.array(
+            [
+                [100 * (j["win_rate"] - j["ci_low"]) for j in judged],
+                [100 * (j["ci_high"] - j["win_rate"]) for j in judged],
+            ]
+        )
+    )
     ax.barh(y, rates, xerr=err, capsize=2)
     ax.axvline(50, color="black", linewidth=0.8)
     ax.set_yticks(y, [j["a"] for j in judged])
@@ -552,8 +667,13 @@ def _loss_section(plan: Plan, state: State, figures: str) -> list[str]:
     for p, r in done:
         losses = r.get("final_source_loss") or {}
         final = r.get("final_loss")
-        body.append([p.name, "—" if final is None else f"{final:.3f}",
-                     ", ".join(f"{k} {v:.3f}" for k, v in sorted(losses.items()))])
+        body.append(
+            [
+                p.name,
+                "—" if final is None else f"{final:.3f}",
+                ", ".join(f"{k} {v:.3f}" for k, v in sorted(losses.items())),
+            ]
+        )
     lines += _table(["Phase", "Final loss", "Final loss per source (nats)"], body) + [""]
     cols = min(4, len(done))
     rows_n = math.ceil(len(done) / cols)
@@ -564,16 +684,20 @@ def _loss_section(plan: Plan, state: State, figures: str) -> list[str]:
         curves = state.read_curves(r["run_id"])
         sources = sorted({s for c in curves for s in c.get("source_loss", {})})
         for s in sources:
-            pts = [(offset + c["tokens_seen"], c["source_loss"][s]) for c in curves
-                   if s in c.get("source_loss", {})]
+            pts = [
+                (offset + c["tokens_seen"], c["source_loss"][s])
+                for c in curves
+                if s in c.get("source_loss", {})
+            ]
             color = colors.setdefault(s, f"C{len(colors) % 10}")
-            ax.plot([x / 1e6 for x, _ in pts], [y for _, y in pts], color=color, label=s,
-                    linewidth=1)
+            ax.plot(
+                [x / 1e6 for x, _ in pts], [y for _, y in pts], color=color, label=s, linewidth=1
+            )
         ax.set_title(p.name, fontsize=8)
         ax.set_xlabel("tokens in chain (M)", fontsize=7)
         ax.set_ylabel("loss (nats)", fontsize=7)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(done):]:
+    for ax in list(axes.flat)[len(done) :]:
         ax.axis("off")
     handles = [plt.Line2D([], [], color=c, label=s) for s, c in colors.items()]
     if handles:
@@ -591,15 +715,27 @@ def _intervals_section(rows: list[Row]) -> list[str]:
     for r in rows:
         if not r.scores or not r.owner:
             continue
-        body.append([r.ref] + [f"{_pct(r.scores[c][0])} [{_pct(r.scores[c][1])}, "
-                               f"{_pct(r.scores[c][2])}]" if c in r.scores else "—"
-                               for c, _ in CATEGORIES])
+        body.append(
+            [r.ref]
+            + [
+                f"{_pct(r.scores[c][0])} [{_pct(r.scores[c][1])}, {_pct(r.scores[c][2])}]"
+                if c in r.scores
+                else "—"
+                for c, _ in CATEGORIES
+            ]
+        )
     if not body:
         return []
-    return ["## Bootstrap 95% intervals", ""] + _table(
-        ["Arm/phase"] + [t for _, t in CATEGORIES], body) + [
-        "", "Percentile bootstrap over examples (the eval service's; category scores "
-        "resample every task together).", ""]
+    return (
+        ["## Bootstrap 95% intervals", ""]
+        + _table(["Arm/phase"] + [t for _, t in CATEGORIES], body)
+        + [
+            "",
+            "Percentile bootstrap over examples (the eval service's; category scores "
+            "resample every task together).",
+            "",
+        ]
+    )
 
 
 def _provenance_section(plan: Plan, state: State, rows: list[Row]) -> list[str]:
@@ -610,14 +746,30 @@ def _provenance_section(plan: Plan, state: State, rows: list[Row]) -> list[str]:
         es = evals.get(p.fingerprint)
         train_s += (r or {}).get("train_seconds", 0.0)
         eval_s += es or 0.0
-        body.append([p.name, f"`{p.run_id}`", f"{p.steps:,}", f"{p.tokens:,}",
-                     f"{r['train_seconds']:.0f}" if r else "—",
-                     f"{es:.0f}" if es is not None else "—",
-                     f"`{r['checkpoint_uri']}`" if r else "not trained"])
-    return ["## What ran", ""] + _table(
-        ["Phase", "Trainer run", "Steps", "Tokens", "Train s", "Eval s", "Final checkpoint"],
-        body) + ["", f"Training {train_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min "
-                     "(evaluation overlaps the next training).", ""]
+        body.append(
+            [
+                p.name,
+                f"`{p.run_id}`",
+                f"{p.steps:,}",
+                f"{p.tokens:,}",
+                f"{r['train_seconds']:.0f}" if r else "—",
+                f"{es:.0f}" if es is not None else "—",
+                f"`{r['checkpoint_uri']}`" if r else "not trained",
+            ]
+        )
+    return (
+        ["## What ran", ""]
+        + _table(
+            ["Phase", "Trainer run", "Steps", "Tokens", "Train s", "Eval s", "Final checkpoint"],
+            body,
+        )
+        + [
+            "",
+            f"Training {train_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min "
+            "(evaluation overlaps the next training).",
+            "",
+        ]
+    )
 
 
 def _save(fig, path: str, tight: bool = True) -> None:

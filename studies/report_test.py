@@ -10,8 +10,14 @@ from studies.state import State
 
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 PNG = b"\x89PNG\r\n\x1a\n"
-KINDS = {"text": "text", "code": "code", "markup": "markup", "code_adjacent": "code_adjacent",
-         "synthetic_code": "synthetic_code", "cooldown": "cooldown"}
+KINDS = {
+    "text": "text",
+    "code": "code",
+    "markup": "markup",
+    "code_adjacent": "code_adjacent",
+    "synthetic_code": "synthetic_code",
+    "cooldown": "cooldown",
+}
 
 
 def _nl(p):  # peaks at 25% code
@@ -24,18 +30,38 @@ def _code(p):
 
 def _scores(study, p, salt):
     """Aggregate EvalResults of one planned phase: sweep-shaped in its code share."""
-    share = spec.code_fraction(p.mixture, ("code", "markup", "code_adjacent", "synthetic_code",
-                                           "cooldown"))
+    share = spec.code_fraction(
+        p.mixture, ("code", "markup", "code_adjacent", "synthetic_code", "cooldown")
+    )
     bump = 0.0
-    values = {"nl_reasoning": _nl(share) + bump, "world_knowledge": 0.1 + 0.02 * share,
-              "code": _code(share) + (0.05 if p.kind == 2 else 0.0)}
+    values = {
+        "nl_reasoning": _nl(share) + bump,
+        "world_knowledge": 0.1 + 0.02 * share,
+        "code": _code(share) + (0.05 if p.kind == 2 else 0.0),
+    }
     values["nl_average"] = (values["nl_reasoning"] + values["world_knowledge"]) / 2
     values["total"] = sum(values[c] for c in ("nl_reasoning", "world_knowledge", "code")) / 3
-    results = [{"task": "copa", "category": "nl_reasoning", "value": values["nl_reasoning"],
-                "ci_low": 0.0, "ci_high": 1.0, "num_examples": 25}]
+    results = [
+        {
+            "task": "copa",
+            "category": "nl_reasoning",
+            "value": values["nl_reasoning"],
+            "ci_low": 0.0,
+            "ci_high": 1.0,
+            "num_examples": 25,
+        }
+    ]
     for name, v in values.items():
-        results.append({"task": f"aggregate/{name}", "category": name, "value": v,
-                        "ci_low": v - 0.05, "ci_high": v + 0.05, "num_examples": 100})
+        results.append(
+            {
+                "task": f"aggregate/{name}",
+                "category": name,
+                "value": v,
+                "ci_low": v - 0.05,
+                "ci_high": v + 0.05,
+                "num_examples": 100,
+            }
+        )
     return results
 
 
@@ -46,23 +72,58 @@ def _record(study, plan, state, *, evaluate=lambda p: True, judge=True):
         weights = {w.source: w.weight for w in p.mixture.stages[0].weights}
         total = sum(weights.values())
         tokens = {s: int(p.tokens * w / total) for s, w in weights.items()}
-        state.finish_phase(p.fingerprint, {
-            "refs": p.refs, "run_id": p.run_id, "checkpoint_uri": f"/ck/{p.run_id}/{p.steps}",
-            "step": p.steps, "tokens_seen": p.tokens, "tokens_per_source": tokens,
-            "final_loss": 3.0, "final_source_loss": {s: 3.0 for s in weights},
-            "train_seconds": 10.0})
-        state.write_curves(p.run_id, [
-            {"step": s, "phase": "x", "loss": 5.0 / s, "tokens_seen": s * 2048,
-             "source_loss": {src: 5.0 / s + 0.1 * k for k, src in enumerate(weights)}}
-            for s in range(1, p.steps + 1, 10)])
+        state.finish_phase(
+            p.fingerprint,
+            {
+                "refs": p.refs,
+                "run_id": p.run_id,
+                "checkpoint_uri": f"/ck/{p.run_id}/{p.steps}",
+                "step": p.steps,
+                "tokens_seen": p.tokens,
+                "tokens_per_source": tokens,
+                "final_loss": 3.0,
+                "final_source_loss": {s: 3.0 for s in weights},
+                "train_seconds": 10.0,
+            },
+        )
+        state.write_curves(
+            p.run_id,
+            [
+                {
+                    "step": s,
+                    "phase": "x",
+                    "loss": 5.0 / s,
+                    "tokens_seen": s * 2048,
+                    "source_loss": {src: 5.0 / s + 0.1 * k for k, src in enumerate(weights)},
+                }
+                for s in range(1, p.steps + 1, 10)
+            ],
+        )
         if evaluate(p):
-            state.finish_evaluation(p.fingerprint, settings, {
-                "checkpoint_uri": f"/ck/{p.run_id}", "results": _scores(study, p, i),
-                "eval_seconds": 5.0})
+            state.finish_evaluation(
+                p.fingerprint,
+                settings,
+                {
+                    "checkpoint_uri": f"/ck/{p.run_id}",
+                    "results": _scores(study, p, i),
+                    "eval_seconds": 5.0,
+                },
+            )
     if judge:
-        state.finish_judgement("k1", {"a": "code-to-text/continue", "b": "text-only/continue",
-                                      "win_rate": 0.6, "wins": 5, "losses": 3, "ties": 2,
-                                      "num_prompts": 10, "ci_low": 0.4, "ci_high": 0.8})
+        state.finish_judgement(
+            "k1",
+            {
+                "a": "code-to-text/continue",
+                "b": "text-only/continue",
+                "win_rate": 0.6,
+                "wins": 5,
+                "losses": 3,
+                "ties": 2,
+                "num_prompts": 10,
+                "ci_low": 0.4,
+                "ci_high": 0.8,
+            },
+        )
 
 
 @pytest.fixture
@@ -113,9 +174,14 @@ def test_report_from_recorded_results(tmp_path, tiny):
     assert "code lifts NL reasoning" in text
 
     figures = sorted(os.listdir(tmp_path / "figures"))
-    assert figures == ["code_proportion_code-proportion.png",
-                       "cooldown_balanced-to-text_continue.png", "loss_curves.png",
-                       "relative_change.png", "scores.png", "win_rates.png"]
+    assert figures == [
+        "code_proportion_code-proportion.png",
+        "cooldown_balanced-to-text_continue.png",
+        "loss_curves.png",
+        "relative_change.png",
+        "scores.png",
+        "win_rates.png",
+    ]
     for name in figures:
         with open(tmp_path / "figures" / name, "rb") as f:
             assert f.read(8) == PNG

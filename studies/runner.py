@@ -56,8 +56,16 @@ def checkpoint_dir(study: study_pb2.Study, out_dir: str) -> str:
 
 
 class Runner:
-    def __init__(self, study: study_pb2.Study, out_dir: str, services: Services, *,
-                 log=print, judge: JudgeOverride | None = None, parallel_eval: bool = True):
+    def __init__(
+        self,
+        study: study_pb2.Study,
+        out_dir: str,
+        services: Services,
+        *,
+        log=print,
+        judge: JudgeOverride | None = None,
+        parallel_eval: bool = True,
+    ):
         self.study = study
         self.out_dir = out_dir
         self.services = services
@@ -77,8 +85,10 @@ class Runner:
         """Runs what is left and writes the report; returns the report's path."""
         started = time.monotonic()
         study, plan = self.study, self.plan
-        self.log(f"study {study.name}: preset {study.preset}, scale {study.scale:g}, "
-                 f"{len(study.arms)} arms, {len(plan.phases)} distinct phases to train")
+        self.log(
+            f"study {study.name}: preset {study.preset}, scale {study.scale:g}, "
+            f"{len(study.arms)} arms, {len(plan.phases)} distinct phases to train"
+        )
         self.log(plan_lib.describe(plan))
         to_train = [p for p in plan.phases if self.state.phase(p.fingerprint) is None]
         settings = spec_lib.eval_settings(study)
@@ -104,8 +114,10 @@ class Runner:
                     self.trained.append(p.name)
                 else:
                     self.reused.append(p.name)
-                    self.log(f"{label}: finished before, reused "
-                             f"({self.state.phase(p.fingerprint)['checkpoint_uri']})")
+                    self.log(
+                        f"{label}: finished before, reused "
+                        f"({self.state.phase(p.fingerprint)['checkpoint_uri']})"
+                    )
                 if self.state.evaluation(p.fingerprint, settings) is None:
                     if self.parallel_eval:
                         evaluations.append(pool.submit(self._evaluate, p, label))
@@ -125,8 +137,10 @@ class Runner:
         pool.shutdown(wait=True)
         self._judge_all(to_judge)
         path = report_lib.write(study, plan, self.state, self.out_dir)
-        self.log(f"study {study.name}: trained {len(self.trained)}, reused {len(self.reused)}, "
-                 f"evaluated {len(self.evaluated)} phases in {time.monotonic() - started:.0f}s")
+        self.log(
+            f"study {study.name}: trained {len(self.trained)}, reused {len(self.reused)}, "
+            f"evaluated {len(self.evaluated)} phases in {time.monotonic() - started:.0f}s"
+        )
         self.log(f"report: {path}")
         return path
 
@@ -137,8 +151,12 @@ class Runner:
         if p.parent is not None:
             parent_uri = self.state.phase(p.parent)["checkpoint_uri"]
         run_spec = plan_lib.run_spec(
-            self.study, p, parent_uri=parent_uri, data_address=self.services.address("data"),
-            checkpoint_dir=checkpoint_dir(self.study, self.out_dir))
+            self.study,
+            p,
+            parent_uri=parent_uri,
+            data_address=self.services.address("data"),
+            checkpoint_dir=checkpoint_dir(self.study, self.out_dir),
+        )
         trainer = self.services.trainer()
         started = time.monotonic()
         try:
@@ -146,11 +164,14 @@ class Runner:
             how = "resumed from its last checkpoint" if response.resumed else "started"
         except grpc.RpcError as e:
             if "already running" not in (e.details() or ""):
-                raise StudyRunError(f"{p.name}: the trainer refused run {p.run_id}: "
-                                    f"{e.code().name} {e.details()}") from None
+                raise StudyRunError(
+                    f"{p.name}: the trainer refused run {p.run_id}: {e.code().name} {e.details()}"
+                ) from None
             how = "already running in the trainer, watching it"
-        self.log(f"{label}: run {p.run_id} {how}: {p.steps:,} steps, {p.tokens:,} tokens, "
-                 f"mixture {_mixture_words(p)}")
+        self.log(
+            f"{label}: run {p.run_id} {how}: {p.steps:,} steps, {p.tokens:,} tokens, "
+            f"mixture {_mixture_words(p)}"
+        )
         metrics: dict[tuple[str, int], dict] = {}
         final, status = None, None
         last_print = time.monotonic()
@@ -160,67 +181,104 @@ class Runner:
                 if kind == "metrics":
                     m = event.metrics
                     metrics[(m.phase, m.step)] = {
-                        "step": m.step, "phase": m.phase, "loss": m.loss,
-                        "source_loss": dict(m.source_loss), "tokens_seen": m.tokens_seen,
-                        "learning_rate": m.learning_rate, "tokens_per_second": m.tokens_per_second}
+                        "step": m.step,
+                        "phase": m.phase,
+                        "loss": m.loss,
+                        "source_loss": dict(m.source_loss),
+                        "tokens_seen": m.tokens_seen,
+                        "learning_rate": m.learning_rate,
+                        "tokens_per_second": m.tokens_per_second,
+                    }
                     if time.monotonic() - last_print > PROGRESS_EVERY_S:
                         last_print = time.monotonic()
-                        self.log(f"{label}: step {m.step}/{p.steps} loss {m.loss:.3f} "
-                                 f"({_per_source(m.source_loss)}) "
-                                 f"{m.tokens_per_second / 1e3:.1f}k tok/s")
+                        self.log(
+                            f"{label}: step {m.step}/{p.steps} loss {m.loss:.3f} "
+                            f"({_per_source(m.source_loss)}) "
+                            f"{m.tokens_per_second / 1e3:.1f}k tok/s"
+                        )
                 elif kind == "checkpoint" and event.checkpoint.phase_end:
                     final = event.checkpoint
                 elif kind == "status":
                     status = event.status
         except grpc.RpcError as e:
-            raise StudyRunError(f"{p.name}: lost the trainer while watching run {p.run_id}: "
-                                f"{e.code().name} {e.details()}; run the study again to resume"
-                                f"\n{self.services.logs('trainer')}") from None
+            raise StudyRunError(
+                f"{p.name}: lost the trainer while watching run {p.run_id}: "
+                f"{e.code().name} {e.details()}; run the study again to resume"
+                f"\n{self.services.logs('trainer')}"
+            ) from None
         if status is None or status.state != trainer_pb2.SUCCEEDED or final is None:
             state = trainer_pb2.RunState.Name(status.state) if status else "unknown"
-            raise StudyRunError(f"{p.name}: run {p.run_id} ended {state}"
-                                f"{': ' + status.error if status and status.error else ''}"
-                                f"\n{self.services.logs('trainer')}")
+            raise StudyRunError(
+                f"{p.name}: run {p.run_id} ended {state}"
+                f"{': ' + status.error if status and status.error else ''}"
+                f"\n{self.services.logs('trainer')}"
+            )
         records = sorted(metrics.values(), key=lambda r: r["step"])
         self.state.write_curves(p.run_id, records)
         lineage = final.lineage
         last = records[-1] if records else {}
-        self.state.finish_phase(p.fingerprint, {
-            "refs": p.refs, "run_id": p.run_id, "checkpoint_uri": final.uri, "step": final.step,
-            "tokens_seen": lineage.tokens_seen,
-            "tokens_per_source": dict(lineage.tokens_per_source),
-            "parent_uri": lineage.parent_uri, "final_loss": last.get("loss"),
-            "final_source_loss": last.get("source_loss", {}),
-            "train_seconds": time.monotonic() - started,
-        })
-        self.log(f"{label}: trained in {time.monotonic() - started:.0f}s, final loss "
-                 f"{last.get('loss', float('nan')):.3f} -> {final.uri}")
+        self.state.finish_phase(
+            p.fingerprint,
+            {
+                "refs": p.refs,
+                "run_id": p.run_id,
+                "checkpoint_uri": final.uri,
+                "step": final.step,
+                "tokens_seen": lineage.tokens_seen,
+                "tokens_per_source": dict(lineage.tokens_per_source),
+                "parent_uri": lineage.parent_uri,
+                "final_loss": last.get("loss"),
+                "final_source_loss": last.get("source_loss", {}),
+                "train_seconds": time.monotonic() - started,
+            },
+        )
+        self.log(
+            f"{label}: trained in {time.monotonic() - started:.0f}s, final loss "
+            f"{last.get('loss', float('nan')):.3f} -> {final.uri}"
+        )
 
     # -- evaluation ------------------------------------------------------------------
 
     def _evaluate(self, p: PlannedPhase, label: str) -> None:
         uri = self.state.phase(p.fingerprint)["checkpoint_uri"]
         e = self.study.evaluation
-        request = eval_pb2.EvaluateRequest(checkpoint_uri=uri, suite=e.suite, tasks=e.tasks,
-                                           limit=e.limit, num_samples=e.num_samples, seed=e.seed)
+        request = eval_pb2.EvaluateRequest(
+            checkpoint_uri=uri,
+            suite=e.suite,
+            tasks=e.tasks,
+            limit=e.limit,
+            num_samples=e.num_samples,
+            seed=e.seed,
+        )
         started = time.monotonic()
         try:
-            results = [json_format.MessageToDict(r, preserving_proto_field_name=True)
-                       for r in self.services.eval().Evaluate(request)]
+            results = [
+                json_format.MessageToDict(r, preserving_proto_field_name=True)
+                for r in self.services.eval().Evaluate(request)
+            ]
         except grpc.RpcError as err:
-            raise StudyRunError(f"{p.name}: evaluating {uri} failed: {err.code().name} "
-                                f"{err.details()}\n{self.services.logs('eval')}") from None
+            raise StudyRunError(
+                f"{p.name}: evaluating {uri} failed: {err.code().name} "
+                f"{err.details()}\n{self.services.logs('eval')}"
+            ) from None
         for r in results:  # proto3 JSON drops zeros; the report wants every number
             for key in ("value", "ci_low", "ci_high", "num_examples"):
                 r.setdefault(key, 0)
-        self.state.finish_evaluation(p.fingerprint, spec_lib.eval_settings(self.study), {
-            "checkpoint_uri": uri, "results": results,
-            "eval_seconds": time.monotonic() - started})
+        self.state.finish_evaluation(
+            p.fingerprint,
+            spec_lib.eval_settings(self.study),
+            {"checkpoint_uri": uri, "results": results, "eval_seconds": time.monotonic() - started},
+        )
         self.evaluated.append(p.name)
-        scores = {r["task"].removeprefix("aggregate/"): r["value"] for r in results
-                  if r["task"].startswith("aggregate/")}
-        self.log(f"{label}: evaluated in {time.monotonic() - started:.0f}s: "
-                 + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        scores = {
+            r["task"].removeprefix("aggregate/"): r["value"]
+            for r in results
+            if r["task"].startswith("aggregate/")
+        }
+        self.log(
+            f"{label}: evaluated in {time.monotonic() - started:.0f}s: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        )
 
     # -- judge -----------------------------------------------------------------------
 
@@ -228,8 +286,11 @@ class Runner:
         """The judge of Compare requests; None: the eval service's default."""
         o = self.judge_override
         if o.base_url:
-            return eval_pb2.Judge(openai=eval_pb2.OpenAIJudge(
-                base_url=o.base_url, model=o.model, api_key_env=o.api_key_env))
+            return eval_pb2.Judge(
+                openai=eval_pb2.OpenAIJudge(
+                    base_url=o.base_url, model=o.model, api_key_env=o.api_key_env
+                )
+            )
         if o.checkpoint_uri:
             return eval_pb2.Judge(checkpoint_uri=o.checkpoint_uri)
         j = self.study.judge
@@ -269,9 +330,9 @@ class Runner:
             if a.fingerprint == baseline.fingerprint or a.fingerprint in seen:
                 continue
             seen.add(a.fingerprint)
-            key = hashlib.sha256(b"|".join([
-                a.fingerprint.encode(), baseline.fingerprint.encode(),
-                judge_identity])).hexdigest()[:24]
+            key = hashlib.sha256(
+                b"|".join([a.fingerprint.encode(), baseline.fingerprint.encode(), judge_identity])
+            ).hexdigest()[:24]
             out.append((a, baseline, key))
         return out
 
@@ -285,33 +346,53 @@ class Runner:
             uri_a = self.state.phase(a.fingerprint)["checkpoint_uri"]
             uri_b = self.state.phase(b.fingerprint)["checkpoint_uri"]
             request = eval_pb2.CompareRequest(
-                checkpoint_a=uri_a, checkpoint_b=uri_b, prompt_set=j.prompt_set, limit=j.limit,
-                max_new_tokens=j.max_new_tokens, seed=j.seed)
+                checkpoint_a=uri_a,
+                checkpoint_b=uri_b,
+                prompt_set=j.prompt_set,
+                limit=j.limit,
+                max_new_tokens=j.max_new_tokens,
+                seed=j.seed,
+            )
             if judge is not None:
                 request.judge.CopyFrom(judge)
             started = time.monotonic()
             try:
                 c = self.services.eval().Compare(request)
             except grpc.RpcError as err:
-                raise StudyRunError(f"judging {a.name} against {b.name} failed: "
-                                    f"{err.code().name} {err.details()}") from None
-            self.state.finish_judgement(key, {
-                "a": a.name, "b": b.name, "a_fingerprint": a.fingerprint,
-                "b_fingerprint": b.fingerprint, "win_rate": c.win_rate, "wins": c.wins,
-                "losses": c.losses, "ties": c.ties, "num_prompts": c.num_prompts,
-                "ci_low": c.ci_low, "ci_high": c.ci_high,
-                "judge": json_format.MessageToDict(judge) if judge else "service default",
-                "seconds": time.monotonic() - started})
-            self.log(f"win rate {a.name} vs {b.name}: {c.win_rate:.3f} "
-                     f"[{c.ci_low:.3f}, {c.ci_high:.3f}] over {c.num_prompts} prompts")
+                raise StudyRunError(
+                    f"judging {a.name} against {b.name} failed: {err.code().name} {err.details()}"
+                ) from None
+            self.state.finish_judgement(
+                key,
+                {
+                    "a": a.name,
+                    "b": b.name,
+                    "a_fingerprint": a.fingerprint,
+                    "b_fingerprint": b.fingerprint,
+                    "win_rate": c.win_rate,
+                    "wins": c.wins,
+                    "losses": c.losses,
+                    "ties": c.ties,
+                    "num_prompts": c.num_prompts,
+                    "ci_low": c.ci_low,
+                    "ci_high": c.ci_high,
+                    "judge": json_format.MessageToDict(judge) if judge else "service default",
+                    "seconds": time.monotonic() - started,
+                },
+            )
+            self.log(
+                f"win rate {a.name} vs {b.name}: {c.win_rate:.3f} "
+                f"[{c.ci_low:.3f}, {c.ci_high:.3f}] over {c.num_prompts} prompts"
+            )
 
 
 def _mixture_words(p: PlannedPhase) -> str:
     stages = []
     for stage in p.mixture.stages:
         total = sum(w.weight for w in stage.weights)
-        stages.append(" ".join(f"{w.source} {w.weight / total:.0%}" for w in stage.weights
-                               if w.weight > 0))
+        stages.append(
+            " ".join(f"{w.source} {w.weight / total:.0%}" for w in stage.weights if w.weight > 0)
+        )
     return (p.mixture.name + ": " if p.mixture.name else "") + " | ".join(stages)
 
 
@@ -389,20 +470,26 @@ def main(options: Options, log=log_to_stdout) -> int:
     if not any(f.startswith("--results_db") for f in eval_flags):
         # Per-task results survive a killed evaluation, beside the study's state.
         eval_flags.append(f"--results_db={os.path.join(out_dir, 'eval_results.sqlite')}")
-    services = Services(out_dir, addresses=options.addresses, flags=flags, log=log,
-                        echo=options.echo_services)
+    services = Services(
+        out_dir, addresses=options.addresses, flags=flags, log=log, echo=options.echo_services
+    )
 
     def stop(signum, frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        Runner(study, out_dir, services, log=log, judge=options.judge,
-               parallel_eval=options.parallel_eval).run()
+        Runner(
+            study,
+            out_dir,
+            services,
+            log=log,
+            judge=options.judge,
+            parallel_eval=options.parallel_eval,
+        ).run()
         return 0
     except KeyboardInterrupt as e:
-        log(f"stopped ({e or 'SIGINT'}); run the same command again to continue where it "
-            "left off")
+        log(f"stopped ({e or 'SIGINT'}); run the same command again to continue where it left off")
         return 130
     except StudyRunError as e:
         log(f"error: {e}")
@@ -414,6 +501,7 @@ def main(options: Options, log=log_to_stdout) -> int:
 def text_format_of(study: study_pb2.Study) -> str:
     from google.protobuf import text_format
 
-    return ("# proto-file: proto/study.proto\n# proto-message: codelab.study.v1.Study\n"
-            "# The spec this output directory was last run with.\n"
-            + text_format.MessageToString(study))
+    return (
+        "# proto-file: proto/study.proto\n# proto-message: codelab.study.v1.Study\n"
+        "# The spec this output directory was last run with.\n" + text_format.MessageToString(study)
+    )

@@ -14,23 +14,36 @@ from studies import runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("spec", None, "Study text proto (relative paths: from where bazel ran).")
-flags.DEFINE_string("out", "", "Output directory: state, curves, report, checkpoints "
-                    "(default /tmp/code_lab/studies/<study name>).")
+flags.DEFINE_string(
+    "out",
+    "",
+    "Output directory: state, curves, report, checkpoints "
+    "(default /tmp/code_lab/studies/<study name>).",
+)
 flags.DEFINE_string("data_address", "", "host:port of a running DataService; default: start one.")
-flags.DEFINE_string("trainer_address", "", "host:port of a running TrainerService; default: "
-                    "start one.")
+flags.DEFINE_string(
+    "trainer_address", "", "host:port of a running TrainerService; default: start one."
+)
 flags.DEFINE_string("eval_address", "", "host:port of a running EvalService; default: start one.")
-flags.DEFINE_multi_string("data_flag", [], "Flag for a started data service, e.g. "
-                          "--data_flag=--corpus_dir=/data/corpus.")
+flags.DEFINE_multi_string(
+    "data_flag", [], "Flag for a started data service, e.g. --data_flag=--corpus_dir=/data/corpus."
+)
 flags.DEFINE_multi_string("trainer_flag", [], "Flag for a started trainer service.")
 flags.DEFINE_multi_string("eval_flag", [], "Flag for a started eval service.")
-flags.DEFINE_string("judge_base_url", "", "Judge win rates with this OpenAI-compatible "
-                    "endpoint (.../v1) instead of the spec's judge.")
+flags.DEFINE_string(
+    "judge_base_url",
+    "",
+    "Judge win rates with this OpenAI-compatible endpoint (.../v1) instead of the spec's judge.",
+)
 flags.DEFINE_string("judge_model", "", "Model name for --judge_base_url.")
-flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY", "Environment variable holding the "
-                    "judge endpoint's API key.")
-flags.DEFINE_string("judge_checkpoint", "", "Judge with this checkpoint URI instead of the "
-                    "spec's judge.")
+flags.DEFINE_string(
+    "judge_api_key_env",
+    "OPENAI_API_KEY",
+    "Environment variable holding the judge endpoint's API key.",
+)
+flags.DEFINE_string(
+    "judge_checkpoint", "", "Judge with this checkpoint URI instead of the spec's judge."
+)
 flags.DEFINE_bool("report_only", False, "Rewrite the report from recorded results; start nothing.")
 flags.DEFINE_bool("plan_only", False, "Print the plan (trainings, budgets, sharing) and exit.")
 flags.DEFINE_bool("parallel_eval", True, "Evaluate a finished phase while the next one trains.")
@@ -42,17 +55,29 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     options = runner.Options(
-        spec_path=FLAGS.spec, out_dir=FLAGS.out,
-        addresses={"data": FLAGS.data_address, "trainer": FLAGS.trainer_address,
-                   "eval": FLAGS.eval_address},
-        service_flags={"data": FLAGS.data_flag, "trainer": FLAGS.trainer_flag,
-                       "eval": FLAGS.eval_flag},
+        spec_path=FLAGS.spec,
+        out_dir=FLAGS.out,
+        addresses={
+            "data": FLAGS.data_address,
+            "trainer": FLAGS.trainer_address,
+            "eval": FLAGS.eval_address,
+        },
+        service_flags={
+            "data": FLAGS.data_flag,
+            "trainer": FLAGS.trainer_flag,
+            "eval": FLAGS.eval_flag,
+        },
         judge=runner.JudgeOverride(
-            base_url=FLAGS.judge_base_url, model=FLAGS.judge_model,
+            base_url=FLAGS.judge_base_url,
+            model=FLAGS.judge_model,
             api_key_env=FLAGS.judge_api_key_env if FLAGS.judge_base_url else "",
-            checkpoint_uri=FLAGS.judge_checkpoint),
-        report_only=FLAGS.report_only, plan_only=FLAGS.plan_only,
-        parallel_eval=FLAGS.parallel_eval, echo_services=FLAGS.echo_services)
+            checkpoint_uri=FLAGS.judge_checkpoint,
+        ),
+        report_only=FLAGS.report_only,
+        plan_only=FLAGS.plan_only,
+        parallel_eval=FLAGS.parallel_eval,
+        echo_services=FLAGS.echo_services,
+    )
     sys.exit(runner.main(options))
 
 

@@ -19,9 +19,12 @@ SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 class FakeData(data_pb2_grpc.DataServiceServicer):
     def ListSources(self, request, context):
-        return data_pb2.ListSourcesResponse(sources=[
-            data_pb2.SourceInfo(name=n, kind=n) for n in
-            ("text", "code", "markup", "code_adjacent", "synthetic_code", "cooldown")])
+        return data_pb2.ListSourcesResponse(
+            sources=[
+                data_pb2.SourceInfo(name=n, kind=n)
+                for n in ("text", "code", "markup", "code_adjacent", "synthetic_code", "cooldown")
+            ]
+        )
 
 
 class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -40,24 +43,58 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
             phase = spec_.phases[0]
             steps = -(-phase.token_budget // (spec_.global_batch_size * spec_.seq_len))
             uri = f"{spec_.checkpoint_dir}/{spec_.run_id}/checkpoints/{steps}"
-            events = [trainer_pb2.RunEvent(status=trainer_pb2.RunStatus(
-                run_id=spec_.run_id, state=trainer_pb2.RUNNING))]
+            events = [
+                trainer_pb2.RunEvent(
+                    status=trainer_pb2.RunStatus(run_id=spec_.run_id, state=trainer_pb2.RUNNING)
+                )
+            ]
             for step in range(1, steps + 1, max(1, steps // 4)):
-                events.append(trainer_pb2.RunEvent(metrics=trainer_pb2.Metrics(
-                    step=step, phase=phase.name, loss=5.0 / step, tokens_seen=step * 10,
-                    source_loss={w.source: 5.0 / step for w in phase.mixture.stages[0].weights})))
+                events.append(
+                    trainer_pb2.RunEvent(
+                        metrics=trainer_pb2.Metrics(
+                            step=step,
+                            phase=phase.name,
+                            loss=5.0 / step,
+                            tokens_seen=step * 10,
+                            source_loss={
+                                w.source: 5.0 / step for w in phase.mixture.stages[0].weights
+                            },
+                        )
+                    )
+                )
             if spec_.run_id in self.fail:
-                events.append(trainer_pb2.RunEvent(status=trainer_pb2.RunStatus(
-                    run_id=spec_.run_id, state=trainer_pb2.FAILED, error="boom")))
+                events.append(
+                    trainer_pb2.RunEvent(
+                        status=trainer_pb2.RunStatus(
+                            run_id=spec_.run_id, state=trainer_pb2.FAILED, error="boom"
+                        )
+                    )
+                )
             else:
                 tokens = {w.source: 10 for w in phase.mixture.stages[0].weights}
-                events.append(trainer_pb2.RunEvent(checkpoint=trainer_pb2.CheckpointCommitted(
-                    step=steps, uri=uri, phase_end=True, lineage=trainer_pb2.Lineage(
-                        run_id=spec_.run_id, phase=phase.name, tokens_per_source=tokens,
-                        tokens_seen=sum(tokens.values()),
-                        parent_uri=phase.init_checkpoint))))
-                events.append(trainer_pb2.RunEvent(status=trainer_pb2.RunStatus(
-                    run_id=spec_.run_id, state=trainer_pb2.SUCCEEDED, step=steps)))
+                events.append(
+                    trainer_pb2.RunEvent(
+                        checkpoint=trainer_pb2.CheckpointCommitted(
+                            step=steps,
+                            uri=uri,
+                            phase_end=True,
+                            lineage=trainer_pb2.Lineage(
+                                run_id=spec_.run_id,
+                                phase=phase.name,
+                                tokens_per_source=tokens,
+                                tokens_seen=sum(tokens.values()),
+                                parent_uri=phase.init_checkpoint,
+                            ),
+                        )
+                    )
+                )
+                events.append(
+                    trainer_pb2.RunEvent(
+                        status=trainer_pb2.RunStatus(
+                            run_id=spec_.run_id, state=trainer_pb2.SUCCEEDED, step=steps
+                        )
+                    )
+                )
             self.events[spec_.run_id] = events
         return trainer_pb2.StartRunResponse(run_id=spec_.run_id)
 
@@ -73,27 +110,44 @@ class FakeEval(eval_pb2_grpc.EvalServiceServicer):
     def Evaluate(self, request, context):
         self.evaluated.append(request.checkpoint_uri)
         h = int(hashlib.sha256(request.checkpoint_uri.encode()).hexdigest()[:8], 16) / 2**32
-        yield eval_pb2.EvalResult(checkpoint_uri=request.checkpoint_uri, task="copa",
-                                  category="nl_reasoning", value=h, num_examples=4)
+        yield eval_pb2.EvalResult(
+            checkpoint_uri=request.checkpoint_uri,
+            task="copa",
+            category="nl_reasoning",
+            value=h,
+            num_examples=4,
+        )
         for name in ("nl_reasoning", "world_knowledge", "code", "nl_average", "total"):
-            yield eval_pb2.EvalResult(checkpoint_uri=request.checkpoint_uri,
-                                      task=f"aggregate/{name}", category=name, value=h,
-                                      ci_low=h / 2, ci_high=min(1, h * 1.5), num_examples=4)
+            yield eval_pb2.EvalResult(
+                checkpoint_uri=request.checkpoint_uri,
+                task=f"aggregate/{name}",
+                category=name,
+                value=h,
+                ci_low=h / 2,
+                ci_high=min(1, h * 1.5),
+                num_examples=4,
+            )
 
     def Compare(self, request, context):
-        self.compared.append((request.checkpoint_a, request.checkpoint_b,
-                              request.judge.checkpoint_uri))
-        return eval_pb2.CompareResponse(win_rate=0.5, wins=1, losses=1, ties=0, num_prompts=2,
-                                        ci_low=0.0, ci_high=1.0)
+        self.compared.append(
+            (request.checkpoint_a, request.checkpoint_b, request.judge.checkpoint_uri)
+        )
+        return eval_pb2.CompareResponse(
+            win_rate=0.5, wins=1, losses=1, ties=0, num_prompts=2, ci_low=0.0, ci_high=1.0
+        )
 
 
 @pytest.fixture
 def fakes():
     data, trainer, evaluator = FakeData(), FakeTrainer(), FakeEval()
     running = serving.serve(
-        [(data_pb2_grpc.add_DataServiceServicer_to_server, data),
-         (trainer_pb2_grpc.add_TrainerServiceServicer_to_server, trainer),
-         (eval_pb2_grpc.add_EvalServiceServicer_to_server, evaluator)], [])
+        [
+            (data_pb2_grpc.add_DataServiceServicer_to_server, data),
+            (trainer_pb2_grpc.add_TrainerServiceServicer_to_server, trainer),
+            (eval_pb2_grpc.add_EvalServiceServicer_to_server, evaluator),
+        ],
+        [],
+    )
     yield running.address, trainer, evaluator
     running.stop(0)
 
@@ -151,7 +205,9 @@ def test_a_failed_phase_stops_the_study_and_a_rerun_continues(tmp_path, fakes):
     with pytest.raises(runner_lib.StudyRunError, match="ended FAILED: boom"):
         _runner(study, out, address).run()
     assert [s.run_id for s in trainer.started] == [
-        _runner(study, out, address).plan.phases[0].run_id, second.run_id]
+        _runner(study, out, address).plan.phases[0].run_id,
+        second.run_id,
+    ]
     trainer.fail.clear()
     rerun = _runner(study, out, address)
     rerun.run()
@@ -180,11 +236,13 @@ def test_a_refused_spec_names_the_phase(tmp_path, fakes):
         def StartRun(self, request, context):
             context.abort(grpc.StatusCode.NOT_FOUND, "spec.phases[0].mixture.x: unknown source")
 
-    refusing = serving.serve([(trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
-                               Refusing())], [])
+    refusing = serving.serve(
+        [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, Refusing())], []
+    )
     try:
-        services = Services(str(tmp_path), addresses={"data": address, "eval": address,
-                                                      "trainer": refusing.address})
+        services = Services(
+            str(tmp_path), addresses={"data": address, "eval": address, "trainer": refusing.address}
+        )
         with pytest.raises(runner_lib.StudyRunError, match="balanced/init: the trainer refused"):
             runner_lib.Runner(study, str(tmp_path), services, log=lambda s: None).run()
     finally:
@@ -212,7 +270,12 @@ def test_report_only_starts_nothing(tmp_path, fakes):
     study = spec.load(micro)
     _runner(study, str(tmp_path), address).run()
     os.remove(tmp_path / "report.md")
-    assert runner_lib.main(runner_lib.Options(spec_path=micro, out_dir=str(tmp_path),
-                                              report_only=True), log=lambda s: None) == 0
+    assert (
+        runner_lib.main(
+            runner_lib.Options(spec_path=micro, out_dir=str(tmp_path), report_only=True),
+            log=lambda s: None,
+        )
+        == 0
+    )
     assert os.path.exists(tmp_path / "report.md")
     assert os.path.exists(tmp_path / "study.textproto")

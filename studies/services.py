@@ -71,8 +71,10 @@ def wait_for_orphans(out_dir: str, log=print, timeout: float = 120.0) -> None:
                     log("waiting for the services of an earlier runner to exit ...")
                     told = True
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"services of an earlier runner still hold {path} after "
-                                       f"{timeout:.0f}s; stop them and run again")
+                    raise RuntimeError(
+                        f"services of an earlier runner still hold {path} after "
+                        f"{timeout:.0f}s; stop them and run again"
+                    )
                 time.sleep(0.5)
     finally:
         os.close(fd)
@@ -98,8 +100,15 @@ class Services:
     """Lazily started services: nothing starts until a stub is asked for, so
     a study with nothing left to do never starts a process."""
 
-    def __init__(self, out_dir: str, *, addresses: dict[str, str] | None = None,
-                 flags: dict[str, list[str]] | None = None, log=print, echo: bool = False):
+    def __init__(
+        self,
+        out_dir: str,
+        *,
+        addresses: dict[str, str] | None = None,
+        flags: dict[str, list[str]] | None = None,
+        log=print,
+        echo: bool = False,
+    ):
         self._out_dir = out_dir
         self._addresses = {k: v for k, v in (addresses or {}).items() if v}
         self._flags = flags or {}
@@ -116,8 +125,9 @@ class Services:
         with self._lock:
             service = self._service(name)
             if service.channel is None:
-                service.channel = grpc.insecure_channel(service.address,
-                                                        options=serving.channel_options())
+                service.channel = grpc.insecure_channel(
+                    service.address, options=serving.channel_options()
+                )
             return service.channel
 
     def data(self) -> data_pb2_grpc.DataServiceStub:

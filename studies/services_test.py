@@ -44,8 +44,9 @@ def test_a_killed_runner_takes_its_services_along(tmp_path):
     (tmp_path / "fake_service.py").write_text(FAKE_SERVICE)
     lock = str(tmp_path / services.LOCK_FILE)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
-    runner = subprocess.Popen([sys.executable, "-c", RUNNER, lock], stdout=subprocess.PIPE,
-                              text=True, env=env)
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, lock], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         child = int(runner.stdout.readline())
         assert _alive(child)

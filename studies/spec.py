@@ -70,7 +70,7 @@ def parse(text: str, *, source: str = "<text>") -> study_pb2.Study:
 
 
 def resolve(study: study_pb2.Study, ref: str, field: str) -> PhaseRef:
-    """"arm/phase", or "arm" for the arm's last phase."""
+    """ "arm/phase", or "arm" for the arm's last phase."""
     arm_name, _, phase_name = ref.partition("/")
     for i, arm in enumerate(study.arms):
         if arm.name != arm_name:
@@ -82,8 +82,10 @@ def resolve(study: study_pb2.Study, ref: str, field: str) -> PhaseRef:
         for j, phase in enumerate(arm.phases):
             if phase.name == phase_name:
                 return PhaseRef(i, j)
-        raise StudyError(field, f"arm {arm_name!r} has no phase {phase_name!r} "
-                         f"(it has {[p.name for p in arm.phases]})")
+        raise StudyError(
+            field,
+            f"arm {arm_name!r} has no phase {phase_name!r} (it has {[p.name for p in arm.phases]})",
+        )
     raise StudyError(field, f"no arm named {arm_name!r} (arms: {[a.name for a in study.arms]})")
 
 
@@ -104,8 +106,9 @@ def chain(study: study_pb2.Study, ref: PhaseRef) -> list[PhaseRef]:
     p = parent(study, ref)
     while p is not None:
         if p in seen:
-            raise StudyError(f"arms[{p.arm}].init_from",
-                             f"init_from forms a cycle through {p.name(study)!r}")
+            raise StudyError(
+                f"arms[{p.arm}].init_from", f"init_from forms a cycle through {p.name(study)!r}"
+            )
         seen.add(p)
         out.append(p)
         p = parent(study, p)
@@ -130,8 +133,9 @@ def mixture(study: study_pb2.Study, ref: PhaseRef) -> data_pb2.MixtureSpec:
     for m in study.mixtures:
         if m.name == p.mixture_name:
             return m
-    raise StudyError(f"arms[{ref.arm}].phases[{ref.phase}].mixture_name",
-                     f"no mixture named {p.mixture_name!r}")
+    raise StudyError(
+        f"arms[{ref.arm}].phases[{ref.phase}].mixture_name", f"no mixture named {p.mixture_name!r}"
+    )
 
 
 def paper_tokens(study: study_pb2.Study, ref: PhaseRef) -> float:
@@ -216,8 +220,9 @@ def validate(study: study_pb2.Study) -> None:
     for i, arm in enumerate(study.arms):
         field = f"arms[{i}]"
         if not _NAME.match(arm.name):
-            raise StudyError(f"{field}.name",
-                             f"{arm.name!r} must be 1-48 letters, digits, '.', '_', '-'")
+            raise StudyError(
+                f"{field}.name", f"{arm.name!r} must be 1-48 letters, digits, '.', '_', '-'"
+            )
         if arm.name in arm_names:
             raise StudyError(f"{field}.name", f"{arm.name!r} is used twice")
         arm_names.add(arm.name)
@@ -237,8 +242,10 @@ def validate(study: study_pb2.Study) -> None:
         p = phase(study, ref)
         field = f"arms[{ref.arm}].phases[{ref.phase}]"
         if p.WhichOneof("budget") == "fraction_of_chain" and not lineage:
-            raise StudyError(f"{field}.fraction_of_chain",
-                             "a first phase from scratch has no chain to take a fraction of")
+            raise StudyError(
+                f"{field}.fraction_of_chain",
+                "a first phase from scratch has no chain to take a fraction of",
+            )
         s = schedule(study, ref)
         if s.kind == ScheduleKind.KIND_UNSPECIFIED:
             default = "cooldown_schedule" if p.kind == Kind.COOLDOWN else "pretrain_schedule"
@@ -261,8 +268,10 @@ def _check_mixture(field: str, m: data_pb2.MixtureSpec) -> None:
             if not weight.source:
                 raise StudyError(f"{field}.stages[{k}].weights[{w}].source", "must be set")
             if not (weight.weight >= 0 and math.isfinite(weight.weight)):
-                raise StudyError(f"{field}.stages[{k}].weights[{w}].weight",
-                                 f"must be a non-negative number, got {weight.weight}")
+                raise StudyError(
+                    f"{field}.stages[{k}].weights[{w}].weight",
+                    f"must be a non-negative number, got {weight.weight}",
+                )
         if sum(w.weight for w in stage.weights) <= 0:
             raise StudyError(f"{field}.stages[{k}].weights", "at least one weight must be positive")
 
@@ -271,8 +280,9 @@ def _check_schedule(field: str, s: trainer_pb2.LRSchedule) -> None:
     # Every study phase is the first phase of its own trainer run, so a
     # LINEAR_ANNEAL starts from peak_lr too: it is always required.
     if s.kind == ScheduleKind.KIND_UNSPECIFIED:
-        raise StudyError(f"{field}.kind", "must be set (COSINE, WARMUP_STABLE_DECAY, "
-                         "LINEAR_ANNEAL or CONSTANT)")
+        raise StudyError(
+            f"{field}.kind", "must be set (COSINE, WARMUP_STABLE_DECAY, LINEAR_ANNEAL or CONSTANT)"
+        )
     if not s.peak_lr > 0:
         raise StudyError(f"{field}.peak_lr", f"must be positive, got {s.peak_lr}")
     if s.warmup_steps < 0:
@@ -298,8 +308,10 @@ def _check_phase(study, field: str, p: study_pb2.Phase, mixture_names: set[str])
     if data is None:
         raise StudyError(f"{field}.data", "set mixture or mixture_name")
     if data == "mixture_name" and p.mixture_name not in mixture_names:
-        raise StudyError(f"{field}.mixture_name", f"no mixture named {p.mixture_name!r} "
-                         f"(mixtures: {sorted(mixture_names)})")
+        raise StudyError(
+            f"{field}.mixture_name",
+            f"no mixture named {p.mixture_name!r} (mixtures: {sorted(mixture_names)})",
+        )
     if data == "mixture":
         _check_mixture(f"{field}.mixture", p.mixture)
     if p.HasField("schedule"):
@@ -334,8 +346,9 @@ def _check_judge(study: study_pb2.Study) -> None:
 
 def _check_sweep(study, field: str, sweep: study_pb2.ProportionSweep) -> None:
     if not _NAME.match(sweep.name):
-        raise StudyError(f"{field}.name",
-                         f"{sweep.name!r} must be 1-48 letters, digits, '.', '_', '-'")
+        raise StudyError(
+            f"{field}.name", f"{sweep.name!r} must be 1-48 letters, digits, '.', '_', '-'"
+        )
     if len(sweep.arms) < 2:
         raise StudyError(f"{field}.arms", "a sweep needs at least two arms")
     if len(set(sweep.arms)) != len(sweep.arms):
@@ -344,12 +357,14 @@ def _check_sweep(study, field: str, sweep: study_pb2.ProportionSweep) -> None:
         ref = resolve(study, f"{arm}/{sweep.phase}" if sweep.phase else arm, f"{field}.arms[{i}]")
         code_fraction(mixture(study, ref), sweep.code_sources or ("code",))
     if sweep.held_out_arm and sweep.held_out_arm not in sweep.arms:
-        raise StudyError(f"{field}.held_out_arm", f"{sweep.held_out_arm!r} is not one of the "
-                         "sweep's arms")
+        raise StudyError(
+            f"{field}.held_out_arm", f"{sweep.held_out_arm!r} is not one of the sweep's arms"
+        )
 
 
-def sweep_points(study: study_pb2.Study,
-                 sweep: study_pb2.ProportionSweep) -> list[tuple[str, PhaseRef, float]]:
+def sweep_points(
+    study: study_pb2.Study, sweep: study_pb2.ProportionSweep
+) -> list[tuple[str, PhaseRef, float]]:
     """(arm name, phase, code fraction) of each arm of a sweep, by fraction."""
     out = []
     for arm in sweep.arms:

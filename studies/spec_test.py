@@ -51,38 +51,81 @@ def test_a_valid_study_parses():
     assert [a.name for a in study.arms] == ["balanced", "balanced-to-text"]
 
 
-@pytest.mark.parametrize("change, field, words", [
-    (('name: "t"', 'name: "a b"'), "name", "letters"),
-    (('preset: "tiny"', 'preset: "huge"'), "preset", "unknown name 'huge'"),
-    (("scale: 1e-6", "scale: 0"), "scale", "positive"),
-    (("global_batch_size: 8", "global_batch_size: -1"), "global_batch_size", "positive"),
-    (("seq_len: 256", "seq_len: 4"), "seq_len", "[8, 1048576]"),
-    (('mixture_name: "text" }\n  phases', 'mixture_name: "txt" }\n  phases'),
-     "arms[1].phases[0].mixture_name", "no mixture named 'txt'"),
-    (('init_from: "balanced/init"', 'init_from: "balanced/warmup"'), "arms[1].init_from",
-     "no phase 'warmup'"),
-    (('init_from: "balanced/init"', 'init_from: "nope"'), "arms[1].init_from",
-     "no arm named 'nope'"),
-    (('name: "cooldown" kind: COOLDOWN', 'name: "continue" kind: COOLDOWN'),
-     "arms[1].phases[1].name", "used twice"),
-    (("kind: COOLDOWN", ""), "arms[1].phases[1].kind", "PRETRAIN or COOLDOWN"),
-    (("fraction_of_chain: 0.1", "fraction_of_chain: -1"), "arms[1].phases[1].fraction_of_chain",
-     "positive"),
-    (('kind: PRETRAIN paper_tokens: 200e9 mixture_name: "balanced"',
-      'kind: PRETRAIN fraction_of_chain: 0.5 mixture_name: "balanced"'),
-     "arms[0].phases[0].fraction_of_chain", "no chain"),
-    (('evaluation { suite: "tiny" limit: 10 }', 'evaluation { limit: 10 }'), "evaluation.suite",
-     "suite or a list of tasks"),
-    (("cooldown_schedule { kind: LINEAR_ANNEAL peak_lr: 3e-4 final_lr: 1e-6 }", ""),
-     "arms[1].phases[1].schedule", "no cooldown_schedule"),
-    (("pretrain_schedule { kind: COSINE peak_lr: 3e-3",
-      "pretrain_schedule { kind: COSINE peak_lr: 0"), "pretrain_schedule.peak_lr", "positive"),
-    (('mixtures { name: "text" stages { weights { source: "text" weight: 1 } } }',
-      'mixtures { name: "text" stages { weights { source: "text" weight: 0 } } }'),
-     "mixtures[0].stages[0].weights", "positive"),
-    (('name: "balanced"\n  stages', 'name: "text"\n  stages'), "mixtures[1].name",
-     "defined twice"),
-])
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        (('name: "t"', 'name: "a b"'), "name", "letters"),
+        (('preset: "tiny"', 'preset: "huge"'), "preset", "unknown name 'huge'"),
+        (("scale: 1e-6", "scale: 0"), "scale", "positive"),
+        (("global_batch_size: 8", "global_batch_size: -1"), "global_batch_size", "positive"),
+        (("seq_len: 256", "seq_len: 4"), "seq_len", "[8, 1048576]"),
+        (
+            ('mixture_name: "text" }\n  phases', 'mixture_name: "txt" }\n  phases'),
+            "arms[1].phases[0].mixture_name",
+            "no mixture named 'txt'",
+        ),
+        (
+            ('init_from: "balanced/init"', 'init_from: "balanced/warmup"'),
+            "arms[1].init_from",
+            "no phase 'warmup'",
+        ),
+        (
+            ('init_from: "balanced/init"', 'init_from: "nope"'),
+            "arms[1].init_from",
+            "no arm named 'nope'",
+        ),
+        (
+            ('name: "cooldown" kind: COOLDOWN', 'name: "continue" kind: COOLDOWN'),
+            "arms[1].phases[1].name",
+            "used twice",
+        ),
+        (("kind: COOLDOWN", ""), "arms[1].phases[1].kind", "PRETRAIN or COOLDOWN"),
+        (
+            ("fraction_of_chain: 0.1", "fraction_of_chain: -1"),
+            "arms[1].phases[1].fraction_of_chain",
+            "positive",
+        ),
+        (
+            (
+                'kind: PRETRAIN paper_tokens: 200e9 mixture_name: "balanced"',
+                'kind: PRETRAIN fraction_of_chain: 0.5 mixture_name: "balanced"',
+            ),
+            "arms[0].phases[0].fraction_of_chain",
+            "no chain",
+        ),
+        (
+            ('evaluation { suite: "tiny" limit: 10 }', "evaluation { limit: 10 }"),
+            "evaluation.suite",
+            "suite or a list of tasks",
+        ),
+        (
+            ("cooldown_schedule { kind: LINEAR_ANNEAL peak_lr: 3e-4 final_lr: 1e-6 }", ""),
+            "arms[1].phases[1].schedule",
+            "no cooldown_schedule",
+        ),
+        (
+            (
+                "pretrain_schedule { kind: COSINE peak_lr: 3e-3",
+                "pretrain_schedule { kind: COSINE peak_lr: 0",
+            ),
+            "pretrain_schedule.peak_lr",
+            "positive",
+        ),
+        (
+            (
+                'mixtures { name: "text" stages { weights { source: "text" weight: 1 } } }',
+                'mixtures { name: "text" stages { weights { source: "text" weight: 0 } } }',
+            ),
+            "mixtures[0].stages[0].weights",
+            "positive",
+        ),
+        (
+            ('name: "balanced"\n  stages', 'name: "text"\n  stages'),
+            "mixtures[1].name",
+            "defined twice",
+        ),
+    ],
+)
 def test_errors_name_the_field(change, field, words):
     old, new = change
     assert old in BASE
@@ -93,11 +136,14 @@ def test_errors_name_the_field(change, field, words):
 
 
 def test_duplicate_arms_and_cycles_are_rejected():
-    twice = BASE + ('arms { name: "balanced" '
-                    'phases { name: "x" kind: PRETRAIN paper_tokens: 1 mixture_name: "text" } }')
+    twice = BASE + (
+        'arms { name: "balanced" '
+        'phases { name: "x" kind: PRETRAIN paper_tokens: 1 mixture_name: "text" } }'
+    )
     assert _error(twice).field == "arms[2].name"
-    cycle = BASE.replace('name: "balanced"\n  phases',
-                         'name: "balanced"\n  init_from: "balanced-to-text"\n  phases')
+    cycle = BASE.replace(
+        'name: "balanced"\n  phases', 'name: "balanced"\n  init_from: "balanced-to-text"\n  phases'
+    )
     e = _error(cycle)
     assert "cycle" in str(e)
 
@@ -125,7 +171,9 @@ def test_references_resolve_to_phases_and_arms_to_their_last_phase():
     assert spec.resolve(study, "balanced/init", "f") == spec.PhaseRef(0, 0)
     cooldown = spec.PhaseRef(1, 1)
     assert [r.name(study) for r in spec.chain(study, cooldown)] == [
-        "balanced/init", "balanced-to-text/continue"]
+        "balanced/init",
+        "balanced-to-text/continue",
+    ]
     assert spec.parent(study, spec.PhaseRef(0, 0)) is None
 
 
@@ -154,9 +202,13 @@ def test_schedules_default_by_kind_and_phase_overrides_win():
     assert spec.schedule(study, spec.PhaseRef(0, 0)).kind == trainer_pb2.LRSchedule.COSINE
     assert spec.schedule(study, spec.PhaseRef(1, 1)).kind == trainer_pb2.LRSchedule.LINEAR_ANNEAL
     assert spec.schedule(study, spec.PhaseRef(1, 1)).final_lr == 1e-6
-    overridden = spec.parse(BASE.replace(
-        'mixture_name: "balanced" }', 'mixture_name: "balanced" '
-        'schedule { kind: CONSTANT peak_lr: 1e-3 } }', 1))
+    overridden = spec.parse(
+        BASE.replace(
+            'mixture_name: "balanced" }',
+            'mixture_name: "balanced" schedule { kind: CONSTANT peak_lr: 1e-3 } }',
+            1,
+        )
+    )
     assert spec.schedule(overridden, spec.PhaseRef(0, 0)).peak_lr == 1e-3
 
 

@@ -30,8 +30,7 @@ class State:
         self.out_dir = out_dir
         self.path = os.path.join(out_dir, STATE_FILE)
         self._lock = threading.Lock()
-        self.data = {"format": FORMAT, "phases": {}, "evals": {}, "judgements": {},
-                     "sources": {}}
+        self.data = {"format": FORMAT, "phases": {}, "evals": {}, "judgements": {}, "sources": {}}
         if os.path.exists(self.path):
             with open(self.path) as f:
                 loaded = json.load(f)
@@ -60,8 +59,11 @@ class State:
 
     def finish_evaluation(self, fingerprint: str, settings: str, record: dict) -> None:
         with self._lock:
-            self.data["evals"][fingerprint] = {**record, "settings": settings,
-                                               "finished_at": time.time()}
+            self.data["evals"][fingerprint] = {
+                **record,
+                "settings": settings,
+                "finished_at": time.time(),
+            }
             self._save()
 
     # -- judgements ------------------------------------------------------------------
@@ -94,8 +96,9 @@ class State:
         return os.path.join(self.out_dir, CURVES_DIR, f"{run_id}.jsonl")
 
     def write_curves(self, run_id: str, records: list[dict]) -> None:
-        _atomic_write(self.curves_path(run_id),
-                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        _atomic_write(
+            self.curves_path(run_id), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        )
 
     def read_curves(self, run_id: str) -> list[dict]:
         path = self.curves_path(run_id)

@@ -20,8 +20,13 @@ S = trainer_pb2.LRSchedule
 
 
 def _mixture(**weights):
-    return data_pb2.MixtureSpec(stages=[data_pb2.MixtureStage(
-        weights=[data_pb2.SourceWeight(source=k, weight=v) for k, v in weights.items()])])
+    return data_pb2.MixtureSpec(
+        stages=[
+            data_pb2.MixtureStage(
+                weights=[data_pb2.SourceWeight(source=k, weight=v) for k, v in weights.items()]
+            )
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +39,17 @@ def services(tmp_path_factory):
         started.append(data)
         trainer = process.start(process.module_command("services.trainer.main") + ["--serve"])
         started.append(trainer)
-        evaluator = process.start(process.module_command("services.eval.main") + [
-            f"--results_db={root / 'results.sqlite'}", f"--cache_dir={root / 'eval-cache'}"])
+        evaluator = process.start(
+            process.module_command("services.eval.main")
+            + [f"--results_db={root / 'results.sqlite'}", f"--cache_dir={root / 'eval-cache'}"]
+        )
         started.append(evaluator)
-        yield {"data": data.address, "trainer": trainer.address, "eval": evaluator.address,
-               "root": root}
+        yield {
+            "data": data.address,
+            "trainer": trainer.address,
+            "eval": evaluator.address,
+            "root": root,
+        }
     finally:
         for service in reversed(started):
             service.stop()
@@ -47,34 +58,59 @@ def services(tmp_path_factory):
 def test_checkpoints_stream_in_order_and_each_is_evaluated_once(services):
     tokens_per_step = 4 * 64
     spec = trainer_pb2.RunSpec(
-        run_id="pipeline", preset="tiny", data_address=services["data"],
-        global_batch_size=4, seq_len=64, checkpoint_dir=str(services["root"] / "ckpt"),
-        checkpoint_every_steps=2, log_every_steps=1,
+        run_id="pipeline",
+        preset="tiny",
+        data_address=services["data"],
+        global_batch_size=4,
+        seq_len=64,
+        checkpoint_dir=str(services["root"] / "ckpt"),
+        checkpoint_every_steps=2,
+        log_every_steps=1,
         phases=[
-            trainer_pb2.Phase(name="pretrain", from_scratch=True, token_budget=4 * tokens_per_step,
-                              mixture=_mixture(text=0.5, code=0.5),
-                              schedule=S(kind=S.COSINE, peak_lr=3e-3, warmup_steps=1)),
-            trainer_pb2.Phase(name="cooldown", continue_previous=True,
-                              token_budget=2 * tokens_per_step,
-                              mixture=_mixture(text=0.8, code=0.2),
-                              schedule=S(kind=S.LINEAR_ANNEAL)),
+            trainer_pb2.Phase(
+                name="pretrain",
+                from_scratch=True,
+                token_budget=4 * tokens_per_step,
+                mixture=_mixture(text=0.5, code=0.5),
+                schedule=S(kind=S.COSINE, peak_lr=3e-3, warmup_steps=1),
+            ),
+            trainer_pb2.Phase(
+                name="cooldown",
+                continue_previous=True,
+                token_budget=2 * tokens_per_step,
+                mixture=_mixture(text=0.8, code=0.2),
+                schedule=S(kind=S.LINEAR_ANNEAL),
+            ),
         ],
     )
-    with grpc.insecure_channel(services["trainer"]) as tc, \
-            grpc.insecure_channel(services["eval"]) as ec:
+    with (
+        grpc.insecure_channel(services["trainer"]) as tc,
+        grpc.insecure_channel(services["eval"]) as ec,
+    ):
         trainer = trainer_pb2_grpc.TrainerServiceStub(tc)
         evaluator = eval_pb2_grpc.EvalServiceStub(ec)
         assert not trainer.StartRun(trainer_pb2.StartRunRequest(spec=spec), timeout=120).resumed
 
         results = []
-        follow = threading.Thread(target=lambda: results.extend(evaluator.FollowRun(
-            eval_pb2.FollowRunRequest(trainer_address=services["trainer"], run_id="pipeline",
-                                      tasks=["copa", "humaneval"], limit=2), timeout=600)))
+        follow = threading.Thread(
+            target=lambda: results.extend(
+                evaluator.FollowRun(
+                    eval_pb2.FollowRunRequest(
+                        trainer_address=services["trainer"],
+                        run_id="pipeline",
+                        tasks=["copa", "humaneval"],
+                        limit=2,
+                    ),
+                    timeout=600,
+                )
+            )
+        )
         follow.start()
 
         checkpoints, states = [], []
-        for event in trainer.WatchRun(trainer_pb2.WatchRunRequest(
-                run_id="pipeline", checkpoints_only=True), timeout=600):
+        for event in trainer.WatchRun(
+            trainer_pb2.WatchRunRequest(run_id="pipeline", checkpoints_only=True), timeout=600
+        ):
             kind = event.WhichOneof("event")
             assert kind in ("checkpoint", "status")
             if kind == "checkpoint":

@@ -75,7 +75,9 @@ def _check_committed(path: epath.Path) -> None:
     if not path.exists():
         tmp = [p for p in path.parent.glob(path.name + ".*") if ocp.path.step.is_path_temporary(p)]
         if tmp:
-            raise NotCommittedError(f"checkpoint {path}: save in progress or killed ({tmp[0].name})")
+            raise NotCommittedError(
+                f"checkpoint {path}: save in progress or killed ({tmp[0].name})"
+            )
         raise NotFoundError(f"checkpoint {path}: no such checkpoint")
     if not ocp.path.step.is_path_finalized(path):
         raise NotCommittedError(f"checkpoint {path}: not committed")
@@ -119,8 +121,13 @@ def load(uri: str) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptError(f"checkpoint {uri}: bad model_config in {META}: {e}") from e
     params = load_params(uri, config)
-    return Checkpoint(uri=uri, step=int(meta.get("step", -1)), config=config,
-                      model=model_from_params(config, params), meta=meta)
+    return Checkpoint(
+        uri=uri,
+        step=int(meta.get("step", -1)),
+        config=config,
+        model=model_from_params(config, params),
+        meta=meta,
+    )
 
 
 def load_params(uri: str, config: ModelConfig, shardings: dict | None = None) -> dict:
@@ -128,8 +135,9 @@ def load_params(uri: str, config: ModelConfig, shardings: dict | None = None) ->
     _check_committed(epath.Path(uri))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(epath.Path(uri) / PARAMS,
-                                       abstract_params(config, shardings))
+            return checkpointer.restore(
+                epath.Path(uri) / PARAMS, abstract_params(config, shardings)
+            )
     except Exception as e:
         raise CorruptError(f"checkpoint {uri}: cannot read {PARAMS}: {e}") from e
 
@@ -175,11 +183,13 @@ class CheckpointWriter:
         """Starts saving; `protect` keeps it from the keep-newest-N policy."""
         self._manager.save(
             step,
-            args=ocp.args.Composite(**{
-                PARAMS: ocp.args.StandardSave(params),
-                OPT: ocp.args.StandardSave(opt_state),
-                META: ocp.args.JsonSave(json.loads(json.dumps(meta))),
-            }),
+            args=ocp.args.Composite(
+                **{
+                    PARAMS: ocp.args.StandardSave(params),
+                    OPT: ocp.args.StandardSave(opt_state),
+                    META: ocp.args.JsonSave(json.loads(json.dumps(meta))),
+                }
+            ),
             force=True,
         )
         self._pending.append(step)
@@ -219,11 +229,13 @@ class CheckpointWriter:
         shardings (the abstract states carry them)."""
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(**{
-                PARAMS: ocp.args.StandardRestore(abstract_params_state),
-                OPT: ocp.args.StandardRestore(abstract_opt_state),
-                META: ocp.args.JsonRestore(),
-            }),
+            args=ocp.args.Composite(
+                **{
+                    PARAMS: ocp.args.StandardRestore(abstract_params_state),
+                    OPT: ocp.args.StandardRestore(abstract_opt_state),
+                    META: ocp.args.JsonRestore(),
+                }
+            ),
         )
         return restored[PARAMS], restored[OPT], restored[META]
 

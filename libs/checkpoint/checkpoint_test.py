@@ -38,9 +38,11 @@ def test_save_then_load_is_bitwise_equal(tmp_path, tiny):
     restored = nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param))
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    p, o, meta = writer.restore(7, checkpoint.abstract_params(config),
-                                jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                             opt_state))
+    p, o, meta = writer.restore(
+        7,
+        checkpoint.abstract_params(config),
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), opt_state),
+    )
     assert meta["step"] == 7
     for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(o)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -107,7 +107,7 @@ def bench_decode(cfg, prompt_len, new_tokens):
     buf = np.zeros((1, length), np.int32)
     buf[0, :prompt_len] = prompt
     buf = jnp.asarray(buf)
-    uncached_out = np.asarray(recompute(state, buf))[0, prompt_len:prompt_len + new_tokens]
+    uncached_out = np.asarray(recompute(state, buf))[0, prompt_len : prompt_len + new_tokens]
     cached_out = cached()[0]
     agree = float(np.mean(np.asarray(cached_out) == uncached_out))
     t_cached = _best_time(cached, 2)
@@ -123,10 +123,16 @@ def main(argv):
     }
     # The larger of the two peaks, so a dtype that is slow on this CPU cannot flatter MFU.
     peak = max(peaks.values())
-    print(f"matmul peak: f32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
-          f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; MFU against {peak / 1e9:.1f}")
-    report = {"seq_len": FLAGS.seq_len, "batch": FLAGS.batch,
-              "train_dtype": FLAGS.dtype, "new_tokens": FLAGS.new_tokens}
+    print(
+        f"matmul peak: f32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; MFU against {peak / 1e9:.1f}"
+    )
+    report = {
+        "seq_len": FLAGS.seq_len,
+        "batch": FLAGS.batch,
+        "train_dtype": FLAGS.dtype,
+        "new_tokens": FLAGS.new_tokens,
+    }
     for name in FLAGS.presets:
         # Re-measured around each training run and the best kept: another process loading
         # the machine while the peak is measured must not inflate MFU.
@@ -137,13 +143,17 @@ def main(argv):
         train_tps = bench_train(train_cfg, seq_len, FLAGS.batch, FLAGS.steps)
         peak = max(peak, flops.measure_matmul_peak_flops(jnp.float32))
         train_mfu = flops.mfu(train_tps, cfg, seq_len, peak)
-        print(f"{name}: {model.param_count(cfg) / 1e6:.1f}M params, train {train_tps:,.0f} "
-              f"tokens/s, MFU {train_mfu:.3f} against {peak / 1e9:.1f} GFLOP/s (seq {seq_len}, "
-              f"batch {FLAGS.batch}, {FLAGS.dtype})")
+        print(
+            f"{name}: {model.param_count(cfg) / 1e6:.1f}M params, train {train_tps:,.0f} "
+            f"tokens/s, MFU {train_mfu:.3f} against {peak / 1e9:.1f} GFLOP/s (seq {seq_len}, "
+            f"batch {FLAGS.batch}, {FLAGS.dtype})"
+        )
         cached_tps, uncached_tps, agree = bench_decode(cfg, FLAGS.prompt_len, FLAGS.new_tokens)
-        print(f"{name}: decode {cached_tps:,.0f} tokens/s with KV cache, {uncached_tps:,.1f} "
-              f"recomputing the prefix: {cached_tps / uncached_tps:.1f}x "
-              f"(greedy outputs agree on {agree:.0%})")
+        print(
+            f"{name}: decode {cached_tps:,.0f} tokens/s with KV cache, {uncached_tps:,.1f} "
+            f"recomputing the prefix: {cached_tps / uncached_tps:.1f}x "
+            f"(greedy outputs agree on {agree:.0%})"
+        )
         report[name] = {
             "params": model.param_count(cfg),
             "train_tokens_per_s": round(train_tps, 1),

@@ -73,9 +73,7 @@ class ModelConfig:
             if value <= 0:
                 raise ValueError(f"{name}: must be positive, got {value}")
         if self.d_model % self.num_heads:
-            raise ValueError(
-                f"num_heads: {self.num_heads} does not divide d_model {self.d_model}"
-            )
+            raise ValueError(f"num_heads: {self.num_heads} does not divide d_model {self.d_model}")
         if self.head_dim % 2:
             raise ValueError(
                 f"num_heads: head_dim {self.head_dim} (d_model/num_heads) must be even "

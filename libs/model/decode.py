@@ -56,14 +56,33 @@ def _choose(logits_bv, key, temperature, top_p, sample: bool, nucleus: bool):
 
 
 @nnx.jit(static_argnames=("new_len", "sample", "nucleus"))
-def _generate(model: Transformer, tokens_bp, segment_ids_bp, positions_bp, next_pos_b,
-              max_new, stops_sk, temperature, top_p, key, *, new_len, sample, nucleus):
+def _generate(
+    model: Transformer,
+    tokens_bp,
+    segment_ids_bp,
+    positions_bp,
+    next_pos_b,
+    max_new,
+    stops_sk,
+    temperature,
+    top_p,
+    key,
+    *,
+    new_len,
+    sample,
+    nucleus,
+):
     b, p = tokens_bp.shape
     cache = KVCache.init(model.cfg, b, p + new_len, per_layer=True)
     layers = model.unstack_layers()  # sliced once, outside the loop (see model.forward)
-    logits_bpv, cache = model.forward(tokens_bp, segment_ids_bt=segment_ids_bp,
-                                      positions_bt=positions_bp, cache=cache, start=0,
-                                      layers=layers)
+    logits_bpv, cache = model.forward(
+        tokens_bp,
+        segment_ids_bt=segment_ids_bp,
+        positions_bt=positions_bp,
+        cache=cache,
+        start=0,
+        layers=layers,
+    )
     ones_b1 = jnp.ones((b, 1), jnp.int32)
 
     def cond(s):
@@ -82,16 +101,36 @@ def _generate(model: Transformer, tokens_bp, segment_ids_bp, positions_bp, next_
             (stops_sk[None] == _ANY) | (stops_sk[None] == recent_bk[:, None, :]), axis=-1
         )
         done_b = done_b | jnp.any(match_bs, axis=-1)
-        logits_b1v, cache = model.forward(tok_b[:, None], segment_ids_bt=ones_b1,
-                                          positions_bt=pos_b[:, None], cache=cache,
-                                          start=p + step, layers=layers)
-        return (step + 1, cache, logits_b1v[:, 0], out_bn, done_b, n_gen_b, recent_bk,
-                pos_b + 1, key)
+        logits_b1v, cache = model.forward(
+            tok_b[:, None],
+            segment_ids_bt=ones_b1,
+            positions_bt=pos_b[:, None],
+            cache=cache,
+            start=p + step,
+            layers=layers,
+        )
+        return (
+            step + 1,
+            cache,
+            logits_b1v[:, 0],
+            out_bn,
+            done_b,
+            n_gen_b,
+            recent_bk,
+            pos_b + 1,
+            key,
+        )
 
     init = (
-        jnp.int32(0), cache, logits_bpv[:, -1], jnp.zeros((b, new_len), jnp.int32),
-        jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32),
-        jnp.full((b, stops_sk.shape[1]), _ANY, jnp.int32), next_pos_b, key,
+        jnp.int32(0),
+        cache,
+        logits_bpv[:, -1],
+        jnp.zeros((b, new_len), jnp.int32),
+        jnp.zeros((b,), bool),
+        jnp.zeros((b,), jnp.int32),
+        jnp.full((b, stops_sk.shape[1]), _ANY, jnp.int32),
+        next_pos_b,
+        key,
     )
     final = jax.lax.while_loop(cond, body, init)
     return final[3], final[5]
@@ -104,14 +143,20 @@ def _stop_patterns(stop_sequences) -> np.ndarray:
     stops_sk = np.full((num, k), _NEVER, np.int32)
     for i, seq in enumerate(stop_sequences):
         stops_sk[i] = _ANY
-        stops_sk[i, k - len(seq):] = seq
+        stops_sk[i, k - len(seq) :] = seq
     return stops_sk
 
 
-def generate(model: Transformer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0,
-             stop_sequences: Sequence[Sequence[int]] = (), rng: jax.Array | None = None
-             ) -> list[list[int]]:
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop_sequences: Sequence[Sequence[int]] = (),
+    rng: jax.Array | None = None,
+) -> list[list[int]]:
     """New tokens for each prompt: greedy when temperature == 0, else (nucleus) sampling.
 
     A row stops after max_new_tokens or as soon as its output ends with one of
@@ -146,16 +191,25 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]], *, max_new_to
     segment_ids_bp = np.zeros((b, p), np.int32)
     positions_bp = np.zeros((b, p), np.int32)
     for i, row in enumerate(rows):
-        tokens_bp[i, p - len(row):] = row
-        segment_ids_bp[i, p - len(row):] = 1
-        positions_bp[i, p - len(row):] = np.arange(len(row))
+        tokens_bp[i, p - len(row) :] = row
+        segment_ids_bp[i, p - len(row) :] = 1
+        positions_bp[i, p - len(row) :] = np.arange(len(row))
     next_pos_b = np.array([len(r) for r in rows], np.int32)
 
     out_bn, n_gen_b = _generate(
-        model, tokens_bp, segment_ids_bp, positions_bp, next_pos_b, jnp.int32(max_new_tokens),
-        _stop_patterns(stop_sequences), jnp.float32(max(temperature, 1e-6)),
-        jnp.float32(top_p), jax.random.key(0) if rng is None else rng,
-        new_len=_bucket(max_new_tokens), sample=temperature > 0, nucleus=top_p < 1,
+        model,
+        tokens_bp,
+        segment_ids_bp,
+        positions_bp,
+        next_pos_b,
+        jnp.int32(max_new_tokens),
+        _stop_patterns(stop_sequences),
+        jnp.float32(max(temperature, 1e-6)),
+        jnp.float32(top_p),
+        jax.random.key(0) if rng is None else rng,
+        new_len=_bucket(max_new_tokens),
+        sample=temperature > 0,
+        nucleus=top_p < 1,
     )
     out_bn, n_gen_b = np.asarray(out_bn), np.asarray(n_gen_b)
     results = []
@@ -163,7 +217,7 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]], *, max_new_to
         new = out_bn[i, : n_gen_b[i]].tolist()
         cut = len(new)
         for seq in stop_sequences:  # the earliest-starting stop that ends the output
-            if len(seq) <= len(new) and new[len(new) - len(seq):] == seq:
+            if len(seq) <= len(new) and new[len(new) - len(seq) :] == seq:
                 cut = min(cut, len(new) - len(seq))
         results.append(new[:cut])
     return results
@@ -178,9 +232,13 @@ def _score(model: Transformer, tokens_bt, segment_ids_bt, targets_bt, mask_bt):
     return jnp.sum(target_lp_bt * mask_bt, axis=-1), jnp.all(greedy_bt, axis=-1)
 
 
-def score_continuations(model: Transformer, contexts: Sequence[Sequence[int]],
-                        continuations: Sequence[Sequence[int]], *, batch_size: int = 8
-                        ) -> list[tuple[float, int, bool]]:
+def score_continuations(
+    model: Transformer,
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+) -> list[tuple[float, int, bool]]:
     """(sum of log p(continuation | context), its token count, whether greedy) per pair.
 
     `is_greedy` says every continuation token is the argmax given what precedes it. A
@@ -190,9 +248,7 @@ def score_continuations(model: Transformer, contexts: Sequence[Sequence[int]],
     """
     cfg = model.cfg
     if len(contexts) != len(continuations):
-        raise ValueError(
-            f"continuations: {len(continuations)} given for {len(contexts)} contexts"
-        )
+        raise ValueError(f"continuations: {len(continuations)} given for {len(contexts)} contexts")
     if not contexts:
         return []
     _check_tokens("contexts", contexts, cfg.vocab_size)
@@ -207,14 +263,14 @@ def score_continuations(model: Transformer, contexts: Sequence[Sequence[int]],
                 f"continuations[{i}]: {len(cont)} tokens exceed max_seq_len {cfg.max_seq_len}"
             )
         seq = list(ctx) + list(cont)
-        inputs, targets = seq[:-1][-cfg.max_seq_len:], seq[1:][-cfg.max_seq_len:]
+        inputs, targets = seq[:-1][-cfg.max_seq_len :], seq[1:][-cfg.max_seq_len :]
         items.append((inputs, targets, len(cont)))
 
     order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))  # similar lengths
     b = min(batch_size, _bucket(len(items), 1))
     results: list = [None] * len(items)
     for first in range(0, len(order), b):
-        chunk = order[first:first + b]
+        chunk = order[first : first + b]
         t = min(_bucket(len(items[chunk[0]][0])), cfg.max_seq_len)
         tokens_bt = np.zeros((b, t), np.int32)
         segment_ids_bt = np.zeros((b, t), np.int32)
@@ -226,7 +282,7 @@ def score_continuations(model: Transformer, contexts: Sequence[Sequence[int]],
             tokens_bt[row, :n] = inputs
             segment_ids_bt[row, :n] = 1
             targets_bt[row, :n] = targets
-            mask_bt[row, n - n_cont:n] = 1
+            mask_bt[row, n - n_cont : n] = 1
         sums_b, greedy_b = _score(model, tokens_bt, segment_ids_bt, targets_bt, mask_bt)
         sums_b, greedy_b = np.asarray(sums_b), np.asarray(greedy_b)
         for row, i in enumerate(chunk):

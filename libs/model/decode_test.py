@@ -36,7 +36,7 @@ def _reference_greedy(net, prompt, n):
     for _ in range(n):
         logits = _forward(net, jnp.array([seq + [0] * (32 - len(seq))]))
         seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 def test_greedy_equals_argmax_of_full_forwards(net, greedy):
@@ -52,10 +52,10 @@ def test_batching_does_not_change_a_row(net, greedy):
 def test_stop_sequence_ends_only_its_row_and_is_stripped(net, greedy):
     stop = greedy[0][4:6]
     out = decode.generate(net, PROMPTS, max_new_tokens=12, stop_sequences=[stop, [255, 254]])
-    first = next(i for i in range(len(greedy[0]) - 1) if greedy[0][i:i + 2] == stop)
+    first = next(i for i in range(len(greedy[0]) - 1) if greedy[0][i : i + 2] == stop)
     assert out[0] == greedy[0][:first]
     for row in (1, 2):
-        if not any(greedy[row][i:i + 2] == stop for i in range(11)):
+        if not any(greedy[row][i : i + 2] == stop for i in range(11)):
             assert out[row] == greedy[row]
 
 
@@ -103,15 +103,17 @@ def test_score_continuations_matches_manual_log_softmax(net, greedy):
         assert n == len(cont)
         assert logprob == pytest.approx(expected, abs=1e-4)
         assert is_greedy == all(
-            int(np.argmax(logp[len(ctx) - 1 + i])) == tok for i, tok in enumerate(cont))
+            int(np.argmax(logp[len(ctx) - 1 + i])) == tok for i, tok in enumerate(cont)
+        )
     assert scores[2][2]  # the greedy continuation is greedy
 
 
 def test_score_continuations_truncates_long_contexts_from_the_left(net):
     long_ctx = list(range(1, 100))
-    (logprob, n, _), = decode.score_continuations(net, [long_ctx], [[7, 8]])
-    (expected, _, _), = decode.score_continuations(net, [long_ctx[-(CFG.max_seq_len - 1):]],
-                                                   [[7, 8]])
+    ((logprob, n, _),) = decode.score_continuations(net, [long_ctx], [[7, 8]])
+    ((expected, _, _),) = decode.score_continuations(
+        net, [long_ctx[-(CFG.max_seq_len - 1) :]], [[7, 8]]
+    )
     assert n == 2 and logprob == pytest.approx(expected, abs=1e-4)
     with pytest.raises(ValueError, match="continuations"):
         decode.score_continuations(net, [[1]], [[1] * 65])

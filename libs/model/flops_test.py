@@ -8,8 +8,7 @@ import pytest
 from libs.model import flops
 from libs.model.config import ModelConfig
 
-CFG = ModelConfig(vocab_size=100, d_model=16, num_layers=2, num_heads=2, d_ff=32,
-                  max_seq_len=64)
+CFG = ModelConfig(vocab_size=100, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_seq_len=64)
 
 
 def test_flops_per_token_by_hand():

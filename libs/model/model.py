@@ -42,9 +42,7 @@ def _param(rngs, shape, std, logical_axes, cfg: ModelConfig) -> nnx.Param:
     init = jax.nn.initializers.truncated_normal(std, dtype=jnp.dtype(cfg.param_dtype))
     # eager_sharding=False: sharding is applied explicitly by sharding.py, so a model can
     # be built (or eval_shape'd) with no mesh in context.
-    return nnx.Param(
-        init(rngs.params(), shape), out_sharding=logical_axes, eager_sharding=False
-    )
+    return nnx.Param(init(rngs.params(), shape), out_sharding=logical_axes, eager_sharding=False)
 
 
 @jax.tree_util.register_dataclass
@@ -62,8 +60,7 @@ class KVCache:
     segment_ids_bs: jax.Array  # 0 = empty or padding
 
     @classmethod
-    def init(cls, cfg: ModelConfig, batch: int, length: int, per_layer: bool = False
-             ) -> "KVCache":
+    def init(cls, cfg: ModelConfig, batch: int, length: int, per_layer: bool = False) -> "KVCache":
         shape = (batch, cfg.num_heads, length, cfg.head_dim)
         if per_layer:
             zeros = tuple(jnp.zeros(shape, jnp.dtype(cfg.dtype)) for _ in range(cfg.num_layers))
@@ -186,8 +183,9 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_vd = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std,
-                               ("vocab", "embed"), cfg)
+        self.embed_vd = _param(
+            rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, ("vocab", "embed"), cfg
+        )
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -197,17 +195,20 @@ class Transformer(nnx.Module):
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(cfg)
         if not cfg.tie_embeddings:
-            self.unembed_dv = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.d_model**-0.5,
-                                     ("embed", "vocab"), cfg)
+            self.unembed_dv = _param(
+                rngs, (cfg.d_model, cfg.vocab_size), cfg.d_model**-0.5, ("embed", "vocab"), cfg
+            )
 
     def __call__(self, tokens_bt, *, segment_ids_bt=None, positions_bt=None):
         """Logits (float32) for every position of a batch of (possibly packed) rows."""
-        logits_btv, _ = self.forward(tokens_bt, segment_ids_bt=segment_ids_bt,
-                                     positions_bt=positions_bt)
+        logits_btv, _ = self.forward(
+            tokens_bt, segment_ids_bt=segment_ids_bt, positions_bt=positions_bt
+        )
         return logits_btv
 
-    def forward(self, tokens_bt, *, segment_ids_bt=None, positions_bt=None, cache=None,
-                start=0, layers=None):
+    def forward(
+        self, tokens_bt, *, segment_ids_bt=None, positions_bt=None, cache=None, start=0, layers=None
+    ):
         """Logits, and the updated cache when `cache` is given.
 
         With a cache, the t tokens occupy slots [start, start + t) and attend to every
@@ -226,8 +227,9 @@ class Transformer(nnx.Module):
         if positions_bt is None:  # a chunk after `start` continues its row's document
             positions_bt = document_positions(segment_ids_bt) + start
         if cache is not None:
-            seg_k_bs = jax.lax.dynamic_update_slice(cache.segment_ids_bs, segment_ids_bt,
-                                                    (0, start))
+            seg_k_bs = jax.lax.dynamic_update_slice(
+                cache.segment_ids_bs, segment_ids_bt, (0, start)
+            )
         else:
             seg_k_bs = segment_ids_bt
         # Slot order, not positions, decides causality, so positions can restart per doc.
@@ -263,14 +265,15 @@ class Transformer(nnx.Module):
         h_btd = self.final_norm(x_btd)
         if cfg.tie_embeddings:
             unembed = self.embed_vd[...].astype(h_btd.dtype)
-            logits_btv = jnp.einsum("btd,vd->btv", h_btd, unembed,
-                                    preferred_element_type=jnp.float32)
+            logits_btv = jnp.einsum(
+                "btd,vd->btv", h_btd, unembed, preferred_element_type=jnp.float32
+            )
         else:
             unembed = self.unembed_dv[...].astype(h_btd.dtype)
-            logits_btv = jnp.einsum("btd,dv->btv", h_btd, unembed,
-                                    preferred_element_type=jnp.float32)
-        logits_btv = constrain(logits_btv.astype(jnp.float32), ("batch", "length", "vocab"),
-                               rules)
+            logits_btv = jnp.einsum(
+                "btd,dv->btv", h_btd, unembed, preferred_element_type=jnp.float32
+            )
+        logits_btv = constrain(logits_btv.astype(jnp.float32), ("batch", "length", "vocab"), rules)
         new_cache = None if cache is None else KVCache(kv_out[0], kv_out[1], seg_k_bs)
         return logits_btv, new_cache
 

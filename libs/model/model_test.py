@@ -91,7 +91,7 @@ def test_cached_decoding_matches_full_forward(net, unrolled):
     logits, cache = step(net, tokens[:, :12], cache, 0)
     chunks = [logits]
     for i in range(12, 20):
-        logits, cache = step(net, tokens[:, i:i + 1], cache, i)
+        logits, cache = step(net, tokens[:, i : i + 1], cache, i)
         chunks.append(logits)
     np.testing.assert_allclose(jnp.concatenate(chunks, axis=1), full, atol=1e-4)
 
@@ -101,8 +101,9 @@ def test_cross_entropy_matches_manual():
     targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 7)
     mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], jnp.float32)
     loss, per_token = model.cross_entropy(logits, targets, mask)
-    manual = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
-                                 np.asarray(targets)[..., None], -1)[..., 0]
+    manual = -np.take_along_axis(
+        np.asarray(jax.nn.log_softmax(logits)), np.asarray(targets)[..., None], -1
+    )[..., 0]
     np.testing.assert_allclose(per_token, manual * np.asarray(mask), rtol=1e-5)
     np.testing.assert_allclose(loss, (manual * np.asarray(mask)).sum() / 8, rtol=1e-5)
     unmasked, _ = model.cross_entropy(logits, targets)
@@ -115,7 +116,8 @@ def _loss_and_grads(cfg, tokens):
     @nnx.jit
     def f(net):
         return nnx.value_and_grad(
-            lambda net: model.cross_entropy(net(tokens[:, :-1]), tokens[:, 1:])[0])(net)
+            lambda net: model.cross_entropy(net(tokens[:, :-1]), tokens[:, 1:])[0]
+        )(net)
 
     return f(net)
 
@@ -136,7 +138,8 @@ def test_adamw_steps_reduce_loss():
     @nnx.jit
     def step(net, opt):
         loss, grads = nnx.value_and_grad(
-            lambda net: model.cross_entropy(net(tokens[:, :-1]), tokens[:, 1:])[0])(net)
+            lambda net: model.cross_entropy(net(tokens[:, :-1]), tokens[:, 1:])[0]
+        )(net)
         opt.update(net, grads)
         return loss
 

@@ -20,11 +20,19 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=8192, d_model=512, num_layers=6, num_heads=8, d_ff=2048, max_seq_len=1024
     ),
     "470m": ModelConfig(
-        vocab_size=256_000, d_model=1024, num_layers=12, num_heads=16, d_ff=4096,
+        vocab_size=256_000,
+        d_model=1024,
+        num_layers=12,
+        num_heads=16,
+        d_ff=4096,
         max_seq_len=8192,
     ),
     "2.8b": ModelConfig(
-        vocab_size=256_000, d_model=2560, num_layers=24, num_heads=20, d_ff=8192,
+        vocab_size=256_000,
+        d_model=2560,
+        num_layers=24,
+        num_heads=20,
+        d_ff=8192,
         max_seq_len=8192,
     ),
 }

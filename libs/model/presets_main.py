@@ -1,6 +1,6 @@
 """Prints the preset table: shape, parameter count and training FLOPs per token.
 
-    bazel run //libs/model:presets -- --seq_len=8192
+bazel run //libs/model:presets -- --seq_len=8192
 """
 
 from absl import app, flags
@@ -12,8 +12,10 @@ flags.DEFINE_integer("seq_len", 0, "Sequence length for FLOPs per token (0: each
 
 
 def table(seq_len: int = 0) -> str:
-    header = (f"{'preset':<7} {'layers':>6} {'d_model':>7} {'d_ff':>6} {'heads':>5} "
-              f"{'vocab':>7} {'tied':>5} {'params':>14} {'seq':>5} {'train FLOPs/token':>18}")
+    header = (
+        f"{'preset':<7} {'layers':>6} {'d_model':>7} {'d_ff':>6} {'heads':>5} "
+        f"{'vocab':>7} {'tied':>5} {'params':>14} {'seq':>5} {'train FLOPs/token':>18}"
+    )
     lines = [header]
     for name, cfg in presets.PRESETS.items():
         seq = seq_len or cfg.max_seq_len

@@ -27,8 +27,9 @@ def test_matmul_params_match_the_model(name):
     norms = (cfg.num_layers + 1) * cfg.d_model
     for tied in (True, False):
         c = dataclasses.replace(cfg, tie_embeddings=tied)
-        assert (model.param_count(c) - norms - model.embedding_param_count(c)
-                == flops.matmul_params(c))
+        assert model.param_count(c) - norms - model.embedding_param_count(c) == flops.matmul_params(
+            c
+        )
 
 
 def test_small_presets_take_any_vocabulary():

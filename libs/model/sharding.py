@@ -32,9 +32,7 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
         )
     # Auto axes: XLA propagates shardings from our annotations (explicit axes would make
     # every op's output sharding part of its type).
-    return Mesh(
-        np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3
-    )
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
@@ -70,9 +68,7 @@ def _param_spec(variable, rules: Rules) -> PartitionSpec:
 
 def state_shardings(model_or_state, mesh: Mesh, rules: Rules):
     """NamedSharding for every variable of a model (or its state), from its metadata."""
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(
-        model_or_state
-    )
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
     return jax.tree.map(
         lambda v: NamedSharding(mesh, _param_spec(v, rules)),
         state,

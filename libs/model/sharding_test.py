@@ -22,10 +22,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def test_logical_to_spec_uses_each_mesh_axis_once():
     rules = DEFAULT_SHARDING_RULES
     assert sharding.logical_to_spec(("batch", "length", "embed"), rules) == P(
-        ("data", "fsdp"), None, None)
+        ("data", "fsdp"), None, None
+    )
     assert sharding.logical_to_spec(("embed", "mlp"), rules) == P("fsdp", "tensor")
     assert sharding.logical_to_spec(("layers", "embed", None, "heads", "kv"), rules) == P(
-        None, "fsdp", None, "tensor", None)
+        None, "fsdp", None, "tensor", None
+    )
     assert sharding.logical_to_spec(("vocab", "embed"), rules) == P("tensor", "fsdp")
 
 
@@ -71,8 +73,17 @@ _EIGHT_DEVICES = textwrap.dedent("""
 
 
 def test_sharded_forward_matches_unsharded_on_eight_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICES],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "SHARDED_OK" in proc.stdout, proc.stderr[-3000:]

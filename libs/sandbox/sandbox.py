@@ -172,8 +172,13 @@ class Limits:
         if t <= 0:
             raise ValueError(f"Limits.timeout_s must be > 0, got {t!r}")
         # The interpreter alone maps ~30 MB, so smaller address spaces cannot work.
-        minimum = {"memory_mb": 64, "max_processes": 1, "max_output_bytes": 1,
-                   "max_file_bytes": 1, "max_tmp_bytes": 4096}
+        minimum = {
+            "memory_mb": 64,
+            "max_processes": 1,
+            "max_output_bytes": 1,
+            "max_file_bytes": 1,
+            "max_tmp_bytes": 4096,
+        }
         for name, low in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -240,8 +245,11 @@ def _find_tools(path: Optional[str] = None) -> _Tools:
     everything that is missing. `path` overrides $PATH (for tests)."""
     problems = []
     found = {}
-    for tool, package in (("bwrap", "bubblewrap"), ("setpriv", "util-linux"),
-                          ("prlimit", "util-linux")):
+    for tool, package in (
+        ("bwrap", "bubblewrap"),
+        ("setpriv", "util-linux"),
+        ("prlimit", "util-linux"),
+    ):
         where = shutil.which(tool, path=path)
         if where is None:
             problems.append(f"'{tool}' not found (Debian package {package})")
@@ -257,7 +265,8 @@ def _find_tools(path: Optional[str] = None) -> _Tools:
     elif not _uid_range_mapped(UID_BASE, UID_SLOTS):
         problems.append(
             f"uids {UID_BASE}..{UID_BASE + UID_SLOTS - 1} are not mapped in this user "
-            "namespace (inside another sandbox? under Bazel, tag the test 'no-sandbox')")
+            "namespace (inside another sandbox? under Bazel, tag the test 'no-sandbox')"
+        )
     seccomp = b""
     try:
         seccomp = _seccomp_filter()
@@ -300,19 +309,51 @@ def _tools() -> _Tools:
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _SYSCALLS = {
-    "x86_64": dict(clone=56, clone3=435, unshare=272, memfd_create=319, memfd_secret=447,
-                   shmget=29, msgget=68, userfaultfd=323, io_uring_setup=425,
-                   io_uring_enter=426, io_uring_register=427, bpf=321, perf_event_open=298),
-    "aarch64": dict(clone=220, clone3=435, unshare=97, memfd_create=279, memfd_secret=447,
-                    shmget=194, msgget=186, userfaultfd=282, io_uring_setup=425,
-                    io_uring_enter=426, io_uring_register=427, bpf=280,
-                    perf_event_open=241),
+    "x86_64": dict(
+        clone=56,
+        clone3=435,
+        unshare=272,
+        memfd_create=319,
+        memfd_secret=447,
+        shmget=29,
+        msgget=68,
+        userfaultfd=323,
+        io_uring_setup=425,
+        io_uring_enter=426,
+        io_uring_register=427,
+        bpf=321,
+        perf_event_open=298,
+    ),
+    "aarch64": dict(
+        clone=220,
+        clone3=435,
+        unshare=97,
+        memfd_create=279,
+        memfd_secret=447,
+        shmget=194,
+        msgget=186,
+        userfaultfd=282,
+        io_uring_setup=425,
+        io_uring_enter=426,
+        io_uring_register=427,
+        bpf=280,
+        perf_event_open=241,
+    ),
 }
 # Refused with EPERM: memory that RLIMIT_AS does not count (memfd, SysV shm and
 # message queues), and kernel attack surface ordinary Python code never needs.
-_DENIED = ("memfd_create", "memfd_secret", "shmget", "msgget", "userfaultfd",
-           "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf",
-           "perf_event_open")
+_DENIED = (
+    "memfd_create",
+    "memfd_secret",
+    "shmget",
+    "msgget",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "bpf",
+    "perf_event_open",
+)
 _CLONE_NEWUSER = 0x10000000
 
 
@@ -380,7 +421,8 @@ class _UidPool:
             except OSError as e:
                 raise SandboxUnavailable(
                     f"cannot use the uid-pool lock dir {self._dir} ({e}); "
-                    "set CODE_LAB_SANDBOX_STATE_DIR") from e
+                    "set CODE_LAB_SANDBOX_STATE_DIR"
+                ) from e
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
                 raise SandboxUnavailable(f"{self._dir} is not a directory owned by us")
             if st.st_mode & 0o022:  # someone else could swap our lock files
@@ -497,8 +539,7 @@ class _Raw:
     killed_for: str = ""  # "timeout" | "output_limit" | "memory" | ""
 
 
-def _execute(argv: list[str], *, files: dict[str, bytes], stdin: bytes,
-             limits: Limits) -> _Raw:
+def _execute(argv: list[str], *, files: dict[str, bytes], stdin: bytes, limits: Limits) -> _Raw:
     """Run `argv` (the interpreter command line) in a fresh sandbox.
 
     `files` maps paths under the work dir to contents, copied in by bwrap.
@@ -516,12 +557,29 @@ def _execute(argv: list[str], *, files: dict[str, bytes], stdin: bytes,
         tmp = str(limits.max_tmp_bytes)
         cmd = [
             tools.bwrap,
-            "--ro-bind", "/", "/",
-            "--dev", "/dev",
-            "--proc", "/proc",
-            "--perms", "1777", "--size", tmp, "--tmpfs", "/tmp",
-            "--perms", "0777", "--dir", _WORK_DIR,
-            "--perms", "1777", "--size", tmp, "--tmpfs", "/dev/shm",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--perms",
+            "1777",
+            "--size",
+            tmp,
+            "--tmpfs",
+            "/tmp",
+            "--perms",
+            "0777",
+            "--dir",
+            _WORK_DIR,
+            "--perms",
+            "1777",
+            "--size",
+            tmp,
+            "--tmpfs",
+            "/dev/shm",
         ]
         pass_fds = [seccomp_fd, status_w]
         for name, content in files.items():
@@ -530,17 +588,35 @@ def _execute(argv: list[str], *, files: dict[str, bytes], stdin: bytes,
             pass_fds.append(fd)
             cmd += ["--perms", "0444", "--file", str(fd), f"{_WORK_DIR}/{name}"]
         cmd += [
-            "--chdir", _WORK_DIR,
-            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--hostname", "sandbox",
-            "--die-with-parent", "--new-session",
+            "--chdir",
+            _WORK_DIR,
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname",
+            "sandbox",
+            "--die-with-parent",
+            "--new-session",
             # setpriv needs these two to switch uid; the switch then clears them.
-            "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-            "--seccomp", str(seccomp_fd),
-            "--json-status-fd", str(status_w),
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "CAP_SETUID",
+            "--cap-add",
+            "CAP_SETGID",
+            "--seccomp",
+            str(seccomp_fd),
+            "--json-status-fd",
+            str(status_w),
             "--",
-            tools.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-            "--no-new-privs", "--",
+            tools.setpriv,
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--",
             tools.prlimit,
             f"--as={limits.memory_mb << 20}",
             f"--cpu={math.ceil(limits.timeout_s) + 1}",
@@ -555,8 +631,15 @@ def _execute(argv: list[str], *, files: dict[str, bytes], stdin: bytes,
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=pass_fds, start_new_session=True, env=_ENV, close_fds=True)
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+                start_new_session=True,
+                env=_ENV,
+                close_fds=True,
+            )
         except OSError as e:
             raise SandboxUnavailable(f"cannot start bwrap: {e}") from e
         os.close(status_w)
@@ -582,13 +665,14 @@ def _memfd(name: str, content: bytes) -> int:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     view = memoryview(content)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
-def _pump(proc: subprocess.Popen, status_r: int, stdin: bytes, uid: int, limits: Limits,
-          start: float) -> _Raw:
+def _pump(
+    proc: subprocess.Popen, status_r: int, stdin: bytes, uid: int, limits: Limits, start: float
+) -> _Raw:
     """Feed stdin, collect capped output, enforce the watchdogs, reap."""
     cap = limits.max_output_bytes
     stdout_fd, stderr_fd = proc.stdout.fileno(), proc.stderr.fileno()
@@ -638,7 +722,7 @@ def _pump(proc: subprocess.Popen, status_r: int, stdin: bytes, uid: int, limits:
                     exited_at = time.monotonic()
                 elif fd == stdin_fd:
                     try:
-                        pending = pending[os.write(fd, pending):]
+                        pending = pending[os.write(fd, pending) :]
                     except BrokenPipeError:
                         pending = pending[:0]
                     if not pending:
@@ -783,8 +867,12 @@ def run_program(source: str, *, limits: Limits = Limits(), stdin: str = "") -> R
     """
     if not isinstance(source, str) or not isinstance(stdin, str):
         raise TypeError("run_program: source and stdin must be str")
-    raw = _execute([INTERPRETER, "-I", "main.py"], files={"main.py": source.encode()},
-                   stdin=stdin.encode(), limits=limits)
+    raw = _execute(
+        [INTERPRETER, "-I", "main.py"],
+        files={"main.py": source.encode()},
+        stdin=stdin.encode(),
+        limits=limits,
+    )
     return _result(raw, passed=raw.exit_code == 0)
 
 
@@ -857,6 +945,7 @@ def run_many(jobs: Sequence[Job], *, parallelism: Optional[int] = None) -> list[
     if not jobs:
         return []
     check_available()  # fail once, clearly, rather than once per job
-    with ThreadPoolExecutor(max_workers=min(parallelism, len(jobs)),
-                            thread_name_prefix="sandbox") as pool:
+    with ThreadPoolExecutor(
+        max_workers=min(parallelism, len(jobs)), thread_name_prefix="sandbox"
+    ) as pool:
         return list(pool.map(_run_job, jobs))

@@ -25,9 +25,11 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         assert all(r.passed for r in results), [r for r in results if not r.passed][:1]
         mean = sum(r.duration_s for r in results) / len(results)
-        print(f"{name}: {args.jobs / elapsed:.1f} programs/s "
-              f"({args.jobs} jobs, parallelism {args.parallelism}, "
-              f"{os.cpu_count()} CPUs, mean latency {mean * 1e3:.0f} ms)")
+        print(
+            f"{name}: {args.jobs / elapsed:.1f} programs/s "
+            f"({args.jobs} jobs, parallelism {args.parallelism}, "
+            f"{os.cpu_count()} CPUs, mean latency {mean * 1e3:.0f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def _describe(pid: int) -> str:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        return f"{pid} {fields['State'].strip()} uid={fields['Uid'].split()[0]} " \
-               f"ppid={fields['PPid'].strip()} {cmd[:80]}"
+        return (
+            f"{pid} {fields['State'].strip()} uid={fields['Uid'].split()[0]} "
+            f"ppid={fields['PPid'].strip()} {cmd[:80]}"
+        )
     except OSError:
         return f"{pid} (gone)"
 
@@ -84,11 +86,22 @@ def _src(text: str) -> str:
 # --- Limits and availability -------------------------------------------------
 
 
-@pytest.mark.parametrize("field,value", [
-    ("timeout_s", 0), ("timeout_s", -1.0), ("timeout_s", float("inf")), ("timeout_s", "3"),
-    ("memory_mb", 0), ("memory_mb", 1.5), ("max_processes", 0), ("max_processes", True),
-    ("max_output_bytes", 0), ("max_file_bytes", -5), ("max_tmp_bytes", 10),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("timeout_s", 0),
+        ("timeout_s", -1.0),
+        ("timeout_s", float("inf")),
+        ("timeout_s", "3"),
+        ("memory_mb", 0),
+        ("memory_mb", 1.5),
+        ("max_processes", 0),
+        ("max_processes", True),
+        ("max_output_bytes", 0),
+        ("max_file_bytes", -5),
+        ("max_tmp_bytes", 10),
+    ],
+)
 def test_limits_reject_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"Limits\.{field}\b"):
         sb.Limits(**{field: value})
@@ -104,14 +117,18 @@ def test_missing_tools_are_named():
     with pytest.raises(sb.SandboxUnavailable) as info:
         sb._find_tools(path="/nonexistent")
     msg = str(info.value)
-    for tool, package in (("bwrap", "bubblewrap"), ("setpriv", "util-linux"),
-                          ("prlimit", "util-linux")):
+    for tool, package in (
+        ("bwrap", "bubblewrap"),
+        ("setpriv", "util-linux"),
+        ("prlimit", "util-linux"),
+    ):
         assert tool in msg and package in msg
 
 
 def test_sandbox_failure_is_error_not_failed():
-    raw = sb._Raw(exit_code=1, stdout=b"", stderr=b"bwrap: Can't mount tmpfs\n",
-                  duration_s=0.0, started=False)
+    raw = sb._Raw(
+        exit_code=1, stdout=b"", stderr=b"bwrap: Can't mount tmpfs\n", duration_s=0.0, started=False
+    )
     assert sb._result(raw, passed=False).status == "error"
 
 
@@ -128,9 +145,11 @@ def test_run_many_validates():
 
 @needs_sandbox
 def test_correct_program_passes():
-    r = sb.run_tests("def add(a, b):\n    return a + b\n",
-                     "assert add(2, 3) == 5\nassert add(-1, 1) == 0\nprint('checked')\n",
-                     limits=FAST)
+    r = sb.run_tests(
+        "def add(a, b):\n    return a + b\n",
+        "assert add(2, 3) == 5\nassert add(-1, 1) == 0\nprint('checked')\n",
+        limits=FAST,
+    )
     assert r.passed, r
     assert r.exit_code == 0
     assert r.stdout == "checked\n"  # the marker is removed from the reported output
@@ -139,30 +158,31 @@ def test_correct_program_passes():
 @needs_sandbox
 def test_humaneval_style_check_passes():
     program = "def incr_list(l):\n    return [x + 1 for x in l]\n"
-    tests = ("def check(candidate):\n    assert candidate([1, 2]) == [2, 3]\n\n"
-             "check(incr_list)\n")
+    tests = "def check(candidate):\n    assert candidate([1, 2]) == [2, 3]\n\ncheck(incr_list)\n"
     assert sb.run_tests(program, tests, limits=FAST).passed
 
 
 @needs_sandbox
 def test_wrong_assertion_fails_with_traceback():
-    r = sb.run_tests("def add(a, b):\n    return a - b\n", "assert add(2, 3) == 5\n",
-                     limits=FAST)
+    r = sb.run_tests("def add(a, b):\n    return a - b\n", "assert add(2, 3) == 5\n", limits=FAST)
     assert r.status == "failed" and r.exit_code == 1
     assert 'File "<tests>", line 1' in r.stderr and "AssertionError" in r.stderr
 
 
 @needs_sandbox
-@pytest.mark.parametrize("escape", [
-    "import os\nos._exit(0)\n",
-    "raise SystemExit(0)\n",
-    "import sys\nsys.exit()\n",
-    "import atexit, os\natexit.register(lambda: os._exit(0))\nraise KeyboardInterrupt\n",
-    "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
-    "import threading, os\nt = threading.Thread(target=lambda: os._exit(0))\nt.start()\n"
-    "t.join()\n",
-    "import sys\nsys.stdout.write('passed\\nOK\\n')\nsys.stdout.flush()\nimport os\nos._exit(0)\n",
-])
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "import os\nos._exit(0)\n",
+        "raise SystemExit(0)\n",
+        "import sys\nsys.exit()\n",
+        "import atexit, os\natexit.register(lambda: os._exit(0))\nraise KeyboardInterrupt\n",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+        "import threading, os\nt = threading.Thread(target=lambda: os._exit(0))\nt.start()\n"
+        "t.join()\n",
+        "import sys\nsys.stdout.write('passed\\nOK\\n')\nsys.stdout.flush()\nimport os\nos._exit(0)\n",
+    ],
+)
 def test_exiting_before_the_tests_is_not_a_pass(escape):
     r = sb.run_tests(escape, "assert False, 'the tests ran'\n", limits=FAST)
     assert not r.passed, r
@@ -287,8 +307,9 @@ def test_process_limit_binds():
 
 @needs_sandbox
 def test_fork_bomb_is_contained(no_leftovers):
-    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n" \
-           "        pass\n"
+    bomb = (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
     r = sb.run_program(bomb, limits=sb.Limits(timeout_s=1.5, max_processes=32))
     assert r.status == "timeout"
     assert r.duration_s < 5.0
@@ -297,10 +318,13 @@ def test_fork_bomb_is_contained(no_leftovers):
 
 
 @needs_sandbox
-@pytest.mark.parametrize("bomb", [
-    "x = bytearray(4 << 30)\n",
-    "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 << 20))\n",
-])
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        "x = bytearray(4 << 30)\n",
+        "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 << 20))\n",
+    ],
+)
 def test_memory_bomb_is_killed(bomb, no_leftovers):
     r = sb.run_program(bomb, limits=sb.Limits(timeout_s=10.0, memory_mb=256))
     assert r.status == "failed", r
@@ -329,12 +353,22 @@ def test_writes_outside_the_sandbox_do_not_reach_the_host():
     stamp = os.urandom(6).hex()
     host_tmp = os.path.join(tempfile.gettempdir(), f"sandbox-escape-{stamp}")
     here = os.path.dirname(os.path.abspath(__file__))
-    targets = ["/etc/sandbox-escape", os.path.join(here, f"escape-{stamp}"),
-               f"/tmp/sandbox-escape-{stamp}", host_tmp, f"/var/tmp/escape-{stamp}",
-               f"/run/lock/escape-{stamp}", "/root/escape", "/dev/shm/x", "/work/escape"]
+    targets = [
+        "/etc/sandbox-escape",
+        os.path.join(here, f"escape-{stamp}"),
+        f"/tmp/sandbox-escape-{stamp}",
+        host_tmp,
+        f"/var/tmp/escape-{stamp}",
+        f"/run/lock/escape-{stamp}",
+        "/root/escape",
+        "/dev/shm/x",
+        "/work/escape",
+    ]
     src = "import os\n" + "".join(
         f"try:\n    open({t!r}, 'w').write('pwned')\n    print('wrote', {t!r})\n"
-        f"except OSError as e:\n    print('refused', {t!r}, e.errno)\n" for t in targets)
+        f"except OSError as e:\n    print('refused', {t!r}, e.errno)\n"
+        for t in targets
+    )
     r = sb.run_program(src, limits=FAST)
     assert r.passed, r
     for t in targets:
@@ -393,12 +427,15 @@ def test_no_network_even_to_a_real_loopback_listener():
 
 
 @needs_sandbox
-@pytest.mark.parametrize("attack", [
-    "os.kill(os.getppid(), signal.SIGKILL)",
-    "os.killpg(os.getpgid(0), signal.SIGKILL)",
-    "os.kill(-1, signal.SIGKILL)",
-    "os.kill(1, signal.SIGKILL)",
-])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "os.kill(os.getppid(), signal.SIGKILL)",
+        "os.killpg(os.getpgid(0), signal.SIGKILL)",
+        "os.kill(-1, signal.SIGKILL)",
+        "os.kill(1, signal.SIGKILL)",
+    ],
+)
 def test_signals_cannot_reach_the_host(attack, no_leftovers):
     bystander = subprocess.Popen(["sleep", "30"])  # a host process of the same (root) user
     try:

@@ -75,7 +75,8 @@ class Batch:
             return NotImplemented
         scalars = ("step", "shard_index", "source_names", "tokens_before", "stage", "epochs")
         return all(getattr(self, f) == getattr(other, f) for f in scalars) and all(
-            getattr(self, a).dtype == getattr(other, a).dtype and np.array_equal(getattr(self, a), getattr(other, a))
+            getattr(self, a).dtype == getattr(other, a).dtype
+            and np.array_equal(getattr(self, a), getattr(other, a))
             for a in self.ARRAYS
         )
 
@@ -163,7 +164,15 @@ class PackedBatch:
     def __eq__(self, other) -> bool:
         if not isinstance(other, PackedBatch):
             return NotImplemented
-        scalars = ("step", "shard_index", "eos_id", "source_names", "tokens_before", "stage", "epochs")
+        scalars = (
+            "step",
+            "shard_index",
+            "eos_id",
+            "source_names",
+            "tokens_before",
+            "stage",
+            "epochs",
+        )
         return all(getattr(self, f) == getattr(other, f) for f in scalars) and all(
             np.array_equal(getattr(self, a), getattr(other, a)) for a in self.ARRAYS
         )

@@ -19,15 +19,23 @@ from absl import app, flags
 
 from services.data import batch as batch_lib, client, corpus, mixture
 
-_CORPUS_DIR = flags.DEFINE_string("corpus_dir", None, "Corpus to serve (default: the default corpus, built if missing).")
-_MIXTURE = flags.DEFINE_string("mixture", "text=0.5,code=0.25,markup=0.1,code_adjacent=0.1,synthetic_code=0.05", "Mixture to serve.")
+_CORPUS_DIR = flags.DEFINE_string(
+    "corpus_dir", None, "Corpus to serve (default: the default corpus, built if missing)."
+)
+_MIXTURE = flags.DEFINE_string(
+    "mixture",
+    "text=0.5,code=0.25,markup=0.1,code_adjacent=0.1,synthetic_code=0.05",
+    "Mixture to serve.",
+)
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Global batch size.")
 _SEQ = flags.DEFINE_integer("seq_len", 2048, "Sequence length.")
 _STEPS = flags.DEFINE_integer("steps", 400, "Batches per timed round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds of each kind.")
 _WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed batches before each gRPC round.")
 _READ_AHEAD = flags.DEFINE_integer("read_ahead", 0, "The server's --read_ahead.")
-_ENCODING = flags.DEFINE_enum("encoding", "packed", ["packed", "full"], "Batch encoding on the wire.")
+_ENCODING = flags.DEFINE_enum(
+    "encoding", "packed", ["packed", "full"], "Batch encoding on the wire."
+)
 
 
 def _cpu(p: psutil.Process) -> float:
@@ -45,7 +53,9 @@ def main(argv):
     B, L, N = _BATCH.value, _SEQ.value, _STEPS.value
     tokens_per_round = N * B * L
 
-    server = client.start_local_server(path, build_default_corpus=False, extra_args=[f"--read_ahead={_READ_AHEAD.value}"])
+    server = client.start_local_server(
+        path, build_default_corpus=False, extra_args=[f"--read_ahead={_READ_AHEAD.value}"]
+    )
     server_proc, me = psutil.Process(server.process.pid), psutil.Process()
     data = client.DataClient(server.address)
     reader = mixture.BatchReader(corpus.Corpus(path), mix, seed=0, global_batch_size=B, seq_len=L)
@@ -53,8 +63,16 @@ def main(argv):
     try:
         for r in range(_ROUNDS.value):
             start = r * (N + _WARMUP.value)
-            with data.stream(mix, seed=0, global_batch_size=B, seq_len=L, start_step=start,
-                             num_steps=N + _WARMUP.value, prefetch=4, encoding=_ENCODING.value) as stream:
+            with data.stream(
+                mix,
+                seed=0,
+                global_batch_size=B,
+                seq_len=L,
+                start_step=start,
+                num_steps=N + _WARMUP.value,
+                prefetch=4,
+                encoding=_ENCODING.value,
+            ) as stream:
                 for _ in range(_WARMUP.value):
                     next(stream)
                 s0, c0, t0 = _cpu(server_proc), _cpu(me), time.perf_counter()
@@ -71,9 +89,12 @@ def main(argv):
             dt = time.perf_counter() - t0
             local_cpu.append((time.process_time() - c0) / N)
             local_rates.append(tokens_per_round / dt)
-            print(f"round {r}: gRPC {grpc_rates[-1] / 1e6:.1f}M tokens/s "
-                  f"(server {server_cpu[-1] * 1e3:.3f} + client {client_cpu[-1] * 1e3:.3f} ms CPU/batch), "
-                  f"in-process {local_rates[-1] / 1e6:.1f}M tokens/s ({local_cpu[-1] * 1e3:.3f} ms CPU/batch)", flush=True)
+            print(
+                f"round {r}: gRPC {grpc_rates[-1] / 1e6:.1f}M tokens/s "
+                f"(server {server_cpu[-1] * 1e3:.3f} + client {client_cpu[-1] * 1e3:.3f} ms CPU/batch), "
+                f"in-process {local_rates[-1] / 1e6:.1f}M tokens/s ({local_cpu[-1] * 1e3:.3f} ms CPU/batch)",
+                flush=True,
+            )
     finally:
         data.close()
         server.stop()
@@ -97,7 +118,9 @@ def main(argv):
         "server_read_ahead": _READ_AHEAD.value,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-    print(f"gRPC {grpc_rate / 1e6:.1f}M tokens/s, in-process {local_rate / 1e6:.1f}M tokens/s, ratio {result['ratio']}")
+    print(
+        f"gRPC {grpc_rate / 1e6:.1f}M tokens/s, in-process {local_rate / 1e6:.1f}M tokens/s, ratio {result['ratio']}"
+    )
     print(json.dumps(result))
 
 

@@ -70,7 +70,9 @@ def _as_mixture(mixture) -> data_pb2.MixtureSpec:
         return wire.mixture_to_proto(mixture)
     if isinstance(mixture, Mapping):
         return wire.mixture_to_proto(Mixture.of(mixture))
-    raise TypeError(f"mixture must be a Mixture, a MixtureSpec or a {{source: weight}} mapping, got {type(mixture).__name__}")
+    raise TypeError(
+        f"mixture must be a Mixture, a MixtureSpec or a {{source: weight}} mapping, got {type(mixture).__name__}"
+    )
 
 
 class DataClient:
@@ -145,7 +147,9 @@ class DataClient:
         fresh = False
         while True:
             try:
-                return getattr(self.stub(fresh), method)(request, metadata=self._metadata, timeout=timeout)
+                return getattr(self.stub(fresh), method)(
+                    request, metadata=self._metadata, timeout=timeout
+                )
             except grpc.RpcError as e:
                 if e.code() not in _TRANSIENT or time.monotonic() + backoff > deadline:
                     raise
@@ -156,8 +160,12 @@ class DataClient:
     def list_sources(self, timeout: float = 30.0) -> data_pb2.ListSourcesResponse:
         return self._unary("ListSources", data_pb2.ListSourcesRequest(), timeout)
 
-    def validate_mixture(self, mixture, token_budget: int = 0, timeout: float = 30.0) -> data_pb2.ValidateMixtureResponse:
-        request = data_pb2.ValidateMixtureRequest(mixture=_as_mixture(mixture), token_budget=token_budget)
+    def validate_mixture(
+        self, mixture, token_budget: int = 0, timeout: float = 30.0
+    ) -> data_pb2.ValidateMixtureResponse:
+        request = data_pb2.ValidateMixtureRequest(
+            mixture=_as_mixture(mixture), token_budget=token_budget
+        )
         return self._unary("ValidateMixture", request, timeout)
 
     def stream(
@@ -255,7 +263,9 @@ class BatchStream:
                 if request.num_steps <= 0:
                     break
             try:
-                call = self._client.raw_stream_batches(fresh)(request, metadata=self._client._metadata)
+                call = self._client.raw_stream_batches(fresh)(
+                    request, metadata=self._client._metadata
+                )
                 self._call = call
                 if self._closed.is_set():
                     call.cancel()
@@ -263,7 +273,9 @@ class BatchStream:
                 for raw in call:
                     batch = wire.decode_batch(raw)
                     if batch.step != self.next_step:
-                        raise RuntimeError(f"expected step {self.next_step}, server sent {batch.step}")
+                        raise RuntimeError(
+                            f"expected step {self.next_step}, server sent {batch.step}"
+                        )
                     self.next_step += 1
                     backoff = policy.initial_backoff_s
                     last_progress = time.monotonic()

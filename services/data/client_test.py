@@ -29,7 +29,9 @@ def expected(corpus):
 
 
 def start(corpus, port=0):
-    return client.start_local_server(corpus.path, build_default_corpus=False, port=port, timeout=120)
+    return client.start_local_server(
+        corpus.path, build_default_corpus=False, port=port, timeout=120
+    )
 
 
 def test_binary_prints_its_address(corpus):
@@ -45,7 +47,9 @@ def test_binary_prints_its_address(corpus):
 def test_sigkill_and_restart_on_the_same_port_is_invisible(corpus, expected):
     server = start(corpus)
     port = int(server.address.rsplit(":", 1)[1])
-    data = client.DataClient(server.address, retry=client.RetryPolicy(max_backoff_s=0.5, give_up_s=60))
+    data = client.DataClient(
+        server.address, retry=client.RetryPolicy(max_backoff_s=0.5, give_up_s=60)
+    )
     got = []
     try:
         with data.stream(MIX, **GEOMETRY, num_steps=STEPS, prefetch=2) as stream:
@@ -64,7 +68,9 @@ def test_sigkill_and_restart_on_the_same_port_is_invisible(corpus, expected):
 
 def test_reconnect_target_follows_a_server_to_a_new_port(corpus, expected):
     box = {"server": start(corpus)}
-    data = client.DataClient(lambda: box["server"].address, retry=client.RetryPolicy(max_backoff_s=0.5, give_up_s=60))
+    data = client.DataClient(
+        lambda: box["server"].address, retry=client.RetryPolicy(max_backoff_s=0.5, give_up_s=60)
+    )
     got = []
     try:
         with data.stream(MIX, **GEOMETRY, start_step=10, num_steps=12, prefetch=1) as stream:
@@ -94,7 +100,10 @@ def test_errors_other_than_unavailable_reach_the_caller(corpus):
 
 
 def test_gives_up_when_no_server_comes_back():
-    data = client.DataClient("127.0.0.1:1", retry=client.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, give_up_s=0.3))
+    data = client.DataClient(
+        "127.0.0.1:1",
+        retry=client.RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, give_up_s=0.3),
+    )
     stream = data.stream({"text": 1}, **GEOMETRY)
     with pytest.raises(grpc.RpcError) as e:
         next(stream)

@@ -86,11 +86,17 @@ class Corpus:
         with open(manifest_path) as f:
             self.manifest = json.load(f)
         if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(
+                f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}"
+            )
         self.sources = [
             SourceInfo(
-                name=s["name"], kind=s["kind"], description=s["description"],
-                num_tokens=s["num_tokens"], num_documents=s["num_documents"], content_hash=s["content_hash"],
+                name=s["name"],
+                kind=s["kind"],
+                description=s["description"],
+                num_tokens=s["num_tokens"],
+                num_documents=s["num_documents"],
+                content_hash=s["content_hash"],
             )
             for s in self.manifest["sources"]
         ]
@@ -124,7 +130,9 @@ class Corpus:
             else:
                 # A plain ndarray view: fancy indexing on np.memmap subclasses
                 # is measurably slower.
-                arr = np.memmap(self._file(name, "tokens_file"), TOKEN_DTYPE, "r", shape=(info.num_tokens,)).view(np.ndarray)
+                arr = np.memmap(
+                    self._file(name, "tokens_file"), TOKEN_DTYPE, "r", shape=(info.num_tokens,)
+                ).view(np.ndarray)
             self._tokens[name] = arr
         return arr
 
@@ -221,12 +229,18 @@ def build(
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "sources"))
     try:
-        bdir = decontam.default_benchmarks_dir() if config.benchmarks_dir is None else config.benchmarks_dir
+        bdir = (
+            decontam.default_benchmarks_dir()
+            if config.benchmarks_dir is None
+            else config.benchmarks_dir
+        )
         index = decontam.Index.from_dir(bdir or None, config.include_humaneval, n=config.ngram)
         report = decontam.Report(index)
-        log(f"decontamination index: {len(index.names)} benchmarks from {bdir or '(none)'}"
+        log(
+            f"decontamination index: {len(index.names)} benchmarks from {bdir or '(none)'}"
             f"{' + HumanEval' if 'humaneval' in index.names else ''}, {index.hashes.size} distinct {index.n}-grams "
-            f"({time.monotonic() - t0:.1f}s)")
+            f"({time.monotonic() - t0:.1f}s)"
+        )
 
         # Pass A: read (deduplicated, decontaminated) documents into memory,
         # up to what the cap can use. A source that outgrows memory_chars
@@ -248,8 +262,10 @@ def build(
                     restream.add(spec.name)
                     break
             collected[spec.name] = docs
-            log(f"read {spec.name}: {len(docs)} documents, {size / 1e6:.1f}M chars"
-                f"{' (more streamed later)' if spec.name in restream else ''} ({time.monotonic() - t:.1f}s)")
+            log(
+                f"read {spec.name}: {len(docs)} documents, {size / 1e6:.1f}M chars"
+                f"{' (more streamed later)' if spec.name in restream else ''} ({time.monotonic() - t:.1f}s)"
+            )
 
         # Tokenizer.
         t = time.monotonic()
@@ -267,8 +283,10 @@ def build(
             if not sample:
                 raise ValueError("no documents to train the tokenizer on")
             tok = tokenizer_lib.train(sample, config.vocab_size)
-            log(f"trained byte-level BPE, vocab {tok.vocab_size}, on {sum(map(len, sample)) / 1e6:.1f}M chars "
-                f"({time.monotonic() - t:.1f}s)")
+            log(
+                f"trained byte-level BPE, vocab {tok.vocab_size}, on {sum(map(len, sample)) / 1e6:.1f}M chars "
+                f"({time.monotonic() - t:.1f}s)"
+            )
         tok.save(os.path.join(tmp, TOKENIZER))
 
         # Pass B: encode and write each source up to its cap.
@@ -287,8 +305,10 @@ def build(
                 options = next(i.options for i in spec.inputs if i.reader == "synthetic_python")
                 entry["synthetic"] = synthetic.verified(**options)[1].to_json()
             entries.append(entry)
-            log(f"encoded {spec.name}: {entry['num_documents']} documents, {entry['num_tokens']} tokens "
-                f"({time.monotonic() - t:.1f}s)")
+            log(
+                f"encoded {spec.name}: {entry['num_documents']} documents, {entry['num_tokens']} tokens "
+                f"({time.monotonic() - t:.1f}s)"
+            )
 
         decontamination = report.to_json()
         log(decontam.format_report(decontamination))
@@ -318,8 +338,10 @@ def build(
             f.write(text)
         manifest = json.loads(text)  # the manifest as readers will see it
         _replace_dir(tmp, out_dir)
-        log(f"corpus {manifest['corpus_id'][:12]} at {out_dir} "
-            f"({sum(e['num_tokens'] for e in entries) / 1e6:.2f}M tokens, {manifest['build']['seconds']}s)")
+        log(
+            f"corpus {manifest['corpus_id'][:12]} at {out_dir} "
+            f"({sum(e['num_tokens'] for e in entries) / 1e6:.2f}M tokens, {manifest['build']['seconds']}s)"
+        )
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -330,14 +352,19 @@ def corpus_id(manifest: dict) -> str:
     """Hash of what determines the served tokens: sources and tokenizer."""
     key = {
         "tokenizer": manifest["tokenizer"]["sha256"],
-        "sources": [(s["name"], s["kind"], s["num_tokens"], s["num_documents"], s["content_hash"]) for s in manifest["sources"]],
+        "sources": [
+            (s["name"], s["kind"], s["num_tokens"], s["num_documents"], s["content_hash"])
+            for s in manifest["sources"]
+        ],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def _clean_stream(spec, report: decontam.Report, drops: dict) -> Iterator[str]:
     """The source's documents without exact duplicates and contaminated ones."""
-    return decontam.iter_clean(report, spec.name, _dedup(sources_lib.iter_source(spec), set(), drops))
+    return decontam.iter_clean(
+        report, spec.name, _dedup(sources_lib.iter_source(spec), set(), drops)
+    )
 
 
 def _batches(it: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -374,7 +401,9 @@ def _write_source(spec, docs: Iterable[str], tok, root: str, drops: dict) -> dic
                     break
                 arr = np.concatenate([np.asarray(ids, TOKEN_DTYPE), eos])
                 if tok.eos_id in arr[:-1]:
-                    raise AssertionError(f"{spec.name}: a document encoded to <eos> inside its text")
+                    raise AssertionError(
+                        f"{spec.name}: a document encoded to <eos> inside its text"
+                    )
                 b = arr.tobytes()
                 f.write(b)
                 digest.update(b)
@@ -448,7 +477,9 @@ def ensure_default_corpus(
             if not built_by.startswith("default/"):
                 log(f"{path} holds a corpus not built by the default recipe; using it as it is")
                 return manifest
-            log(f"corpus at {path} was built by {manifest.get('build', {}).get('recipe')!r}; rebuilding as {recipe!r}")
+            log(
+                f"corpus at {path} was built by {manifest.get('build', {}).get('recipe')!r}; rebuilding as {recipe!r}"
+            )
         log(f"building the default corpus at {path} ({recipe})")
         try:
             return build(
@@ -459,4 +490,6 @@ def ensure_default_corpus(
             )
         except FileNotFoundError as e:
             packages = " ".join(sources_lib.DEBIAN_PACKAGES)
-            raise FileNotFoundError(f"{e}: the default corpus reads Debian packages (apt-get install {packages})") from e
+            raise FileNotFoundError(
+                f"{e}: the default corpus reads Debian packages (apt-get install {packages})"
+            ) from e

@@ -1,11 +1,11 @@
 """Corpus CLI: `bazel run //services/data:corpus -- build|inspect [flags]`.
 
-    build    builds a corpus from the default sources (real material on this
-             machine) or from a source-spec file (--sources=spec.json; see
-             sources.load_spec_file), and prints the decontamination report.
-    inspect  prints a corpus's sources and, with --mixture, the mixture's
-             token plan (tokens and epochs per source), the sources of one
-             sample batch and its first row decoded, segment by segment.
+build    builds a corpus from the default sources (real material on this
+         machine) or from a source-spec file (--sources=spec.json; see
+         sources.load_spec_file), and prints the decontamination report.
+inspect  prints a corpus's sources and, with --mixture, the mixture's
+         token plan (tokens and epochs per source), the sources of one
+         sample batch and its first row decoded, segment by segment.
 """
 
 import dataclasses
@@ -16,14 +16,32 @@ from absl import app, flags
 
 from services.data import corpus, mixture, sources
 
-_CORPUS_DIR = flags.DEFINE_string("corpus_dir", None, "Corpus directory (default: $CODE_LAB_CORPUS_DIR or ~/.cache/code_lab/corpus/default).")
-_SOURCES = flags.DEFINE_string("sources", None, "build: a source-spec JSON file; default: the default corpus's sources.")
+_CORPUS_DIR = flags.DEFINE_string(
+    "corpus_dir",
+    None,
+    "Corpus directory (default: $CODE_LAB_CORPUS_DIR or ~/.cache/code_lab/corpus/default).",
+)
+_SOURCES = flags.DEFINE_string(
+    "sources", None, "build: a source-spec JSON file; default: the default corpus's sources."
+)
 _SCALE = flags.DEFINE_float("scale", 1.0, "build: multiplier of the default sources' token caps.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 8192, "build: tokenizer vocabulary size (the paper's is 256k).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "build: reuse this tokenizer.json instead of training one.")
-_BENCHMARKS = flags.DEFINE_string("benchmarks_dir", None, "build: benchmarks to decontaminate against ('' for none but HumanEval).")
-_MIXTURE = flags.DEFINE_string("mixture", None, 'inspect: "text=0.75,code=0.25", or a mixture JSON file (Mixture.from_json).')
-_BUDGET = flags.DEFINE_integer("token_budget", 0, "inspect: tokens to plan for (0: end of the last bounded stage).")
+_VOCAB = flags.DEFINE_integer(
+    "vocab_size", 8192, "build: tokenizer vocabulary size (the paper's is 256k)."
+)
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "build: reuse this tokenizer.json instead of training one."
+)
+_BENCHMARKS = flags.DEFINE_string(
+    "benchmarks_dir",
+    None,
+    "build: benchmarks to decontaminate against ('' for none but HumanEval).",
+)
+_MIXTURE = flags.DEFINE_string(
+    "mixture", None, 'inspect: "text=0.75,code=0.25", or a mixture JSON file (Mixture.from_json).'
+)
+_BUDGET = flags.DEFINE_integer(
+    "token_budget", 0, "inspect: tokens to plan for (0: end of the last bounded stage)."
+)
 _BATCH = flags.DEFINE_integer("batch_size", 4, "inspect: global batch size of the sample batch.")
 _SEQ = flags.DEFINE_integer("seq_len", 256, "inspect: sequence length of the sample batch.")
 _SEED = flags.DEFINE_integer("seed", 0, "inspect: shuffle seed.")
@@ -32,12 +50,16 @@ _SHOW = flags.DEFINE_integer("show_chars", 600, "inspect: characters of decoded 
 
 
 def _build(path: str) -> None:
-    config = corpus.BuildConfig(vocab_size=_VOCAB.value, tokenizer_file=_TOKENIZER.value, benchmarks_dir=_BENCHMARKS.value)
+    config = corpus.BuildConfig(
+        vocab_size=_VOCAB.value, tokenizer_file=_TOKENIZER.value, benchmarks_dir=_BENCHMARKS.value
+    )
     if _SOURCES.value:
         specs = sources.load_spec_file(_SOURCES.value)
     else:
         specs = sources.default_sources(_SCALE.value)
-        config = dataclasses.replace(config, recipe=corpus.default_recipe(_SCALE.value, _VOCAB.value))
+        config = dataclasses.replace(
+            config, recipe=corpus.default_recipe(_SCALE.value, _VOCAB.value)
+        )
     corpus.build(specs, path, config, log=lambda s: print(s, flush=True))
 
 
@@ -54,7 +76,9 @@ def _inspect(path: str) -> None:
     print(f"tokenizer: vocab {c.vocab_size}, eos {c.eos_id}, pad {c.pad_id}")
     print(f"{'source':<16}{'kind':<16}{'tokens':>12}{'documents':>11}  content hash")
     for s in c.sources:
-        print(f"{s.name:<16}{s.kind:<16}{s.num_tokens:>12}{s.num_documents:>11}  {s.content_hash[:16]}")
+        print(
+            f"{s.name:<16}{s.kind:<16}{s.num_tokens:>12}{s.num_documents:>11}  {s.content_hash[:16]}"
+        )
     report = c.manifest.get("decontamination")
     if report:
         from services.data import decontam
@@ -66,16 +90,23 @@ def _inspect(path: str) -> None:
     available = {s.name: s.num_tokens for s in c.sources}
     try:
         budget, plan = mixture.plan(mix, available, _BUDGET.value)
-        reader = mixture.BatchReader(c, mix, seed=_SEED.value, global_batch_size=_BATCH.value, seq_len=_SEQ.value)
+        reader = mixture.BatchReader(
+            c, mix, seed=_SEED.value, global_batch_size=_BATCH.value, seq_len=_SEQ.value
+        )
         batch = reader.batch(_STEP.value)
     except mixture.SpecError as e:
         sys.exit(f"error ({e.code}): {e}")
     print(f"\nmixture {mix.name or _MIXTURE.value}: plan over {budget} tokens")
     for name, (tokens, epochs) in plan.items():
         print(f"  {name:<16}{tokens:>14} tokens {epochs:>10.3f} epochs")
-    print(f"\nsample batch: step {batch.step}, stage {batch.stage}, {batch.batch_size} x {batch.seq_len}, "
-          f"tokens per source {batch.source_token_counts()}")
-    print("epochs after this step: " + ", ".join(f"{n} {e:.4f}" for n, e in zip(batch.source_names, batch.epochs)))
+    print(
+        f"\nsample batch: step {batch.step}, stage {batch.stage}, {batch.batch_size} x {batch.seq_len}, "
+        f"tokens per source {batch.source_token_counts()}"
+    )
+    print(
+        "epochs after this step: "
+        + ", ".join(f"{n} {e:.4f}" for n, e in zip(batch.source_names, batch.epochs))
+    )
     tok = c.tokenizer()
     row = 0
     shown = 0

@@ -9,8 +9,10 @@ import pytest
 
 from services.data import corpus, sources, testing
 
-LEAKED = ("Which planet in our solar system has the longest day measured against "
-          "its own orbital year around the sun and why does it spin backwards")
+LEAKED = (
+    "Which planet in our solar system has the longest day measured against "
+    "its own orbital year around the sun and why does it spin backwards"
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,9 @@ def built(tmp_path_factory):
         f.write(json.dumps({"content": "Trivia: " + LEAKED.upper() + "?"}) + "\n")
         f.write(json.dumps({"content": "Trivia: " + LEAKED.upper() + "?"}) + "\n")
     specs = testing.source_specs(paths)
-    config = corpus.BuildConfig(vocab_size=400, benchmarks_dir=str(root / "bench"), include_humaneval=False)
+    config = corpus.BuildConfig(
+        vocab_size=400, benchmarks_dir=str(root / "bench"), include_humaneval=False
+    )
     logs = []
     manifest = corpus.build(specs, str(root / "corpus"), config, log=logs.append)
     return root, specs, config, manifest, logs
@@ -51,7 +55,10 @@ def test_documents_decode_to_the_source_text(built):
     root, specs, *_ = built
     c = corpus.Corpus(str(root / "corpus"))
     tok = c.tokenizer()
-    code = [tok.decode(c.document("code", i)[:-1].tolist()) for i in range(c.source("code").num_documents)]
+    code = [
+        tok.decode(c.document("code", i)[:-1].tolist())
+        for i in range(c.source("code").num_documents)
+    ]
     originals = sorted(open(p).read() for p in sources.expand_files(specs[1].inputs[0].data_files))
     assert sorted(code) == originals  # whitespace, tabs and trailing spaces included
     qa = [tok.decode(c.document("code_adjacent", i)[:-1].tolist()) for i in range(3)]
@@ -70,28 +77,49 @@ def test_contaminated_and_duplicate_documents_are_dropped_and_reported(built):
     tok = c.tokenizer()
     everything = tok.decode(c.tokens("text").tolist()).lower()
     assert "longest day measured" not in everything
-    assert any("decontamination" in line for line in logs) and any("trivia: 1 docs" in line for line in logs)
+    assert any("decontamination" in line for line in logs) and any(
+        "trivia: 1 docs" in line for line in logs
+    )
 
 
 def test_builds_are_deterministic(built, tmp_path):
     root, specs, config, manifest, _ = built
     again = corpus.build(specs, str(tmp_path / "again"), config, log=lambda s: None)
     assert again["corpus_id"] == manifest["corpus_id"]
-    assert [s["content_hash"] for s in again["sources"]] == [s["content_hash"] for s in manifest["sources"]]
+    assert [s["content_hash"] for s in again["sources"]] == [
+        s["content_hash"] for s in manifest["sources"]
+    ]
 
 
 def test_token_cap_reuse_tokenizer_and_rebuild_in_place(built, tmp_path):
     root, specs, config, manifest, _ = built
-    capped = [sources.SourceSpec(s.name, s.kind, s.description, s.inputs, max_tokens=300) for s in specs]
+    capped = [
+        sources.SourceSpec(s.name, s.kind, s.description, s.inputs, max_tokens=300) for s in specs
+    ]
     out = str(tmp_path / "capped")
-    m = corpus.build(capped, out, corpus.BuildConfig(tokenizer_file=str(root / "corpus" / corpus.TOKENIZER),
-                                                      benchmarks_dir="", include_humaneval=False), log=lambda s: None)
+    m = corpus.build(
+        capped,
+        out,
+        corpus.BuildConfig(
+            tokenizer_file=str(root / "corpus" / corpus.TOKENIZER),
+            benchmarks_dir="",
+            include_humaneval=False,
+        ),
+        log=lambda s: None,
+    )
     assert all(0 < s["num_tokens"] <= 300 for s in m["sources"])
     assert m["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
     assert sum(s["dropped"].get("over_cap", 0) for s in m["sources"]) > 0
     # Building over an existing corpus replaces it atomically.
-    m2 = corpus.build(capped[:1], out, corpus.BuildConfig(vocab_size=300, benchmarks_dir="", include_humaneval=False), log=lambda s: None)
-    assert [s.name for s in corpus.Corpus(out).sources] == ["text"] and m2["corpus_id"] != m["corpus_id"]
+    m2 = corpus.build(
+        capped[:1],
+        out,
+        corpus.BuildConfig(vocab_size=300, benchmarks_dir="", include_humaneval=False),
+        log=lambda s: None,
+    )
+    assert [s.name for s in corpus.Corpus(out).sources] == ["text"] and m2["corpus_id"] != m[
+        "corpus_id"
+    ]
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p]
 
 
@@ -101,9 +129,18 @@ def test_a_dataset_name_goes_through_the_same_path(tmp_path):
     network)."""
     folder = tmp_path / "my_dataset" / "data"
     folder.mkdir(parents=True)
-    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"hub style document {i}"}) + "\n" for i in range(5)))
-    spec = sources.SourceSpec("hub", "text", "a dataset by name", (sources.Input(path=str(tmp_path / "my_dataset")),))
-    m = corpus.build([spec], str(tmp_path / "c"), corpus.BuildConfig(vocab_size=300, benchmarks_dir="", include_humaneval=False), log=lambda s: None)
+    (folder / "train.jsonl").write_text(
+        "".join(json.dumps({"text": f"hub style document {i}"}) + "\n" for i in range(5))
+    )
+    spec = sources.SourceSpec(
+        "hub", "text", "a dataset by name", (sources.Input(path=str(tmp_path / "my_dataset")),)
+    )
+    m = corpus.build(
+        [spec],
+        str(tmp_path / "c"),
+        corpus.BuildConfig(vocab_size=300, benchmarks_dir="", include_humaneval=False),
+        log=lambda s: None,
+    )
     assert m["sources"][0]["num_documents"] == 5
 
 

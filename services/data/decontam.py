@@ -108,7 +108,11 @@ def discover(benchmarks_dir: str | None, include_humaneval: bool = True) -> dict
         for entry in sorted(os.listdir(benchmarks_dir)):
             full = os.path.join(benchmarks_dir, entry)
             if os.path.isdir(full):
-                files = sorted(p for p in glob.glob(os.path.join(full, "**", "*"), recursive=True) if os.path.isfile(p))
+                files = sorted(
+                    p
+                    for p in glob.glob(os.path.join(full, "**", "*"), recursive=True)
+                    if os.path.isfile(p)
+                )
             else:
                 files = [full]
                 entry = entry.split(".")[0]
@@ -158,7 +162,9 @@ class Index:
         rng = np.random.default_rng(seed)
         # Index 0 is the "not a benchmark word" value; real words are odd so
         # they are never zero.
-        self._values = np.concatenate([[np.uint64(0)], rng.integers(0, 2**63, len(vocab), dtype=np.uint64) * 2 + 1])
+        self._values = np.concatenate(
+            [[np.uint64(0)], rng.integers(0, 2**63, len(vocab), dtype=np.uint64) * 2 + 1]
+        )
         self._vocab = {w: i + 1 for w, i in vocab.items()}
         all_hashes, all_bits = [], []
         self.ngrams: dict[str, int] = {}
@@ -175,15 +181,22 @@ class Index:
         self.bits = np.bitwise_or.reduceat(bits, first) if h.size else bits
 
     @classmethod
-    def from_dir(cls, benchmarks_dir: str | None, include_humaneval: bool = True, n: int = NGRAM) -> "Index":
+    def from_dir(
+        cls, benchmarks_dir: str | None, include_humaneval: bool = True, n: int = NGRAM
+    ) -> "Index":
         found = discover(benchmarks_dir, include_humaneval)
-        return cls({name: [it for f in files for it in read_items(f)] for name, files in found.items()}, n=n)
+        return cls(
+            {name: [it for f in files for it in read_items(f)] for name, files in found.items()},
+            n=n,
+        )
 
     def _ids(self, ws: list[str]) -> np.ndarray:
         get = self._vocab.get
         return np.fromiter((get(w, 0) for w in ws), np.int64, len(ws))
 
-    def _windows(self, docs: Sequence[list[str]], informative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _windows(
+        self, docs: Sequence[list[str]], informative: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Hashes of the n-word windows that lie inside one document and hold
         only benchmark words, and the document of each. With `informative`,
         windows that are mostly numbers ("0 1 2 3 ..." occurs in benchmarks
@@ -255,7 +268,9 @@ class Report:
             bit = np.uint64(1) << np.uint64(b)
             docs = int(np.count_nonzero(masks & bit))
             if docs:
-                entry.documents_per_benchmark[name] = entry.documents_per_benchmark.get(name, 0) + docs
+                entry.documents_per_benchmark[name] = (
+                    entry.documents_per_benchmark.get(name, 0) + docs
+                )
                 mine = hashes[(self.index.bits[pos] & bit) != 0]
                 entry.matched.setdefault(name, set()).update(mine.tolist())
         kept = [t for t, m in zip(texts, masks) if m == 0]
@@ -281,7 +296,9 @@ class Report:
                         "documents": e.documents_per_benchmark.get(name, 0),
                         "matched_ngrams": len(e.matched.get(name, ())),
                         "fraction_of_benchmark_ngrams": (
-                            len(e.matched.get(name, ())) / self.index.ngrams[name] if self.index.ngrams[name] else 0.0
+                            len(e.matched.get(name, ())) / self.index.ngrams[name]
+                            if self.index.ngrams[name]
+                            else 0.0
                         ),
                     }
                     for name in self.index.names
@@ -295,7 +312,8 @@ def format_report(report: dict) -> str:
     cells 'documents dropped / % of the benchmark's n-grams'."""
     sources = report.get("sources", {})
     names = [
-        n for n in report.get("benchmarks", {})
+        n
+        for n in report.get("benchmarks", {})
         if any(s["overlap"][n]["documents"] for s in sources.values())
     ]
     lines = [
@@ -315,7 +333,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def iter_clean(report: Report, source: str, texts: Iterable[str], batch: int = 256) -> Iterator[str]:
+def iter_clean(
+    report: Report, source: str, texts: Iterable[str], batch: int = 256
+) -> Iterator[str]:
     """Streams `texts` through `report.filter` in batches."""
     buf: list[str] = []
     for t in texts:

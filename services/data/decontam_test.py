@@ -16,15 +16,26 @@ CODE = "def separate_paren_groups(paren_string):\n    result = []\n    current_s
 @pytest.fixture
 def bench_dir(tmp_path):
     (tmp_path / "qa").mkdir()
-    (tmp_path / "qa" / "dev.jsonl").write_text(json.dumps({"question": QUESTION, "answer": {"text": ["Venus"]}}) + "\n")
+    (tmp_path / "qa" / "dev.jsonl").write_text(
+        json.dumps({"question": QUESTION, "answer": {"text": ["Venus"]}}) + "\n"
+    )
     (tmp_path / "qa" / "SOURCE.md").write_text(CODE * 3)  # docs are not benchmark data
     (tmp_path / "qa" / "labels.lst").write_text("1\n0\n")
     (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "problems.json").write_text(json.dumps([{"prompt": CODE, "tests": ["assert True"]}]))
+    (tmp_path / "code" / "problems.json").write_text(
+        json.dumps([{"prompt": CODE, "tests": ["assert True"]}])
+    )
     with bz2.open(tmp_path / "code" / "more.txt.bz2", "wt") as f:
         f.write("one two three\n" + " ".join(str(i) for i in range(40)) + "\n")
     with gzip.open(tmp_path / "loose.jsonl.gz", "wt") as f:
-        f.write(json.dumps({"text": "a loose file with enough words to form at least one thirteen word long window here"}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "text": "a loose file with enough words to form at least one thirteen word long window here"
+                }
+            )
+            + "\n"
+        )
     return str(tmp_path)
 
 

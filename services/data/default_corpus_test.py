@@ -21,7 +21,9 @@ def test_every_kind_has_real_documents(built):
     for s in c.sources:
         assert s.num_documents > 0 and s.num_tokens > 0, s.name
     synthetic = next(e for e in manifest["sources"] if e["name"] == "synthetic_code")["synthetic"]
-    assert synthetic["kept"] > 0 and not synthetic["error"] and sum(synthetic["rejected"].values()) > 0
+    assert (
+        synthetic["kept"] > 0 and not synthetic["error"] and sum(synthetic["rejected"].values()) > 0
+    )
     tok = c.tokenizer()
     code = tok.decode(c.document("code", 0).tolist())
     assert code.endswith("<eos>") and ("def " in code or "import " in code or "class " in code)
@@ -38,7 +40,20 @@ def test_cached_and_servable(built):
     path, manifest = built
     assert corpus.ensure_default_corpus(path, scale=0.02, log=lambda s: None) == manifest
     c = corpus.Corpus(path)
-    m = mixture.Mixture.staged([(10_000, {"text": 0.5, "code": 0.3, "markup": 0.1, "code_adjacent": 0.05, "synthetic_code": 0.05}),
-                                (0, {"cooldown": 0.8, "code": 0.2})])
+    m = mixture.Mixture.staged(
+        [
+            (
+                10_000,
+                {
+                    "text": 0.5,
+                    "code": 0.3,
+                    "markup": 0.1,
+                    "code_adjacent": 0.05,
+                    "synthetic_code": 0.05,
+                },
+            ),
+            (0, {"cooldown": 0.8, "code": 0.2}),
+        ]
+    )
     reader = mixture.BatchReader(c, m, seed=0, global_batch_size=2, seq_len=512)
     assert reader.batch(0).stage == 0 and reader.batch(10).stage == 1

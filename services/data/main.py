@@ -12,16 +12,28 @@ from libs.serving import server
 from services.data import batch, corpus, servicer
 
 _CORPUS_DIR = flags.DEFINE_string(
-    "corpus_dir", None, "Corpus to serve (default: $CODE_LAB_CORPUS_DIR or ~/.cache/code_lab/corpus/default).")
+    "corpus_dir",
+    None,
+    "Corpus to serve (default: $CODE_LAB_CORPUS_DIR or ~/.cache/code_lab/corpus/default).",
+)
 _BUILD = flags.DEFINE_boolean(
-    "build_default_corpus", True,
-    "If --corpus_dir holds no corpus (or an outdated default one), build the default corpus there first.")
-_SCALE = flags.DEFINE_float("default_corpus_scale", 1.0, "Multiplier of the default corpus's token caps.")
+    "build_default_corpus",
+    True,
+    "If --corpus_dir holds no corpus (or an outdated default one), build the default corpus there first.",
+)
+_SCALE = flags.DEFINE_float(
+    "default_corpus_scale", 1.0, "Multiplier of the default corpus's token caps."
+)
 _BENCHMARKS = flags.DEFINE_string(
-    "benchmarks_dir", None,
-    "Benchmarks to decontaminate the default corpus against (default: ../shared/benchmarks or /work/shared/benchmarks).")
+    "benchmarks_dir",
+    None,
+    "Benchmarks to decontaminate the default corpus against (default: ../shared/benchmarks or /work/shared/benchmarks).",
+)
 _READ_AHEAD = flags.DEFINE_integer(
-    "read_ahead", 0, "Batches each stream assembles ahead on a thread (0: in the gRPC thread, as sent).")
+    "read_ahead",
+    0,
+    "Batches each stream assembles ahead on a thread (0: in the gRPC thread, as sent).",
+)
 
 
 def main(argv):
@@ -30,9 +42,15 @@ def main(argv):
     path = _CORPUS_DIR.value or corpus.default_corpus_dir()
     if _BUILD.value:
         corpus.ensure_default_corpus(
-            path, scale=_SCALE.value, benchmarks_dir=_BENCHMARKS.value, log=lambda s: print(s, flush=True))
+            path,
+            scale=_SCALE.value,
+            benchmarks_dir=_BENCHMARKS.value,
+            log=lambda s: print(s, flush=True),
+        )
     data = servicer.DataServicer(corpus.Corpus(path), read_ahead=_READ_AHEAD.value)
-    server.serve_from_flags("DataService", [(servicer.add_to_server, data)], [servicer.SERVICE_NAME])
+    server.serve_from_flags(
+        "DataService", [(servicer.add_to_server, data)], [servicer.SERVICE_NAME]
+    )
 
 
 if __name__ == "__main__":

@@ -115,14 +115,24 @@ class Mixture:
     max_epochs: float = 0.0
 
     @classmethod
-    def of(cls, weights: Mapping[str, float], *, name: str = "", max_epochs: float = 0.0) -> "Mixture":
+    def of(
+        cls, weights: Mapping[str, float], *, name: str = "", max_epochs: float = 0.0
+    ) -> "Mixture":
         """A one-stage mixture, e.g. Mixture.of({"text": 0.75, "code": 0.25})."""
         return cls(stages=(_stage(weights, 0),), name=name, max_epochs=max_epochs)
 
     @classmethod
-    def staged(cls, stages: Sequence[tuple[int, Mapping[str, float]]], *, name: str = "", max_epochs: float = 0.0) -> "Mixture":
+    def staged(
+        cls,
+        stages: Sequence[tuple[int, Mapping[str, float]]],
+        *,
+        name: str = "",
+        max_epochs: float = 0.0,
+    ) -> "Mixture":
         """Stages as (until_tokens, weights) pairs; until_tokens 0 = open-ended."""
-        return cls(stages=tuple(_stage(w, until) for until, w in stages), name=name, max_epochs=max_epochs)
+        return cls(
+            stages=tuple(_stage(w, until) for until, w in stages), name=name, max_epochs=max_epochs
+        )
 
     def source_names(self) -> tuple[str, ...]:
         """Every source named in any stage, in order of first appearance."""
@@ -149,8 +159,15 @@ class Mixture:
         for s in d["stages"]:
             w = s.get("weights", {})
             pairs = w.items() if isinstance(w, Mapping) else ((x["source"], x["weight"]) for x in w)
-            stages.append(Stage(tuple(SourceWeight(k, float(v)) for k, v in pairs), int(s.get("until_tokens", 0))))
-        return cls(stages=tuple(stages), name=d.get("name", ""), max_epochs=float(d.get("max_epochs", 0.0)))
+            stages.append(
+                Stage(
+                    tuple(SourceWeight(k, float(v)) for k, v in pairs),
+                    int(s.get("until_tokens", 0)),
+                )
+            )
+        return cls(
+            stages=tuple(stages), name=d.get("name", ""), max_epochs=float(d.get("max_epochs", 0.0))
+        )
 
     @classmethod
     def parse(cls, text: str) -> "Mixture":
@@ -165,7 +182,10 @@ class Mixture:
 
 
 def _stage(weights: Mapping[str, float], until: int) -> Stage:
-    return Stage(weights=tuple(SourceWeight(k, float(v)) for k, v in weights.items()), until_tokens=int(until))
+    return Stage(
+        weights=tuple(SourceWeight(k, float(v)) for k, v in weights.items()),
+        until_tokens=int(until),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +200,14 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
         raise SpecError("mixture.stages", "at least one stage is required")
     me = mixture.max_epochs
     if not isinstance(me, (int, float)) or not math.isfinite(me) or me < 0:
-        raise SpecError("mixture.max_epochs", f"must be a finite number >= 0 (0: no cap), got {me!r}")
+        raise SpecError(
+            "mixture.max_epochs", f"must be a finite number >= 0 (0: no cap), got {me!r}"
+        )
     if len(mixture.source_names()) > MAX_SOURCES:
-        raise SpecError("mixture.stages", f"at most {MAX_SOURCES} distinct sources, got {len(mixture.source_names())}")
+        raise SpecError(
+            "mixture.stages",
+            f"at most {MAX_SOURCES} distinct sources, got {len(mixture.source_names())}",
+        )
     previous = 0
     last = len(mixture.stages) - 1
     for i, stage in enumerate(mixture.stages):
@@ -191,9 +216,14 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
         if until < 0:
             raise SpecError(f"{f}.until_tokens", f"must be >= 0, got {until}")
         if until == 0 and i != last:
-            raise SpecError(f"{f}.until_tokens", "0 (open-ended) is allowed only for the last stage")
+            raise SpecError(
+                f"{f}.until_tokens", "0 (open-ended) is allowed only for the last stage"
+            )
         if until and until <= previous:
-            raise SpecError(f"{f}.until_tokens", f"must be > the previous stage's until_tokens ({previous}), got {until}")
+            raise SpecError(
+                f"{f}.until_tokens",
+                f"must be > the previous stage's until_tokens ({previous}), got {until}",
+            )
         previous = until or previous
         if not stage.weights:
             raise SpecError(f"{f}.weights", "at least one source weight is required")
@@ -204,7 +234,9 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
             if not sw.source:
                 raise SpecError(f"{g}.source", "must name a source")
             if sw.source in seen:
-                raise SpecError(f"{g}.source", f"{sw.source!r} already appears at weights[{seen[sw.source]}]")
+                raise SpecError(
+                    f"{g}.source", f"{sw.source!r} already appears at weights[{seen[sw.source]}]"
+                )
             seen[sw.source] = j
             w = sw.weight
             if not isinstance(w, (int, float)) or not math.isfinite(w):
@@ -215,7 +247,9 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
                 known = ", ".join(sorted(available)) or "none"
                 raise NotFoundError(f"{g}.source", f"unknown source {sw.source!r} (known: {known})")
             if w > 0 and available[sw.source] == 0:
-                raise SpecError(f"{g}.source", f"source {sw.source!r} has no tokens; give it weight 0")
+                raise SpecError(
+                    f"{g}.source", f"source {sw.source!r} has no tokens; give it weight 0"
+                )
             total += w
         if total <= 0:
             raise SpecError(f"{f}.weights", "all weights are 0; at least one must be positive")
@@ -223,18 +257,26 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
             raise SpecError(f"{f}.weights", "the weights' sum overflows; use smaller weights")
 
 
-def validate_geometry(global_batch_size: int, seq_len: int, shard_index: int = 0, num_shards: int = 1) -> None:
+def validate_geometry(
+    global_batch_size: int, seq_len: int, shard_index: int = 0, num_shards: int = 1
+) -> None:
     """Checks the batch shape and shard fields of a request."""
     if not 1 <= global_batch_size <= MAX_GLOBAL_BATCH:
-        raise SpecError("global_batch_size", f"must be in [1, {MAX_GLOBAL_BATCH}], got {global_batch_size}")
+        raise SpecError(
+            "global_batch_size", f"must be in [1, {MAX_GLOBAL_BATCH}], got {global_batch_size}"
+        )
     if not MIN_SEQ_LEN <= seq_len <= MAX_SEQ_LEN:
         raise SpecError("seq_len", f"must be in [{MIN_SEQ_LEN}, {MAX_SEQ_LEN}], got {seq_len}")
     if num_shards < 1:
         raise SpecError("num_shards", f"must be >= 1, got {num_shards}")
     if global_batch_size % num_shards:
-        raise SpecError("num_shards", f"must divide global_batch_size ({global_batch_size}), got {num_shards}")
+        raise SpecError(
+            "num_shards", f"must divide global_batch_size ({global_batch_size}), got {num_shards}"
+        )
     if not 0 <= shard_index < num_shards:
-        raise SpecError("shard_index", f"must be in [0, num_shards={num_shards}), got {shard_index}")
+        raise SpecError(
+            "shard_index", f"must be in [0, num_shards={num_shards}), got {shard_index}"
+        )
     shard_tokens = global_batch_size // num_shards * seq_len
     if shard_tokens > MAX_SHARD_TOKENS:
         raise SpecError(
@@ -269,7 +311,9 @@ def token_budget_default(mixture: Mixture) -> int:
     return max((s.until_tokens for s in mixture.stages), default=0)
 
 
-def plan(mixture: Mixture, available: Mapping[str, int], token_budget: int = 0) -> tuple[int, dict[str, tuple[int, float]]]:
+def plan(
+    mixture: Mixture, available: Mapping[str, int], token_budget: int = 0
+) -> tuple[int, dict[str, tuple[int, float]]]:
     """Per-source (tokens, epochs) over `token_budget` tokens (0: the end of
     the last bounded stage), splitting each stage's tokens by largest
     remainder. Serving splits per block, so served counts differ from this
@@ -294,16 +338,23 @@ def plan(mixture: Mixture, available: Mapping[str, int], token_budget: int = 0) 
     for name, t in zip(names, tokens):
         size = available[name]
         out[name] = (int(t), float(t) / size if size else 0.0)
-    _check_epochs(mixture, {n: e for n, (_, e) in out.items()}, f"a budget of {budget} tokens", SpecError)
+    _check_epochs(
+        mixture, {n: e for n, (_, e) in out.items()}, f"a budget of {budget} tokens", SpecError
+    )
     return budget, out
 
 
-def _check_epochs(mixture: Mixture, epochs: Mapping[str, float], where: str, error=SpecError) -> None:
+def _check_epochs(
+    mixture: Mixture, epochs: Mapping[str, float], where: str, error=SpecError
+) -> None:
     cap = mixture.max_epochs
     if cap > 0:
         for name, e in epochs.items():
             if e > cap * (1 + 1e-12):
-                raise error("mixture.max_epochs", f"source {name!r} would be read for {e:.4g} epochs within {where}, over the cap of {cap:g}")
+                raise error(
+                    "mixture.max_epochs",
+                    f"source {name!r} would be read for {e:.4g} epochs within {where}, over the cap of {cap:g}",
+                )
 
 
 class Schedule:
@@ -314,7 +365,9 @@ class Schedule:
         self.names = mixture.source_names()
         self.block_tokens = block_tokens
         stages = mixture.stages
-        self.quotas = np.stack([largest_remainder(_weights_vector(s, self.names), block_tokens) for s in stages])
+        self.quotas = np.stack(
+            [largest_remainder(_weights_vector(s, self.names), block_tokens) for s in stages]
+        )
         self.start_block = np.zeros(len(stages), np.int64)
         self.end_block: list[int | None] = []
         start = 0
@@ -362,7 +415,9 @@ class _SourceStream:
         self.lengths = np.diff(off)
         self.size = int(off[-1])
         self.entropy = [seed & 0xFFFFFFFFFFFFFFFF, _name_key(name)]
-        self._epochs: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self._epochs: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = (
+            collections.OrderedDict()
+        )
 
     def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """(stream offset of each document of epoch e, in order, plus the end;
@@ -428,8 +483,17 @@ class BatchReader:
     B, L) together cover each global block exactly once.
     """
 
-    def __init__(self, corpus, mixture: Mixture, *, seed: int, global_batch_size: int, seq_len: int,
-                 shard_index: int = 0, num_shards: int = 1):
+    def __init__(
+        self,
+        corpus,
+        mixture: Mixture,
+        *,
+        seed: int,
+        global_batch_size: int,
+        seq_len: int,
+        shard_index: int = 0,
+        num_shards: int = 1,
+    ):
         validate_geometry(global_batch_size, seq_len, shard_index, num_shards)
         available = {s.name: s.num_tokens for s in corpus.sources}
         validate(mixture, available)
@@ -446,8 +510,13 @@ class BatchReader:
         self.sizes = np.array([available[n] for n in self.names], np.int64)
         self._streams = [_SourceStream(corpus, n, self.seed) for n in self.names]
         self.eos_id = corpus.eos_id
-        self._flat_starts = np.concatenate([np.zeros((len(self.schedule.quotas), 1), np.int64),
-                                            np.cumsum(self.schedule.quotas, axis=1)], axis=1)
+        self._flat_starts = np.concatenate(
+            [
+                np.zeros((len(self.schedule.quotas), 1), np.int64),
+                np.cumsum(self.schedule.quotas, axis=1),
+            ],
+            axis=1,
+        )
 
     @property
     def num_steps(self) -> int | None:
@@ -467,17 +536,31 @@ class BatchReader:
         if num_steps < 0:
             raise SpecError("num_steps", f"must be >= 0 (0: until cancelled), got {num_steps}")
         if (start_step + 1) * self.schedule.block_tokens > MAX_TOKEN_OFFSET:
-            raise SpecError("start_step", f"{start_step} steps of {self.schedule.block_tokens} tokens overflow the token count")
+            raise SpecError(
+                "start_step",
+                f"{start_step} steps of {self.schedule.block_tokens} tokens overflow the token count",
+            )
         end = self.num_steps
         if end is not None and start_step >= end:
-            raise OutOfRangeError("start_step", f"the mixture ends after {end} steps, got {start_step}")
+            raise OutOfRangeError(
+                "start_step", f"the mixture ends after {end} steps, got {start_step}"
+            )
         if self.mixture.max_epochs > 0:
-            last = start_step + num_steps if num_steps else (end or -(-token_budget_default(self.mixture) // self.schedule.block_tokens))
+            last = (
+                start_step + num_steps
+                if num_steps
+                else (end or -(-token_budget_default(self.mixture) // self.schedule.block_tokens))
+            )
             if end is not None:
                 last = min(last, end)
             if last > 0:
                 epochs = dict(zip(self.names, self.epochs_after(last - 1).tolist()))
-                _check_epochs(self.mixture, epochs, f"{last} steps of {self.schedule.block_tokens} tokens", SpecError)
+                _check_epochs(
+                    self.mixture,
+                    epochs,
+                    f"{last} steps of {self.schedule.block_tokens} tokens",
+                    SpecError,
+                )
 
     def shard_rows(self, step: int) -> np.ndarray:
         """The block rows this shard holds at `step`, ascending: a seeded
@@ -485,7 +568,9 @@ class BatchReader:
         equal parts. One shard (n = 1) holds every row in block order."""
         if self.num_shards == 1:
             return np.arange(self.global_batch_size)
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, 0xB10C, step])))
+        rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, 0xB10C, step]))
+        )
         order = rng.permutation(self.global_batch_size)
         return np.sort(order[self.shard_index * self.rows : (self.shard_index + 1) * self.rows])
 
@@ -498,12 +583,19 @@ class BatchReader:
         if step < 0:
             raise SpecError("start_step", f"must be >= 0, got {step}")
         if self.num_steps is not None and step >= self.num_steps:
-            raise OutOfRangeError("start_step", f"the mixture ends after {self.num_steps} steps, got {step}")
+            raise OutOfRangeError(
+                "start_step", f"the mixture ends after {self.num_steps} steps, got {step}"
+            )
         if (step + 1) * self.schedule.block_tokens > MAX_TOKEN_OFFSET:
             raise OutOfRangeError("start_step", f"step {step}: the token count would overflow")
         epochs = self.epochs_after(step)
         if self.mixture.max_epochs > 0:
-            _check_epochs(self.mixture, dict(zip(self.names, epochs.tolist())), f"step {step}", OutOfRangeError)
+            _check_epochs(
+                self.mixture,
+                dict(zip(self.names, epochs.tolist())),
+                f"step {step}",
+                OutOfRangeError,
+            )
         L, R = self.seq_len, self.rows
         stage = self.schedule.stage_of(step)
         flat = self._flat_starts[stage]
@@ -535,7 +627,9 @@ class BatchReader:
                         end = min(c + m, (cut // L + 1) * L)
                         run_starts.append(cut)
                         run_sources.append(s)
-                        run_last.append(int(tokens[end]) if end < c + m else stream.token_at(pos + m))
+                        run_last.append(
+                            int(tokens[end]) if end < c + m else stream.token_at(pos + m)
+                        )
                         cut = end
                 s += 1
         return PackedBatch(
@@ -552,8 +646,9 @@ class BatchReader:
             epochs=tuple(epochs.tolist()),
         )
 
-    def iterate(self, start_step: int = 0, num_steps: int = 0, *, read_ahead: int = 0,
-                packed: bool = False) -> Iterator[Batch] | Iterator[PackedBatch]:
+    def iterate(
+        self, start_step: int = 0, num_steps: int = 0, *, read_ahead: int = 0, packed: bool = False
+    ) -> Iterator[Batch] | Iterator[PackedBatch]:
         """Batches from `start_step`: `num_steps` of them, or (0) until the
         end of a bounded mixture, forever otherwise (PackedBatch with
         `packed`). With read_ahead > 0 a thread assembles up to that many

@@ -28,7 +28,9 @@ def corpus(tmp_path_factory):
 def stream_of(corpus, name, seed, epochs):
     """Source `name`'s stream as the reader defines it: each epoch a seeded
     permutation of its documents, each document + <eos>."""
-    reader = mixture.BatchReader(corpus, Mixture.of({name: 1}), seed=seed, global_batch_size=1, seq_len=8)
+    reader = mixture.BatchReader(
+        corpus, Mixture.of({name: 1}), seed=seed, global_batch_size=1, seq_len=8
+    )
     stream = reader._streams[0]
     out = []
     for e in range(epochs):
@@ -64,7 +66,15 @@ def test_proportions_are_exact_per_block(corpus, num_shards):
     for step in range(6):
         counts = np.zeros(3, np.int64)
         for i in range(num_shards):
-            r = mixture.BatchReader(corpus, mix, seed=3, global_batch_size=B, seq_len=L, shard_index=i, num_shards=num_shards)
+            r = mixture.BatchReader(
+                corpus,
+                mix,
+                seed=3,
+                global_batch_size=B,
+                seq_len=L,
+                shard_index=i,
+                num_shards=num_shards,
+            )
             b = r.batch(step)
             assert b.tokens.shape == (B // num_shards, L)
             counts += np.bincount(b.source_ids.ravel(), minlength=3)
@@ -84,7 +94,10 @@ def test_batch_is_a_pure_function_of_its_arguments(corpus):
     r2 = mixture.BatchReader(corpus, mix, **kw)
     for k in [7, 8, 11, 3, 0, 9]:
         assert r2.batch(k) == forward[k]
-    assert list(mixture.BatchReader(corpus, mix, **kw).iterate(start_step=5, num_steps=4)) == forward[5:9]
+    assert (
+        list(mixture.BatchReader(corpus, mix, **kw).iterate(start_step=5, num_steps=4))
+        == forward[5:9]
+    )
     # The seed matters.
     other = mixture.BatchReader(corpus, mix, **dict(kw, seed=12)).batch(4)
     assert not np.array_equal(other.tokens, forward[4].tokens)
@@ -97,14 +110,26 @@ def test_shards_cover_the_global_batch_exactly_once(corpus):
     for step in range(5):
         rows = []
         for i in range(4):
-            part = mixture.BatchReader(corpus, mix, seed=5, global_batch_size=B, seq_len=L, shard_index=i, num_shards=4).batch(step)
+            part = mixture.BatchReader(
+                corpus, mix, seed=5, global_batch_size=B, seq_len=L, shard_index=i, num_shards=4
+            ).batch(step)
             rows += [
-                (part.tokens[j].tobytes(), part.targets[j].tobytes(), part.segment_ids[j].tobytes(), part.loss_mask[j].tobytes())
+                (
+                    part.tokens[j].tobytes(),
+                    part.targets[j].tobytes(),
+                    part.segment_ids[j].tobytes(),
+                    part.loss_mask[j].tobytes(),
+                )
                 for j in range(part.batch_size)
             ]
         full = whole.batch(step)
         expected = [
-            (full.tokens[j].tobytes(), full.targets[j].tobytes(), full.segment_ids[j].tobytes(), full.loss_mask[j].tobytes())
+            (
+                full.tokens[j].tobytes(),
+                full.targets[j].tobytes(),
+                full.segment_ids[j].tobytes(),
+                full.loss_mask[j].tobytes(),
+            )
             for j in range(B)
         ]
         assert sorted(rows) == sorted(expected)
@@ -123,7 +148,9 @@ def test_each_source_is_served_as_its_epoch_stream(corpus):
         for s in (0, 1):
             got[s] += flat_tokens(b, s)
         total = {s: len(got[s]) for s in got}
-        assert b.epochs == pytest.approx((total[0] / corpus.source("a").num_tokens, total[1] / corpus.source("c").num_tokens))
+        assert b.epochs == pytest.approx(
+            (total[0] / corpus.source("a").num_tokens, total[1] / corpus.source("c").num_tokens)
+        )
     for s, name in enumerate(["a", "c"]):
         n = corpus.source(name).num_tokens
         epochs = math.ceil(len(got[s]) / n) + 1
@@ -163,9 +190,15 @@ def test_packing_segments_positions_targets_and_loss_mask(corpus):
     reader = mixture.BatchReader(corpus, mix, seed=2, global_batch_size=4, seq_len=32)
     for step in range(8):
         b = reader.batch(step)
-        assert b.tokens.dtype == np.int32 and b.loss_mask.dtype == np.uint8 and b.source_ids.dtype == np.uint8
+        assert (
+            b.tokens.dtype == np.int32
+            and b.loss_mask.dtype == np.uint8
+            and b.source_ids.dtype == np.uint8
+        )
         for row in range(b.batch_size):
-            tok, tgt, seg, pos, mask = (x[row] for x in (b.tokens, b.targets, b.segment_ids, b.positions, b.loss_mask))
+            tok, tgt, seg, pos, mask = (
+                x[row] for x in (b.tokens, b.targets, b.segment_ids, b.positions, b.loss_mask)
+            )
             assert seg[0] == 1 and pos[0] == 0
             assert (np.diff(seg) >= 0).all() and (np.diff(seg) <= 1).all()
             new = np.concatenate([[True], np.diff(seg) == 1])
@@ -197,7 +230,9 @@ def test_a_source_smaller_than_a_block_wraps_many_epochs(corpus):
 
 def test_bounded_mixture_ends_and_start_past_end_is_out_of_range(corpus):
     mix = Mixture.staged([(100, {"a": 1}), (200, {"b": 1})])
-    reader = mixture.BatchReader(corpus, mix, seed=0, global_batch_size=2, seq_len=16)  # 32-token blocks
+    reader = mixture.BatchReader(
+        corpus, mix, seed=0, global_batch_size=2, seq_len=16
+    )  # 32-token blocks
     assert reader.num_steps == 7  # ceil(200 / 32)
     assert [b.step for b in reader.iterate()] == list(range(7))
     assert [b.stage for b in reader.iterate()] == [0, 0, 0, 0, 1, 1, 1]
@@ -212,7 +247,10 @@ def test_plan_and_epoch_cap(corpus):
     assert budget == 1000 and plan["a"][0] == 750 and plan["b"][0] == 250
     assert plan["a"][1] == pytest.approx(750 / available["a"])
     staged = Mixture.staged([(400, {"a": 1}), (0, {"a": 1, "b": 1})])
-    assert mixture.plan(staged, available, 1000)[1] == {"a": (700, pytest.approx(700 / available["a"])), "b": (300, pytest.approx(300 / available["b"]))}
+    assert mixture.plan(staged, available, 1000)[1] == {
+        "a": (700, pytest.approx(700 / available["a"])),
+        "b": (300, pytest.approx(300 / available["b"])),
+    }
     capped = Mixture.of({"a": 1}, max_epochs=2)
     with pytest.raises(mixture.SpecError) as e:
         mixture.plan(capped, available, 3 * available["a"])
@@ -233,17 +271,38 @@ def test_plan_and_epoch_cap(corpus):
 BAD = [
     (Mixture(stages=()), mixture.SpecError, "mixture.stages"),
     (Mixture.of({"a": -1}), mixture.SpecError, "mixture.stages[0].weights[0].weight"),
-    (Mixture.of({"a": 1, "b": float("nan")}), mixture.SpecError, "mixture.stages[0].weights[1].weight"),
+    (
+        Mixture.of({"a": 1, "b": float("nan")}),
+        mixture.SpecError,
+        "mixture.stages[0].weights[1].weight",
+    ),
     (Mixture.of({"a": float("inf")}), mixture.SpecError, "mixture.stages[0].weights[0].weight"),
     (Mixture.of({"a": 0, "b": 0}), mixture.SpecError, "mixture.stages[0].weights"),
     (Mixture.of({}), mixture.SpecError, "mixture.stages[0].weights"),
     (Mixture.of({"a": 1, "nope": 1}), mixture.NotFoundError, "mixture.stages[0].weights[1].source"),
     (Mixture.of({"": 1}), mixture.SpecError, "mixture.stages[0].weights[0].source"),
-    (Mixture(stages=(mixture.Stage((mixture.SourceWeight("a", 1), mixture.SourceWeight("a", 2))),)), mixture.SpecError,
-     "mixture.stages[0].weights[1].source"),
-    (Mixture.staged([(0, {"a": 1}), (10, {"b": 1})]), mixture.SpecError, "mixture.stages[0].until_tokens"),
-    (Mixture.staged([(10, {"a": 1}), (10, {"b": 1})]), mixture.SpecError, "mixture.stages[1].until_tokens"),
-    (Mixture.staged([(-5, {"a": 1}), (0, {"b": 1})]), mixture.SpecError, "mixture.stages[0].until_tokens"),
+    (
+        Mixture(
+            stages=(mixture.Stage((mixture.SourceWeight("a", 1), mixture.SourceWeight("a", 2))),)
+        ),
+        mixture.SpecError,
+        "mixture.stages[0].weights[1].source",
+    ),
+    (
+        Mixture.staged([(0, {"a": 1}), (10, {"b": 1})]),
+        mixture.SpecError,
+        "mixture.stages[0].until_tokens",
+    ),
+    (
+        Mixture.staged([(10, {"a": 1}), (10, {"b": 1})]),
+        mixture.SpecError,
+        "mixture.stages[1].until_tokens",
+    ),
+    (
+        Mixture.staged([(-5, {"a": 1}), (0, {"b": 1})]),
+        mixture.SpecError,
+        "mixture.stages[0].until_tokens",
+    ),
     (Mixture.of({"a": 1}, max_epochs=-1), mixture.SpecError, "mixture.max_epochs"),
     (Mixture.of({"a": 1e308, "b": 1e308}), mixture.SpecError, "mixture.stages[0].weights"),
 ]
@@ -278,7 +337,9 @@ def test_invalid_geometry_names_the_field(corpus, geometry, field):
 
 
 def test_mixture_json_and_text_forms():
-    m = Mixture.staged([(100, {"text": 0.9, "code": 0.1}), (0, {"text": 0.5, "code": 0.5})], name="x", max_epochs=3)
+    m = Mixture.staged(
+        [(100, {"text": 0.9, "code": 0.1}), (0, {"text": 0.5, "code": 0.5})], name="x", max_epochs=3
+    )
     assert Mixture.from_json(m.to_json()) == m
     assert Mixture.parse("text=0.75, code=0.25") == Mixture.of({"text": 0.75, "code": 0.25})
     assert Mixture.from_json({"text": 1}) == Mixture.of({"text": 1.0})

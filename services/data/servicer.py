@@ -67,8 +67,12 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         return data_pb2.ListSourcesResponse(
             sources=[
                 data_pb2.SourceInfo(
-                    name=s.name, kind=s.kind, num_tokens=s.num_tokens, num_documents=s.num_documents,
-                    content_hash=s.content_hash, description=s.description,
+                    name=s.name,
+                    kind=s.kind,
+                    num_tokens=s.num_tokens,
+                    num_documents=s.num_documents,
+                    content_hash=s.content_hash,
+                    description=s.description,
                 )
                 for s in c.sources
             ],
@@ -81,11 +85,16 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
 
     def ValidateMixture(self, request, context):
         try:
-            budget, plan = mixture_lib.plan(wire.mixture_from_proto(request.mixture), self._available, request.token_budget)
+            budget, plan = mixture_lib.plan(
+                wire.mixture_from_proto(request.mixture), self._available, request.token_budget
+            )
         except mixture_lib.SpecError as e:
             _abort(context, e)
         return data_pb2.ValidateMixtureResponse(
-            plan=[data_pb2.SourcePlan(source=name, tokens=t, epochs=e) for name, (t, e) in plan.items()],
+            plan=[
+                data_pb2.SourcePlan(source=name, tokens=t, epochs=e)
+                for name, (t, e) in plan.items()
+            ],
             token_budget=budget,
         )
 
@@ -103,7 +112,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             packed = request.encoding == data_pb2.BATCH_ENCODING_PACKED
             if not packed and request.encoding != data_pb2.BATCH_ENCODING_FULL:
                 raise mixture_lib.SpecError("encoding", f"unknown BatchEncoding {request.encoding}")
-            batches = reader.iterate(request.start_step, request.num_steps, read_ahead=self.read_ahead, packed=packed)
+            batches = reader.iterate(
+                request.start_step, request.num_steps, read_ahead=self.read_ahead, packed=packed
+            )
         except mixture_lib.SpecError as e:
             _abort(context, e)
         try:

@@ -116,9 +116,13 @@ class SourceSpec:
             raise ValueError(f"source {self.name}: max_tokens must be >= 0")
         for i, inp in enumerate(self.inputs):
             if bool(inp.path) == bool(inp.reader):
-                raise ValueError(f"source {self.name}: inputs[{i}]: set exactly one of path and reader")
+                raise ValueError(
+                    f"source {self.name}: inputs[{i}]: set exactly one of path and reader"
+                )
             if inp.reader and inp.reader not in READERS:
-                raise ValueError(f"source {self.name}: inputs[{i}].reader: unknown reader {inp.reader!r}; known: {sorted(READERS)}")
+                raise ValueError(
+                    f"source {self.name}: inputs[{i}].reader: unknown reader {inp.reader!r}; known: {sorted(READERS)}"
+                )
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -133,7 +137,9 @@ def source_from_json(d: Mapping[str, Any]) -> SourceSpec:
     for i, raw in enumerate(d.get("inputs", ())):
         unknown = set(raw) - known_inputs
         if unknown:
-            raise ValueError(f"source {d.get('name')}: inputs[{i}]: unknown fields {sorted(unknown)}")
+            raise ValueError(
+                f"source {d.get('name')}: inputs[{i}]: unknown fields {sorted(unknown)}"
+            )
         raw = dict(raw)
         for key in ("data_files", "exclude"):
             if isinstance(raw.get(key), str):
@@ -189,8 +195,12 @@ def _relative_to(base: str, p: str) -> str:
 # Reading: every input becomes an IterableDataset, every record a document.
 
 
-def expand_files(patterns: Sequence[str], exclude: Sequence[str] = (), shuffle: bool = False,
-                 missing_ok: bool = False) -> list[str]:
+def expand_files(
+    patterns: Sequence[str],
+    exclude: Sequence[str] = (),
+    shuffle: bool = False,
+    missing_ok: bool = False,
+) -> list[str]:
     """Local files matching `patterns` (recursive globs), minus `exclude`,
     sorted or in a seeded hash order. A pattern matching nothing is an error
     unless `missing_ok`, so a missing Debian package is noticed rather than
@@ -221,16 +231,21 @@ def import_datasets():
     read-only, so a temporary directory stands in."""
     if "datasets" not in sys.modules and not os.environ.get("HF_DATASETS_CACHE"):
         home = os.environ.get("HF_HOME") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+            "huggingface",
         )
         if not _writable_dir(os.path.join(home, "datasets")):
-            os.environ["HF_DATASETS_CACHE"] = os.path.join(tempfile.gettempdir(), "code_lab_hf_datasets")
+            os.environ["HF_DATASETS_CACHE"] = os.path.join(
+                tempfile.gettempdir(), "code_lab_hf_datasets"
+            )
     import datasets  # heavy; only corpus builds need it
 
     if not _writable_dir(str(datasets.config.HF_DATASETS_CACHE)):
         import pathlib
 
-        datasets.config.HF_DATASETS_CACHE = pathlib.Path(tempfile.gettempdir(), "code_lab_hf_datasets")
+        datasets.config.HF_DATASETS_CACHE = pathlib.Path(
+            tempfile.gettempdir(), "code_lab_hf_datasets"
+        )
     return datasets
 
 
@@ -240,16 +255,28 @@ def open_input(inp: Input):
     datasets = import_datasets()
 
     if inp.reader:
-        files = expand_files(inp.data_files, inp.exclude, inp.shuffle_files, inp.missing_ok) if inp.data_files else []
+        files = (
+            expand_files(inp.data_files, inp.exclude, inp.shuffle_files, inp.missing_ok)
+            if inp.data_files
+            else []
+        )
         return datasets.IterableDataset.from_generator(
             _reader_records,
-            gen_kwargs={"reader": inp.reader, "files": files, "options": json.dumps(dict(inp.options))},
+            gen_kwargs={
+                "reader": inp.reader,
+                "files": files,
+                "options": json.dumps(dict(inp.options)),
+            },
         )
     kwargs = dict(inp.options)
     data_files = None
     if inp.data_files:
         local = inp.path in LOCAL_BUILDERS and not any("://" in p for p in inp.data_files)
-        data_files = expand_files(inp.data_files, inp.exclude, inp.shuffle_files, inp.missing_ok) if local else list(inp.data_files)
+        data_files = (
+            expand_files(inp.data_files, inp.exclude, inp.shuffle_files, inp.missing_ok)
+            if local
+            else list(inp.data_files)
+        )
         if local and not data_files:
             return []  # missing_ok and nothing matched
     if inp.path == "text":
@@ -257,7 +284,12 @@ def open_input(inp: Input):
         kwargs.setdefault("encoding_errors", "replace")
         kwargs.setdefault("keep_linebreaks", True)
     return datasets.load_dataset(
-        inp.path, name=inp.config, data_files=data_files, split=inp.split, streaming=inp.streaming, **kwargs
+        inp.path,
+        name=inp.config,
+        data_files=data_files,
+        split=inp.split,
+        streaming=inp.streaming,
+        **kwargs,
     )
 
 
@@ -371,7 +403,12 @@ def read_news_items(files: Sequence[str]) -> Iterator[str]:
 
         for i, line in enumerate(lines):
             nxt = lines[i + 1] if i + 1 < len(lines) else ""
-            if nxt and set(nxt) <= set("-=") and len(nxt) >= len(line) > 0 and not line.startswith("- "):
+            if (
+                nxt
+                and set(nxt) <= set("-=")
+                and len(nxt) >= len(line) > 0
+                and not line.startswith("- ")
+            ):
                 out = flush()
                 if out:
                     yield out
@@ -395,7 +432,9 @@ def read_news_items(files: Sequence[str]) -> Iterator[str]:
             yield out
 
 
-def read_rst_sections(files: Sequence[str], underline: str = "-", prefix: str = "Q: ") -> Iterator[str]:
+def read_rst_sections(
+    files: Sequence[str], underline: str = "-", prefix: str = "Q: "
+) -> Iterator[str]:
     """One document per reST section underlined with `underline` (the
     questions of the Python FAQ): the heading as the question, the body as
     its answer."""
@@ -418,7 +457,24 @@ def read_rst_sections(files: Sequence[str], underline: str = "-", prefix: str = 
 
 class _HTMLText(html.parser.HTMLParser):
     _SKIP = {"script", "style", "head", "nav"}
-    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "dt", "dd", "table", "section"}
+    _BLOCK = {
+        "p",
+        "div",
+        "br",
+        "li",
+        "tr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "pre",
+        "dt",
+        "dd",
+        "table",
+        "section",
+    }
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -486,7 +542,7 @@ def troff_to_text(source: str) -> str:
     become paragraph breaks or headings, font escapes are dropped."""
     out: list[str] = []
     for line in source.split("\n"):
-        if line.startswith(('.\\"', "'\\\"", '.\\}')) or line.strip() in (".", "'"):
+        if line.startswith(('.\\"', "'\\\"", ".\\}")) or line.strip() in (".", "'"):
             continue
         if line.startswith((".", "'")):
             req, _, arg = line[1:].partition(" ")
@@ -543,12 +599,37 @@ READERS: dict[str, Callable[..., Iterator[str]]] = {
 # Small, carefully written standard-library modules: the code part of the
 # cooldown mix, and therefore left out of the "code" source.
 COOLDOWN_STDLIB_MODULES = (
-    "abc.py", "base64.py", "bisect.py", "calendar.py", "colorsys.py", "contextlib.py",
-    "dataclasses.py", "difflib.py", "enum.py", "fnmatch.py", "fractions.py", "functools.py",
-    "glob.py", "graphlib.py", "heapq.py", "numbers.py", "operator.py", "pprint.py",
-    "queue.py", "random.py", "reprlib.py", "sched.py", "secrets.py", "shlex.py",
-    "statistics.py", "string.py", "textwrap.py", "json/__init__.py", "json/decoder.py",
-    "json/encoder.py", "collections/__init__.py",
+    "abc.py",
+    "base64.py",
+    "bisect.py",
+    "calendar.py",
+    "colorsys.py",
+    "contextlib.py",
+    "dataclasses.py",
+    "difflib.py",
+    "enum.py",
+    "fnmatch.py",
+    "fractions.py",
+    "functools.py",
+    "glob.py",
+    "graphlib.py",
+    "heapq.py",
+    "numbers.py",
+    "operator.py",
+    "pprint.py",
+    "queue.py",
+    "random.py",
+    "reprlib.py",
+    "sched.py",
+    "secrets.py",
+    "shlex.py",
+    "statistics.py",
+    "string.py",
+    "textwrap.py",
+    "json/__init__.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "collections/__init__.py",
 )
 
 DEFAULT_MAX_TOKENS = {
@@ -599,13 +680,30 @@ def default_sources(
             ),
             max_tokens=cap("text"),
             inputs=(
-                Input(reader="paragraphs", data_files=("/usr/share/dictd/gcide.dict.dz",),
-                      group_chars=6000, max_chars=chars(5_000_000), options={"skip_prefix": "00-database"}),
-                Input(reader="paragraphs", data_files=("/usr/share/doc/jargon-text/jargon.txt.gz",),
-                      group_chars=6000, max_chars=chars(2_000_000)),
-                Input(reader="man_pages", data_files=("/usr/share/man/man1/*.1.gz",),
-                      shuffle_files=True, max_chars=chars(3_000_000)),
-                Input(path="text", data_files=("/usr/share/common-licenses/*",), max_chars=chars(400_000)),
+                Input(
+                    reader="paragraphs",
+                    data_files=("/usr/share/dictd/gcide.dict.dz",),
+                    group_chars=6000,
+                    max_chars=chars(5_000_000),
+                    options={"skip_prefix": "00-database"},
+                ),
+                Input(
+                    reader="paragraphs",
+                    data_files=("/usr/share/doc/jargon-text/jargon.txt.gz",),
+                    group_chars=6000,
+                    max_chars=chars(2_000_000),
+                ),
+                Input(
+                    reader="man_pages",
+                    data_files=("/usr/share/man/man1/*.1.gz",),
+                    shuffle_files=True,
+                    max_chars=chars(3_000_000),
+                ),
+                Input(
+                    path="text",
+                    data_files=("/usr/share/common-licenses/*",),
+                    max_chars=chars(400_000),
+                ),
             ),
         ),
         SourceSpec(
@@ -618,10 +716,20 @@ def default_sources(
             ),
             max_tokens=cap("code"),
             inputs=(
-                Input(path="text", data_files=(f"{stdlib}/**/*.py",), exclude=tuple(cooldown_code) + ("*/site-packages/*", "*/dist-packages/*"),
-                      shuffle_files=True, max_chars=chars(7_000_000)),
-                Input(path="text", data_files=tuple(site_py), shuffle_files=True, max_chars=chars(7_000_000),
-                      missing_ok=True),
+                Input(
+                    path="text",
+                    data_files=(f"{stdlib}/**/*.py",),
+                    exclude=tuple(cooldown_code) + ("*/site-packages/*", "*/dist-packages/*"),
+                    shuffle_files=True,
+                    max_chars=chars(7_000_000),
+                ),
+                Input(
+                    path="text",
+                    data_files=tuple(site_py),
+                    shuffle_files=True,
+                    max_chars=chars(7_000_000),
+                    missing_ok=True,
+                ),
             ),
         ),
         SourceSpec(
@@ -634,13 +742,26 @@ def default_sources(
             ),
             max_tokens=cap("markup"),
             inputs=(
-                Input(path="text", data_files=(f"{rst}/**/*.rst.txt",),
-                      exclude=(f"{rst}/tutorial/*", f"{rst}/howto/*", f"{rst}/faq/*"),
-                      shuffle_files=True, max_chars=chars(3_500_000)),
-                Input(path="text", data_files=(f"{docs}/library/*.html", f"{docs}/reference/*.html"),
-                      shuffle_files=True, max_chars=chars(2_000_000)),
-                Input(path="text", data_files=tuple(site_md), shuffle_files=True, max_chars=chars(1_000_000),
-                      missing_ok=True),
+                Input(
+                    path="text",
+                    data_files=(f"{rst}/**/*.rst.txt",),
+                    exclude=(f"{rst}/tutorial/*", f"{rst}/howto/*", f"{rst}/faq/*"),
+                    shuffle_files=True,
+                    max_chars=chars(3_500_000),
+                ),
+                Input(
+                    path="text",
+                    data_files=(f"{docs}/library/*.html", f"{docs}/reference/*.html"),
+                    shuffle_files=True,
+                    max_chars=chars(2_000_000),
+                ),
+                Input(
+                    path="text",
+                    data_files=tuple(site_md),
+                    shuffle_files=True,
+                    max_chars=chars(1_000_000),
+                    missing_ok=True,
+                ),
             ),
         ),
         SourceSpec(
@@ -653,11 +774,26 @@ def default_sources(
             ),
             max_tokens=cap("code_adjacent"),
             inputs=(
-                Input(reader="rst_sections", data_files=(f"{rst}/faq/*.rst.txt",), exclude=("*/index.rst.txt",)),
-                Input(reader="news_items", data_files=(f"/usr/share/doc/python{sys.version_info.major}.{sys.version_info.minor}/NEWS.gz",),
-                      group_chars=1500, max_chars=chars(1_500_000)),
-                Input(reader="debian_changelog", data_files=("/usr/share/doc/*/changelog.Debian.gz",),
-                      shuffle_files=True, group_chars=2500, max_chars=chars(4_000_000)),
+                Input(
+                    reader="rst_sections",
+                    data_files=(f"{rst}/faq/*.rst.txt",),
+                    exclude=("*/index.rst.txt",),
+                ),
+                Input(
+                    reader="news_items",
+                    data_files=(
+                        f"/usr/share/doc/python{sys.version_info.major}.{sys.version_info.minor}/NEWS.gz",
+                    ),
+                    group_chars=1500,
+                    max_chars=chars(1_500_000),
+                ),
+                Input(
+                    reader="debian_changelog",
+                    data_files=("/usr/share/doc/*/changelog.Debian.gz",),
+                    shuffle_files=True,
+                    group_chars=2500,
+                    max_chars=chars(4_000_000),
+                ),
             ),
         ),
         SourceSpec(
@@ -670,8 +806,13 @@ def default_sources(
             ),
             max_tokens=cap("synthetic_code"),
             inputs=(
-                Input(reader="synthetic_python",
-                      options={"num_candidates": max(8, int(synthetic_candidates * min(1.0, scale * 5))), "seed": 0}),
+                Input(
+                    reader="synthetic_python",
+                    options={
+                        "num_candidates": max(8, int(synthetic_candidates * min(1.0, scale * 5))),
+                        "seed": 0,
+                    },
+                ),
             ),
         ),
         SourceSpec(
@@ -684,11 +825,17 @@ def default_sources(
             ),
             max_tokens=cap("cooldown"),
             inputs=(
-                Input(path="text", data_files=(f"{rst}/tutorial/*.rst.txt", f"{rst}/howto/*.rst.txt"),
-                      max_chars=chars(1_500_000)),
+                Input(
+                    path="text",
+                    data_files=(f"{rst}/tutorial/*.rst.txt", f"{rst}/howto/*.rst.txt"),
+                    max_chars=chars(1_500_000),
+                ),
                 Input(path="text", data_files=tuple(cooldown_code), max_chars=chars(1_500_000)),
-                Input(reader="html_text", data_files=("/usr/share/debian-reference/*.en.html",),
-                      max_chars=chars(1_500_000)),
+                Input(
+                    reader="html_text",
+                    data_files=("/usr/share/debian-reference/*.en.html",),
+                    max_chars=chars(1_500_000),
+                ),
             ),
         ),
     ]

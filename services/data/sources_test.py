@@ -73,7 +73,11 @@ def test_debian_changelog_entries(tmp_path):
         f.write(CHANGELOG)
     entries = list(sources.read_debian_changelog([str(p)]))
     assert len(entries) == 2
-    assert entries[0].startswith("pkg (1.2-1)") and "frobnicator" in entries[0] and "Initial" not in entries[0]
+    assert (
+        entries[0].startswith("pkg (1.2-1)")
+        and "frobnicator" in entries[0]
+        and "Initial" not in entries[0]
+    )
 
 
 def test_news_items(tmp_path):
@@ -91,7 +95,10 @@ def test_rst_sections_as_questions(tmp_path):
     p = tmp_path / "faq.rst.txt"
     p.write_text(FAQ)
     docs = list(sources.read_rst_sections([str(p)]))
-    assert docs == ["Q: How do I do X?\n\nLike this::\n\n   do_x()\n", "Q: Why is Y slow?\n\nBecause of Z.\n"]
+    assert docs == [
+        "Q: How do I do X?\n\nLike this::\n\n   do_x()\n",
+        "Q: Why is Y slow?\n\nBecause of Z.\n",
+    ]
 
 
 def test_html_and_troff_to_text(tmp_path):
@@ -100,31 +107,60 @@ def test_html_and_troff_to_text(tmp_path):
     assert "Title" in text and "One & two" in text and "  code\n   here" in text
     assert "bad()" not in text and "x{}" not in text
     man = sources.troff_to_text(MAN)
-    assert "ls - list directory contents" in man and "--all" in man and "\\f" not in man and ".TP" not in man
+    assert (
+        "ls - list directory contents" in man
+        and "--all" in man
+        and "\\f" not in man
+        and ".TP" not in man
+    )
 
 
 def test_paragraphs_grouping_and_caps(tmp_path):
     p = tmp_path / "dict.dz"
     with gzip.open(p, "wt") as f:  # dictzip files are gzip files
-        f.write("00-database-info\n  header\n\n" + "\n\n".join(f"word{i}\n  meaning {i}" for i in range(50)))
-    inp = sources.Input(reader="paragraphs", data_files=(str(p),), group_chars=100, options={"skip_prefix": "00-database"})
+        f.write(
+            "00-database-info\n  header\n\n"
+            + "\n\n".join(f"word{i}\n  meaning {i}" for i in range(50))
+        )
+    inp = sources.Input(
+        reader="paragraphs",
+        data_files=(str(p),),
+        group_chars=100,
+        options={"skip_prefix": "00-database"},
+    )
     docs = list(sources.iter_documents(inp))
     assert "header" not in docs[0] and docs[0].startswith("word0")
     assert all(len(d) <= 100 for d in docs) and len(docs) > 5
     assert "\n\n".join(docs).count("meaning") == 50
-    capped = list(sources.iter_documents(sources.Input(reader="paragraphs", data_files=(str(p),), max_chars=50)))
+    capped = list(
+        sources.iter_documents(
+            sources.Input(reader="paragraphs", data_files=(str(p),), max_chars=50)
+        )
+    )
     assert sum(map(len, capped[:-1])) < 50 <= sum(map(len, capped))
 
 
 def test_datasets_builders_read_local_files(tmp_path):
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"body": f"doc {i}"}) + "\n" for i in range(3)))
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps({"body": f"doc {i}"}) + "\n" for i in range(3))
+    )
     (tmp_path / "b.py").write_text("x = 1\n\n\ny = 2  \n")
-    docs = list(sources.iter_documents(sources.Input(path="json", data_files=(str(tmp_path / "*.jsonl"),), text_field="body")))
+    docs = list(
+        sources.iter_documents(
+            sources.Input(path="json", data_files=(str(tmp_path / "*.jsonl"),), text_field="body")
+        )
+    )
     assert docs == ["doc 0", "doc 1", "doc 2"]
-    files = list(sources.iter_documents(sources.Input(path="text", data_files=(str(tmp_path / "*.py"),))))
+    files = list(
+        sources.iter_documents(sources.Input(path="text", data_files=(str(tmp_path / "*.py"),)))
+    )
     assert files == ["x = 1\n\n\ny = 2  \n"]  # one file, one document, whitespace kept
     with pytest.raises(KeyError, match="text_field"):
-        list(sources.iter_documents(sources.Input(path="json", data_files=(str(tmp_path / "a.jsonl"),))))
+        list(
+            sources.iter_documents(
+                sources.Input(path="json", data_files=(str(tmp_path / "a.jsonl"),))
+            )
+        )
 
 
 def test_expand_files(tmp_path):
@@ -133,20 +169,38 @@ def test_expand_files(tmp_path):
     files = sources.expand_files([str(tmp_path / "*.txt")])
     assert [f.rsplit("/", 1)[1] for f in files] == ["a.txt", "b.txt"]
     assert sources.expand_files([str(tmp_path / "*")], exclude=["*.log"]) == files
-    assert sorted(sources.expand_files([str(tmp_path / "*")], shuffle=True)) == sorted(sources.expand_files([str(tmp_path / "*")]))
+    assert sorted(sources.expand_files([str(tmp_path / "*")], shuffle=True)) == sorted(
+        sources.expand_files([str(tmp_path / "*")])
+    )
     with pytest.raises(FileNotFoundError):
         sources.expand_files([str(tmp_path / "*.missing")])
     assert sources.expand_files([str(tmp_path / "*.missing")], missing_ok=True) == []
-    optional = sources.Input(path="text", data_files=(str(tmp_path / "*.missing"),), missing_ok=True)
+    optional = sources.Input(
+        path="text", data_files=(str(tmp_path / "*.missing"),), missing_ok=True
+    )
     assert list(sources.iter_documents(optional)) == []
 
 
 def test_spec_file(tmp_path):
     (tmp_path / "data").mkdir()
-    (tmp_path / "spec.json").write_text(json.dumps({"sources": [
-        {"name": "web", "kind": "text", "description": "d", "max_tokens": 100,
-         "inputs": [{"path": "json", "data_files": "data/*.jsonl"}, {"path": "org/some-dataset", "split": "train"}]},
-    ]}))
+    (tmp_path / "spec.json").write_text(
+        json.dumps(
+            {
+                "sources": [
+                    {
+                        "name": "web",
+                        "kind": "text",
+                        "description": "d",
+                        "max_tokens": 100,
+                        "inputs": [
+                            {"path": "json", "data_files": "data/*.jsonl"},
+                            {"path": "org/some-dataset", "split": "train"},
+                        ],
+                    },
+                ]
+            }
+        )
+    )
     [spec] = sources.load_spec_file(str(tmp_path / "spec.json"))
     assert spec.inputs[0].data_files == (str(tmp_path / "data" / "*.jsonl"),)
     assert spec.inputs[1].path == "org/some-dataset" and spec.inputs[1].streaming

@@ -66,7 +66,9 @@ def _pick(r: random.Random, *options):
 
 def _sum_multiples(r):
     a, b = sorted(r.sample([2, 3, 4, 5, 6, 7, 9, 11, 13], 2))
-    name = _pick(r, "sum_of_multiples", "multiples_sum", f"sum_multiples_{a}_{b}", "total_of_multiples")
+    name = _pick(
+        r, "sum_of_multiples", "multiples_sum", f"sum_multiples_{a}_{b}", "total_of_multiples"
+    )
     n = _pick(r, "n", "limit", "bound", "upper")
     doc = f"Return the sum of the non-negative integers below {n} that are divisible by {a} or {b}."
     if r.random() < 0.5:
@@ -84,7 +86,9 @@ def _sum_multiples(r):
 
 def _digit_sum(r):
     base = r.choice([2, 3, 5, 7, 8, 10, 16])
-    name = _pick(r, f"digit_sum_base{base}", "sum_of_digits", "digit_total", f"base{base}_digit_sum")
+    name = _pick(
+        r, f"digit_sum_base{base}", "sum_of_digits", "digit_total", f"base{base}_digit_sum"
+    )
     n = _pick(r, "n", "number", "value")
     doc = f"Return the sum of the digits of the non-negative integer {n} written in base {base}."
     body = f"""    total = 0
@@ -137,7 +141,15 @@ def _is_prime(r):
     def oracle(x):
         return x >= 2 and all(x % d for d in range(2, x))
 
-    args = [(0,), (1,), (2,), (9,), (r.choice([25, 49, 121, 169]),), (r.choice([97, 101, 113, 127, 131]),), (r.randint(2, 300),)]
+    args = [
+        (0,),
+        (1,),
+        (2,),
+        (9,),
+        (r.choice([25, 49, 121, 169]),),
+        (r.choice([97, 101, 113, 127, 131]),),
+        (r.randint(2, 300),),
+    ]
     return name, n, doc, body, oracle, args
 
 
@@ -154,7 +166,11 @@ def _poly_eval(r):
         piece = str(mag) if not mono else (mono if mag == 1 else f"{mag}*{mono}")
         sign = "-" if c < 0 else "+"
         terms.append((sign, piece))
-    text = ("-" if terms[0][0] == "-" else "") + terms[0][1] + "".join(f" {s} {p}" for s, p in terms[1:])
+    text = (
+        ("-" if terms[0][0] == "-" else "")
+        + terms[0][1]
+        + "".join(f" {s} {p}" for s, p in terms[1:])
+    )
     name = _pick(r, "evaluate_polynomial", "poly", "polynomial_at", f"p{degree}")
     doc = f"Return the value of the polynomial {text} at x."
     listed = ", ".join(str(c) for c in reversed(coeffs))
@@ -215,7 +231,22 @@ def _fizzbuzz(r):
     return name, n, doc, body, oracle, args
 
 
-_WORDS = ["alpha", "beta", "gamma", "delta", "apple", "banana", "kiwi", "tree", "river", "stone", "sky", "code", "data", "zebra"]
+_WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "apple",
+    "banana",
+    "kiwi",
+    "tree",
+    "river",
+    "stone",
+    "sky",
+    "code",
+    "data",
+    "zebra",
+]
 
 
 def _random_text(r, n_words=None):
@@ -235,7 +266,9 @@ def _caesar(r):
         else:
             out.append(ch)
     return ''.join(out)"""
-    oracle = lambda t: "".join(chr((ord(c) - 97 + k) % 26 + 97) if c.islower() and c.isascii() else c for c in t)  # noqa: E731
+    oracle = lambda t: "".join(
+        chr((ord(c) - 97 + k) % 26 + 97) if c.islower() and c.isascii() else c for c in t
+    )  # noqa: E731
     args = [("",), ("abc xyz",), ("Hello, World!",), (_random_text(r),), (_random_text(r, 3),)]
     return name, s, doc, body, oracle, args
 
@@ -263,16 +296,40 @@ def _run_length(r):
         return "".join(k + str(len(list(g))) for k, g in itertools.groupby(t))
 
     alphabet = r.choice(["ab", "xyz", "01", "aabbc"])
-    args = [("",), ("a",), ("aaab",)] + [("".join(r.choice(alphabet) for _ in range(r.randint(2, 14))),) for _ in range(3)]
+    args = [("",), ("a",), ("aaab",)] + [
+        ("".join(r.choice(alphabet) for _ in range(r.randint(2, 14))),) for _ in range(3)
+    ]
     return name, s, doc, body, oracle, args
 
 
 def _count_chars(r):
     chars = r.choice(["aeiou", "xyz", "aeiouy", "0123456789", " ", "abc"])
-    label = {"aeiou": "vowels", "aeiouy": "vowels (y included)", "0123456789": "digits", " ": "spaces"}.get(chars, f"characters in {chars!r}")
-    name = _pick(r, "count_" + ("vowels" if "ae" in chars else "digits" if "0" in chars else "spaces" if chars == " " else "chars"), "tally", "count_matching", "how_many")
+    label = {
+        "aeiou": "vowels",
+        "aeiouy": "vowels (y included)",
+        "0123456789": "digits",
+        " ": "spaces",
+    }.get(chars, f"characters in {chars!r}")
+    name = _pick(
+        r,
+        "count_"
+        + (
+            "vowels"
+            if "ae" in chars
+            else "digits"
+            if "0" in chars
+            else "spaces"
+            if chars == " "
+            else "chars"
+        ),
+        "tally",
+        "count_matching",
+        "how_many",
+    )
     s = _pick(r, "s", "text", "line")
-    doc = f"Return how many characters of {s} are {label} (case-sensitive, characters of {chars!r})."
+    doc = (
+        f"Return how many characters of {s} are {label} (case-sensitive, characters of {chars!r})."
+    )
     if r.random() < 0.5:
         body = f"    return sum(1 for ch in {s} if ch in {chars!r})"
     else:
@@ -293,7 +350,13 @@ def _reverse_words(r):
     doc = f"Return {s} with its {sep!r}-separated fields in reverse order."
     body = f"    return {sep!r}.join(reversed({s}.split({sep!r})))"
     oracle = lambda t: sep.join(t.split(sep)[::-1])  # noqa: E731
-    args = [("",), ("one",), (sep.join(["a", "b", "c"]),), (sep.join(r.sample(_WORDS, 4)),), (sep + "x" + sep,)]
+    args = [
+        ("",),
+        ("one",),
+        (sep.join(["a", "b", "c"]),),
+        (sep.join(r.sample(_WORDS, 4)),),
+        (sep + "x" + sep,),
+    ]
     return name, s, doc, body, oracle, args
 
 
@@ -340,7 +403,9 @@ def _chunk(r):
     doc = f"Split the list {xs} into consecutive chunks of {k} elements; the last chunk may be shorter."
     body = f"    return [{xs}[i:i + {k}] for i in range(0, len({xs}), {k})]"
     oracle = lambda v: [v[i : i + k] for i in range(0, len(v), k)]  # noqa: E731
-    args = [([],), (list(range(k)),), (list(range(k + 1)),)] + [(_int_list(r, 0, 9, 12),) for _ in range(2)]
+    args = [([],), (list(range(k)),), (list(range(k + 1)),)] + [
+        (_int_list(r, 0, 9, 12),) for _ in range(2)
+    ]
     return name, xs, doc, body, oracle, args
 
 
@@ -446,14 +511,22 @@ def _clamp_all(r):
 
 def _gcd(r):
     name = _pick(r, "gcd", "greatest_common_divisor", "euclid", "common_factor")
-    doc = "Return the greatest common divisor of the non-negative integers a and b (gcd(0, 0) is 0)."
+    doc = (
+        "Return the greatest common divisor of the non-negative integers a and b (gcd(0, 0) is 0)."
+    )
     body = """    while b:
         a, b = b, a % b
     return a"""
     import math
 
     oracle = lambda a, b: math.gcd(a, b)  # noqa: E731
-    args = [(0, 0), (0, 7), (12, 18), (r.randint(1, 500), r.randint(1, 500)), (r.randint(1, 99) * 6, r.randint(1, 99) * 4)]
+    args = [
+        (0, 0),
+        (0, 7),
+        (12, 18),
+        (r.randint(1, 500), r.randint(1, 500)),
+        (r.randint(1, 99) * 6, r.randint(1, 99) * 4),
+    ]
     return name, "a, b", doc, body, oracle, args
 
 
@@ -492,9 +565,17 @@ def _sub_first(pattern: str, repl: str, text: str) -> str | None:
 
 
 MUTATIONS: dict[str, Callable[[str], str | None]] = {
-    "off_by_one": lambda b: _sub_first(r"range\(([^()]*?)\)", r"range(\1 + 1)", b) or _sub_first(r"\[1\]", "[0]", b),
-    "flipped_comparison": lambda b: _sub_first(r" <= ", " < ", b) or _sub_first(r" < ", " <= ", b) or _sub_first(r" == ", " != ", b),
-    "wrong_constant": lambda b: _sub_first(r"(?<![\w.])([2-9])(?![\w.])", lambda m: str(int(m.group(1)) + 1), b),
+    "off_by_one": lambda b: (
+        _sub_first(r"range\(([^()]*?)\)", r"range(\1 + 1)", b) or _sub_first(r"\[1\]", "[0]", b)
+    ),
+    "flipped_comparison": lambda b: (
+        _sub_first(r" <= ", " < ", b)
+        or _sub_first(r" < ", " <= ", b)
+        or _sub_first(r" == ", " != ", b)
+    ),
+    "wrong_constant": lambda b: _sub_first(
+        r"(?<![\w.])([2-9])(?![\w.])", lambda m: str(int(m.group(1)) + 1), b
+    ),
     "wrong_operator": lambda b: _sub_first(r" \+ ", " - ", b) or _sub_first(r" \* ", " + ", b),
     "infinite_loop": lambda b: "    while True:\n        pass\n" + b,
     "syntax_error": lambda b: b.replace(":\n", "\n", 1) if ":\n" in b else "    return (\n" + b,
@@ -503,13 +584,25 @@ MUTATIONS: dict[str, Callable[[str], str | None]] = {
 }
 # Rough weights: subtle mistakes are common, blunt ones rare (the blunt ones
 # cost a sandbox timeout each).
-_MUTATION_WEIGHTS = {"off_by_one": 4, "flipped_comparison": 4, "wrong_constant": 3, "wrong_operator": 3,
-                     "infinite_loop": 1, "syntax_error": 1, "early_exit": 1, "raises": 1}
+_MUTATION_WEIGHTS = {
+    "off_by_one": 4,
+    "flipped_comparison": 4,
+    "wrong_constant": 3,
+    "wrong_operator": 3,
+    "infinite_loop": 1,
+    "syntax_error": 1,
+    "early_exit": 1,
+    "raises": 1,
+}
 
 
-def _render(name: str, params: str, doc: str, body: str, oracle, args: Sequence[tuple]) -> tuple[str, str]:
+def _render(
+    name: str, params: str, doc: str, body: str, oracle, args: Sequence[tuple]
+) -> tuple[str, str]:
     program = f'def {name}({params}):\n    """{doc}"""\n{body}\n'
-    tests = "".join(f"assert {name}({', '.join(repr(a) for a in call)}) == {oracle(*call)!r}\n" for call in args)
+    tests = "".join(
+        f"assert {name}({', '.join(repr(a) for a in call)}) == {oracle(*call)!r}\n" for call in args
+    )
     return program, tests
 
 
@@ -532,8 +625,13 @@ def generate(num: int, seed: int = 0, broken_fraction: float = 0.15) -> list[Can
     return out
 
 
-def verify(candidates: Sequence[Candidate], *, timeout_s: float = 2.0, memory_mb: int = 256,
-           parallelism: int | None = None) -> list[Any]:
+def verify(
+    candidates: Sequence[Candidate],
+    *,
+    timeout_s: float = 2.0,
+    memory_mb: int = 256,
+    parallelism: int | None = None,
+) -> list[Any]:
     """Runs each candidate's tests in the sandbox; returns sandbox Results."""
     from libs.sandbox import sandbox
 
@@ -543,8 +641,13 @@ def verify(candidates: Sequence[Candidate], *, timeout_s: float = 2.0, memory_mb
 
 
 @functools.lru_cache(maxsize=8)
-def verified(num_candidates: int = 400, seed: int = 0, broken_fraction: float = 0.15,
-             timeout_s: float = 2.0, parallelism: int | None = None) -> tuple[tuple[str, ...], Stats]:
+def verified(
+    num_candidates: int = 400,
+    seed: int = 0,
+    broken_fraction: float = 0.15,
+    timeout_s: float = 2.0,
+    parallelism: int | None = None,
+) -> tuple[tuple[str, ...], Stats]:
     """The documents of the candidates whose tests pass, and the run's Stats.
     Cached per process, so reading the source twice verifies once. If the
     sandbox cannot run here, no document is kept and Stats.error says why."""
@@ -564,7 +667,9 @@ def verified(num_candidates: int = 400, seed: int = 0, broken_fraction: float = 
         if not res.passed:
             stats.rejected[res.status] = stats.rejected.get(res.status, 0) + 1
             if c.mutation:
-                stats.rejected_mutations[c.mutation] = stats.rejected_mutations.get(c.mutation, 0) + 1
+                stats.rejected_mutations[c.mutation] = (
+                    stats.rejected_mutations.get(c.mutation, 0) + 1
+                )
             continue
         if c.document in seen:
             stats.duplicates += 1

@@ -58,20 +58,32 @@ def test_filter_keeps_passing_and_rejects_broken_candidates(sandbox_ok):
     assert set(by_kind) >= {"infinite_loop", "syntax_error", "early_exit", "raises"}
     results = synthetic.verify(clean + list(by_kind.values()), timeout_s=2.0, parallelism=2)
     assert all(r.passed for r in results[: len(clean)]), [r.stderr for r in results if not r.passed]
-    status = {kind: r.status for kind, r in zip(by_kind, results[len(clean):])}
+    status = {kind: r.status for kind, r in zip(by_kind, results[len(clean) :])}
     assert status["infinite_loop"] == sandbox.TIMEOUT
     for kind in ("syntax_error", "early_exit", "raises"):
         assert status[kind] == sandbox.FAILED, (kind, status)
 
 
 def test_verified_documents_and_stats(sandbox_ok):
-    docs, stats = synthetic.verified(num_candidates=60, seed=7, broken_fraction=0.3, timeout_s=1.0, parallelism=2)
+    docs, stats = synthetic.verified(
+        num_candidates=60, seed=7, broken_fraction=0.3, timeout_s=1.0, parallelism=2
+    )
     assert stats.candidates == 60 and stats.mutated > 5
-    assert stats.kept == len(docs) and stats.kept + sum(stats.rejected.values()) + stats.duplicates == 60
+    assert (
+        stats.kept == len(docs)
+        and stats.kept + sum(stats.rejected.values()) + stats.duplicates == 60
+    )
     assert sum(stats.rejected.values()) >= stats.mutated - stats.kept_mutated
     assert not stats.error
     # Every kept document is a candidate whose program passed.
     candidates = {c.document: c for c in synthetic.generate(60, seed=7, broken_fraction=0.3)}
     assert all(d in candidates for d in docs)
-    assert collections.Counter(candidates[d].mutation for d in docs)[""] >= stats.kept - stats.kept_mutated
-    assert list(synthetic.verified_documents(num_candidates=60, seed=7, broken_fraction=0.3, timeout_s=1.0, parallelism=2)) == list(docs)
+    assert (
+        collections.Counter(candidates[d].mutation for d in docs)[""]
+        >= stats.kept - stats.kept_mutated
+    )
+    assert list(
+        synthetic.verified_documents(
+            num_candidates=60, seed=7, broken_fraction=0.3, timeout_s=1.0, parallelism=2
+        )
+    ) == list(docs)

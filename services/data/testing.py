@@ -16,7 +16,9 @@ from services.data import corpus, sources
 EOS, PAD = 1, 0
 
 
-def write_token_corpus(path: str, docs: Mapping[str, Sequence[Sequence[int]]], *, vocab_size: int = 1 << 30) -> corpus.Corpus:
+def write_token_corpus(
+    path: str, docs: Mapping[str, Sequence[Sequence[int]]], *, vocab_size: int = 1 << 30
+) -> corpus.Corpus:
     """A corpus whose sources hold exactly `docs` (token lists without the
     <eos>, which is appended), written without a tokenizer."""
     os.makedirs(os.path.join(path, "sources"), exist_ok=True)
@@ -26,18 +28,32 @@ def write_token_corpus(path: str, docs: Mapping[str, Sequence[Sequence[int]]], *
         os.makedirs(os.path.join(path, rel), exist_ok=True)
         arrays = [np.asarray(list(d) + [EOS], corpus.TOKEN_DTYPE) for d in source_docs]
         tokens = np.concatenate(arrays) if arrays else np.zeros(0, corpus.TOKEN_DTYPE)
-        offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(corpus.OFFSET_DTYPE)
+        offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(
+            corpus.OFFSET_DTYPE
+        )
         tokens.tofile(os.path.join(path, rel, "tokens.u32"))
         offsets.tofile(os.path.join(path, rel, "offsets.i64"))
-        entries.append({
-            "name": name, "kind": "text", "description": f"test source {name}",
-            "num_tokens": int(tokens.size), "num_documents": len(arrays),
-            "content_hash": hashlib.sha256(tokens.tobytes() + offsets.tobytes()).hexdigest(),
-            "tokens_file": os.path.join(rel, "tokens.u32"), "offsets_file": os.path.join(rel, "offsets.i64"),
-        })
+        entries.append(
+            {
+                "name": name,
+                "kind": "text",
+                "description": f"test source {name}",
+                "num_tokens": int(tokens.size),
+                "num_documents": len(arrays),
+                "content_hash": hashlib.sha256(tokens.tobytes() + offsets.tobytes()).hexdigest(),
+                "tokens_file": os.path.join(rel, "tokens.u32"),
+                "offsets_file": os.path.join(rel, "offsets.i64"),
+            }
+        )
     manifest = {
         "format": corpus.FORMAT,
-        "tokenizer": {"file": corpus.TOKENIZER, "vocab_size": vocab_size, "eos_id": EOS, "pad_id": PAD, "sha256": "none"},
+        "tokenizer": {
+            "file": corpus.TOKENIZER,
+            "vocab_size": vocab_size,
+            "eos_id": EOS,
+            "pad_id": PAD,
+            "sha256": "none",
+        },
         "sources": entries,
     }
     manifest["corpus_id"] = corpus.corpus_id(manifest)
@@ -61,9 +77,11 @@ def numbered_corpus(path: str, sizes: Mapping[str, Sequence[int]]) -> corpus.Cor
     return write_token_corpus(path, docs)
 
 
-_WORDS = ("the model reads code and text in equal measure while the tokenizer keeps every "
-          "byte of whitespace so that programs survive the round trip intact and the data "
-          "service serves them in packed rows of documents").split()
+_WORDS = (
+    "the model reads code and text in equal measure while the tokenizer keeps every "
+    "byte of whitespace so that programs survive the round trip intact and the data "
+    "service serves them in packed rows of documents"
+).split()
 
 
 def write_source_files(root: str, seed: int = 0) -> dict[str, str]:
@@ -81,7 +99,17 @@ def write_source_files(root: str, seed: int = 0) -> dict[str, str]:
     paths["jsonl"] = os.path.join(root, "text.jsonl")
     with open(paths["jsonl"], "w") as f:
         for i in range(40):
-            f.write(json.dumps({"id": i, "content": " ".join(sentence(r.randint(5, 25)) for _ in range(r.randint(2, 8)))}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": i,
+                        "content": " ".join(
+                            sentence(r.randint(5, 25)) for _ in range(r.randint(2, 8))
+                        ),
+                    }
+                )
+                + "\n"
+            )
     paths["parquet"] = os.path.join(root, "qa.parquet")
     qa = [f"Q: how do I fix error {i}?\nA: {sentence(12)}\n" for i in range(30)]
     pq.write_table(pa.table({"text": qa}), paths["parquet"])
@@ -92,7 +120,11 @@ def write_source_files(root: str, seed: int = 0) -> dict[str, str]:
     ]
     for i, text in enumerate(code * 4):
         with open(os.path.join(root, "code", f"m{i}.py"), "w") as f:
-            f.write(text.replace("add", f"add{i}").replace("Stack", f"Stack{i}").replace("name", f"name{i}"))
+            f.write(
+                text.replace("add", f"add{i}")
+                .replace("Stack", f"Stack{i}")
+                .replace("name", f"name{i}")
+            )
     paths["code"] = os.path.join(root, "code", "*.py")
     for i in range(6):
         with open(os.path.join(root, "docs", f"d{i}.md"), "w") as f:
@@ -108,22 +140,46 @@ def source_specs(paths: Mapping[str, str]) -> list[sources.SourceSpec]:
     """One source per kind of the paper, from write_source_files' files."""
     I, S = sources.Input, sources.SourceSpec  # noqa: N806
     return [
-        S("text", "text", "sentences (jsonl) and a gzipped text file",
-          (I(path="json", data_files=(paths["jsonl"],), text_field="content"),
-           I(path="text", data_files=(paths["gz"],), sample_by="paragraph", group_chars=400))),
+        S(
+            "text",
+            "text",
+            "sentences (jsonl) and a gzipped text file",
+            (
+                I(path="json", data_files=(paths["jsonl"],), text_field="content"),
+                I(path="text", data_files=(paths["gz"],), sample_by="paragraph", group_chars=400),
+            ),
+        ),
         S("code", "code", "small Python files", (I(path="text", data_files=(paths["code"],)),)),
         S("markup", "markup", "Markdown files", (I(path="text", data_files=(paths["markdown"],)),)),
-        S("code_adjacent", "code_adjacent", "Q&A pairs (parquet)", (I(path="parquet", data_files=(paths["parquet"],)),)),
+        S(
+            "code_adjacent",
+            "code_adjacent",
+            "Q&A pairs (parquet)",
+            (I(path="parquet", data_files=(paths["parquet"],)),),
+        ),
     ]
 
 
-def build_small_corpus(root: str, *, vocab_size: int = 400, benchmarks_dir: str = "", include_humaneval: bool = False,
-                       specs: Sequence[sources.SourceSpec] | None = None) -> corpus.Corpus:
+def build_small_corpus(
+    root: str,
+    *,
+    vocab_size: int = 400,
+    benchmarks_dir: str = "",
+    include_humaneval: bool = False,
+    specs: Sequence[sources.SourceSpec] | None = None,
+) -> corpus.Corpus:
     """Builds a corpus of the four file-backed kinds through the real
     pipeline (datasets -> decontamination -> BPE -> shards) under root."""
     paths = write_source_files(os.path.join(root, "raw"))
     out = os.path.join(root, "corpus")
-    corpus.build(specs or source_specs(paths), out,
-                 corpus.BuildConfig(vocab_size=vocab_size, benchmarks_dir=benchmarks_dir, include_humaneval=include_humaneval),
-                 log=lambda s: None)
+    corpus.build(
+        specs or source_specs(paths),
+        out,
+        corpus.BuildConfig(
+            vocab_size=vocab_size,
+            benchmarks_dir=benchmarks_dir,
+            include_humaneval=include_humaneval,
+        ),
+        log=lambda s: None,
+    )
     return corpus.Corpus(out)

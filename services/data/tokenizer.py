@@ -65,14 +65,18 @@ def load(path: str) -> Tokenizer:
     return Tokenizer(tokenizers.Tokenizer.from_file(path))
 
 
-def train(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, *, min_frequency: int = 2) -> Tokenizer:
+def train(
+    texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, *, min_frequency: int = 2
+) -> Tokenizer:
     """Trains a byte-level BPE of `vocab_size` entries (special tokens and the
     256 byte symbols included) on `texts`."""
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}"
+        )
     hf = tokenizers.Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()

@@ -31,7 +31,9 @@ def test_special_tokens(tok):
     assert tok.decode(ids) == "x = '<eos>'  # <pad>\n"
 
 
-@pytest.mark.parametrize("module", ["textwrap.py", "heapq.py", "email/_header_value_parser.py", "tabnanny.py"])
+@pytest.mark.parametrize(
+    "module", ["textwrap.py", "heapq.py", "email/_header_value_parser.py", "tabnanny.py"]
+)
 def test_real_code_round_trips_exactly(tok, module):
     text = read(os.path.join(STDLIB, module))
     assert tok.decode(tok.encode(text)) == text

@@ -33,7 +33,10 @@ _DTYPES = {
 def mixture_from_proto(spec: data_pb2.MixtureSpec) -> Mixture:
     return Mixture(
         stages=tuple(
-            Stage(weights=tuple(SourceWeight(w.source, w.weight) for w in s.weights), until_tokens=s.until_tokens)
+            Stage(
+                weights=tuple(SourceWeight(w.source, w.weight) for w in s.weights),
+                until_tokens=s.until_tokens,
+            )
             for s in spec.stages
         ),
         name=spec.name,
@@ -48,7 +51,9 @@ def mixture_to_proto(mixture: Mixture) -> data_pb2.MixtureSpec:
         stages=[
             data_pb2.MixtureStage(
                 until_tokens=s.until_tokens,
-                weights=[data_pb2.SourceWeight(source=w.source, weight=w.weight) for w in s.weights],
+                weights=[
+                    data_pb2.SourceWeight(source=w.source, weight=w.weight) for w in s.weights
+                ],
             )
             for s in mixture.stages
         ],
@@ -81,15 +86,26 @@ def batch_to_proto(batch: Batch | PackedBatch, token_bytes: int = 4) -> data_pb2
     if isinstance(batch, PackedBatch):
         arrays = {k: v.tobytes() for k, v in _packed_arrays(batch, token_bytes).items()}
         return data_pb2.Batch(
-            step=batch.step, shard_index=batch.shard_index, batch_size=batch.batch_size, seq_len=batch.seq_len,
-            source_names=batch.source_names, tokens_before=batch.tokens_before, stage=batch.stage,
-            epochs=batch.epochs, packed_token_bytes=token_bytes, eos_id=batch.eos_id, **arrays,
+            step=batch.step,
+            shard_index=batch.shard_index,
+            batch_size=batch.batch_size,
+            seq_len=batch.seq_len,
+            source_names=batch.source_names,
+            tokens_before=batch.tokens_before,
+            stage=batch.stage,
+            epochs=batch.epochs,
+            packed_token_bytes=token_bytes,
+            eos_id=batch.eos_id,
+            **arrays,
         )
     return _full_to_proto(batch)
 
 
 def _full_to_proto(batch: Batch) -> data_pb2.Batch:
-    arrays = {name: np.ascontiguousarray(getattr(batch, name), dtype).tobytes() for name, dtype in _DTYPES.items()}
+    arrays = {
+        name: np.ascontiguousarray(getattr(batch, name), dtype).tobytes()
+        for name, dtype in _DTYPES.items()
+    }
     return data_pb2.Batch(
         step=batch.step,
         shard_index=batch.shard_index,
@@ -173,7 +189,9 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
             raise ValueError("malformed varint")
 
 
-_ARRAY_FIELDS = {number: (name, dtype) for number, (name, dtype) in enumerate(_DTYPES.items(), start=5)}
+_ARRAY_FIELDS = {
+    number: (name, dtype) for number, (name, dtype) in enumerate(_DTYPES.items(), start=5)
+}
 _PACKED_FIELDS = {15: "packed_tokens", 17: "run_starts", 18: "run_sources", 19: "run_last_targets"}
 
 
@@ -246,7 +264,9 @@ def decode(raw: bytes) -> Batch | PackedBatch:
             eos_id=_signed(ints.get(20, 0)),
             **common,
         )
-    arrays = {name: view(number, dtype).reshape(shape) for number, (name, dtype) in _ARRAY_FIELDS.items()}
+    arrays = {
+        name: view(number, dtype).reshape(shape) for number, (name, dtype) in _ARRAY_FIELDS.items()
+    }
     return Batch(**common, **arrays)
 
 
@@ -254,7 +274,10 @@ def batch_from_proto(msg: data_pb2.Batch) -> Batch:
     if msg.packed_tokens:
         return decode_batch(msg.SerializeToString())
     shape = (msg.batch_size, msg.seq_len)
-    arrays = {name: np.frombuffer(getattr(msg, name), dtype).reshape(shape) for name, dtype in _DTYPES.items()}
+    arrays = {
+        name: np.frombuffer(getattr(msg, name), dtype).reshape(shape)
+        for name, dtype in _DTYPES.items()
+    }
     return Batch(
         step=msg.step,
         shard_index=msg.shard_index,

@@ -42,11 +42,14 @@ def test_decode_accepts_other_valid_encodings():
     raw = msg.SerializeToString() + b"\xa8\x06\x05" + b"\xb2\x06\x03abc"
     assert wire.decode_batch(raw) == b
     # Field order does not matter.
-    raw = b"".join(
-        data_pb2.Batch(**{f.name: getattr(msg, f.name)}).SerializeToString()
-        for f in reversed(data_pb2.Batch.DESCRIPTOR.fields)
-        if f.name not in ("source_names", "epochs")
-    ) + data_pb2.Batch(source_names=msg.source_names, epochs=msg.epochs).SerializeToString()
+    raw = (
+        b"".join(
+            data_pb2.Batch(**{f.name: getattr(msg, f.name)}).SerializeToString()
+            for f in reversed(data_pb2.Batch.DESCRIPTOR.fields)
+            if f.name not in ("source_names", "epochs")
+        )
+        + data_pb2.Batch(source_names=msg.source_names, epochs=msg.epochs).SerializeToString()
+    )
     assert wire.decode_batch(raw) == b
 
 
@@ -57,15 +60,26 @@ def test_decoded_arrays_are_views_of_the_message():
 
 
 def test_mixture_round_trip():
-    m = mixture.Mixture.staged([(1000, {"text": 0.9, "code": 0.1}), (0, {"code": 1.0})], name="c", max_epochs=2.5)
+    m = mixture.Mixture.staged(
+        [(1000, {"text": 0.9, "code": 0.1}), (0, {"code": 1.0})], name="c", max_epochs=2.5
+    )
     assert wire.mixture_from_proto(wire.mixture_to_proto(m)) == m
 
 
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
-    corpus = testing.numbered_corpus(str(tmp_path_factory.mktemp("c")), {"a": [5, 9, 30, 2], "b": [70, 3, 3]})
-    return mixture.BatchReader(corpus, mixture.Mixture.of({"a": 1, "b": 2}), seed=1, global_batch_size=4, seq_len=16,
-                               shard_index=1, num_shards=2)
+    corpus = testing.numbered_corpus(
+        str(tmp_path_factory.mktemp("c")), {"a": [5, 9, 30, 2], "b": [70, 3, 3]}
+    )
+    return mixture.BatchReader(
+        corpus,
+        mixture.Mixture.of({"a": 1, "b": 2}),
+        seed=1,
+        global_batch_size=4,
+        seq_len=16,
+        shard_index=1,
+        num_shards=2,
+    )
 
 
 @pytest.mark.parametrize("width", [2, 4])
@@ -85,4 +99,8 @@ def test_packed_encoding_round_trips_to_the_full_batch(reader, width):
 
 
 def test_token_width():
-    assert wire.token_width(8192) == 2 and wire.token_width(65536) == 2 and wire.token_width(65537) == 4
+    assert (
+        wire.token_width(8192) == 2
+        and wire.token_width(65536) == 2
+        and wire.token_width(65537) == 4
+    )

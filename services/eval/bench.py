@@ -18,8 +18,9 @@ import os
 
 # As libs/model/bench.py: oneDNN matmuls were the fastest here; set before jax loads.
 if "xla_cpu_use_onednn" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_use_onednn=true").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_onednn=true"
+    ).strip()
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -49,15 +50,22 @@ def _tokenizer(vocab_size: int, benchmarks_dir: str, cache_dir: str):
 
     texts = []
     for name in ("arc_easy", "boolq", "triviaqa", "mbpp"):
-        ds = tasks.load_examples(tasks.TASKS[name], benchmarks_dir=benchmarks_dir,
-                                 cache_dir=cache_dir, limit=2000)
+        ds = tasks.load_examples(
+            tasks.TASKS[name], benchmarks_dir=benchmarks_dir, cache_dir=cache_dir, limit=2000
+        )
         texts += [json.dumps(row) for row in ds]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<pad>", "<eos>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     return tok
 
 
@@ -73,8 +81,7 @@ def bench_multiple_choice(lm: LanguageModel, examples: list[dict], peak: float) 
     lm.loglikelihood(requests)  # and the rest
     _, seconds = _timed(lambda: lm.loglikelihood(requests))
     cfg = lm.cfg
-    lengths = [min(sum(map(len, lm.encode_pair(c, x))) - 1, cfg.max_seq_len)
-               for c, x in requests]
+    lengths = [min(sum(map(len, lm.encode_pair(c, x))) - 1, cfg.max_seq_len) for c, x in requests]
     tokens = sum(lengths)
     mean_len = tokens / len(lengths)
     # The model's training FLOPs per token are forward + backward = 3 x forward.
@@ -122,25 +129,37 @@ def main(argv):
     cfg = presets.get_preset(FLAGS.preset)
     tok = _tokenizer(cfg.vocab_size, benchmarks_dir, cache_dir)
     cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size(), dtype=FLAGS.dtype)
-    lm = LanguageModel(model_lib.Transformer(cfg, rngs=nnx.Rngs(0)), tok,
-                       batch_size=FLAGS.batch_size)
+    lm = LanguageModel(
+        model_lib.Transformer(cfg, rngs=nnx.Rngs(0)), tok, batch_size=FLAGS.batch_size
+    )
     peak = flops.measure_matmul_peak_flops()
 
     def examples(name, limit):
-        return tasks.load_examples(tasks.TASKS[name], benchmarks_dir=benchmarks_dir,
-                                   cache_dir=cache_dir, limit=limit).to_list()
+        return tasks.load_examples(
+            tasks.TASKS[name], benchmarks_dir=benchmarks_dir, cache_dir=cache_dir, limit=limit
+        ).to_list()
 
-    figures = {"preset": FLAGS.preset, "dtype": FLAGS.dtype, "device": jax.devices()[0].platform,
-               "cpus": os.cpu_count(), "peak_matmul_flops": peak}
+    figures = {
+        "preset": FLAGS.preset,
+        "dtype": FLAGS.dtype,
+        "device": jax.devices()[0].platform,
+        "cpus": os.cpu_count(),
+        "peak_matmul_flops": peak,
+    }
     figures.update(bench_multiple_choice(lm, examples("hellaswag", FLAGS.mc_examples), peak))
-    print(f"multiple choice: {figures['mc_examples_per_s']:.1f} HellaSwag examples/s, "
-          f"{figures['mc_tokens_per_s']:.0f} tokens/s, MFU {figures['mc_mfu']:.3f} "
-          f"(padding {figures['mc_padding_fraction']:.0%}; peak {peak / 1e9:.0f} GFLOP/s)",
-          flush=True)
+    print(
+        f"multiple choice: {figures['mc_examples_per_s']:.1f} HellaSwag examples/s, "
+        f"{figures['mc_tokens_per_s']:.0f} tokens/s, MFU {figures['mc_mfu']:.3f} "
+        f"(padding {figures['mc_padding_fraction']:.0%}; peak {peak / 1e9:.0f} GFLOP/s)",
+        flush=True,
+    )
     prompts = [ex["prompt"] for ex in examples("triviaqa", FLAGS.gen_prompts)]
     figures.update(bench_generation(lm, prompts, FLAGS.gen_tokens))
-    print(f"generation: {figures['gen_tokens_per_s']:.0f} new tokens/s "
-          f"({FLAGS.gen_prompts} prompts x {FLAGS.gen_tokens} tokens)", flush=True)
+    print(
+        f"generation: {figures['gen_tokens_per_s']:.0f} new tokens/s "
+        f"({FLAGS.gen_prompts} prompts x {FLAGS.gen_tokens} tokens)",
+        flush=True,
+    )
     figures.update(bench_sandbox(examples("mbpp", FLAGS.programs)))
     print(f"sandbox: {figures['sandbox_programs_per_s']:.1f} MBPP programs/s", flush=True)
     print(json.dumps(figures, sort_keys=True))

@@ -25,8 +25,9 @@ class LoadedCheckpoint:
     model: Any  # a TextModel
 
 
-def load_checkpoint(uri: str, *, field: str = "checkpoint_uri",
-                    batch_size: int = 16) -> LoadedCheckpoint:
+def load_checkpoint(
+    uri: str, *, field: str = "checkpoint_uri", batch_size: int = 16
+) -> LoadedCheckpoint:
     """The committed checkpoint at `uri` as a LanguageModel."""
     from libs.checkpoint import checkpoint as ckpt_lib
     from services.eval.lm import LanguageModel
@@ -47,15 +48,17 @@ def load_checkpoint(uri: str, *, field: str = "checkpoint_uri",
         raise errors.FailedPrecondition(field, f"{field}: {uri}: no usable tokenizer: {e}")
     lineage = dict(ckpt.lineage or {})
     model = LanguageModel(ckpt.model, tokenizer, batch_size=batch_size)
-    return LoadedCheckpoint(uri=uri, step=int(lineage.get("step", ckpt.step)),
-                            lineage=lineage, model=model)
+    return LoadedCheckpoint(
+        uri=uri, step=int(lineage.get("step", ckpt.step)), lineage=lineage, model=model
+    )
 
 
 class ModelCache:
     """Keeps the `capacity` most recently used checkpoints loaded (thread-safe)."""
 
-    def __init__(self, loader: Callable[[str], LoadedCheckpoint] = load_checkpoint,
-                 capacity: int = 2):
+    def __init__(
+        self, loader: Callable[[str], LoadedCheckpoint] = load_checkpoint, capacity: int = 2
+    ):
         self._loader = loader
         self._capacity = max(1, capacity)
         self._items: "collections.OrderedDict[str, LoadedCheckpoint]" = collections.OrderedDict()

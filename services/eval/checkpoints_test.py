@@ -12,19 +12,22 @@ from services.eval.lm import LanguageModel
 
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
-    return testing.write_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "run"), step=3,
-                                    lineage={"run_id": "run", "phase": "init", "step": 3})
+    return testing.write_checkpoint(
+        str(tmp_path_factory.mktemp("ckpt") / "run"),
+        step=3,
+        lineage={"run_id": "run", "phase": "init", "step": 3},
+    )
 
 
 def test_load_checkpoint_gives_a_scoring_model(uri):
     loaded = checkpoints.load_checkpoint(uri)
     assert isinstance(loaded.model, LanguageModel)
     assert loaded.step == 3 and loaded.lineage["phase"] == "init"
-    (lp, _), = loaded.model.loglikelihood([("The man turned on the faucet", " therefore")])
+    ((lp, _),) = loaded.model.loglikelihood([("The man turned on the faucet", " therefore")])
     assert lp < 0
     # The same weights as the random model written: scores agree with a fresh copy.
     fresh = testing.tiny_language_model()
-    (lp_fresh, _), = fresh.loglikelihood([("The man turned on the faucet", " therefore")])
+    ((lp_fresh, _),) = fresh.loglikelihood([("The man turned on the faucet", " therefore")])
     assert lp == pytest.approx(lp_fresh, rel=1e-5)
 
 

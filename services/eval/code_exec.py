@@ -15,8 +15,9 @@ from libs.sandbox import sandbox
 from services.eval import errors
 
 # Generous for loaded 2-core machines; the reference solutions run in milliseconds.
-DEFAULT_LIMITS = sandbox.Limits(timeout_s=15.0, memory_mb=1024, max_processes=32,
-                                max_output_bytes=64 << 10)
+DEFAULT_LIMITS = sandbox.Limits(
+    timeout_s=15.0, memory_mb=1024, max_processes=32, max_output_bytes=64 << 10
+)
 
 
 def program(example: dict, completion: str) -> str:
@@ -43,7 +44,8 @@ class CodeRunner:
         self.check()
         return sandbox.run_many(
             [sandbox.Job(program=p, tests=t, limits=self.limits) for p, t in jobs],
-            parallelism=self.parallelism)
+            parallelism=self.parallelism,
+        )
 
     def passed(self, jobs: Sequence[tuple[str, str]]) -> list[bool]:
         return [r.passed for r in self.run(jobs)]

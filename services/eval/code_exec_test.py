@@ -21,8 +21,12 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ev(cache_dir):
-    return evaluator.Evaluator(benchmarks_dir=ROOT, cache_dir=cache_dir,
-                               code_runner=code_exec.CodeRunner(), bootstrap_resamples=200)
+    return evaluator.Evaluator(
+        benchmarks_dir=ROOT,
+        cache_dir=cache_dir,
+        code_runner=code_exec.CodeRunner(),
+        bootstrap_resamples=200,
+    )
 
 
 class FixedCompletions:
@@ -39,8 +43,9 @@ class FixedCompletions:
 
 
 def _reference(ev, name):
-    by_prompt = {ex["prompt"]: ex["canonical_solution"]
-                 for ex in ev.examples(tasks.TASKS[name], SUBSET)}
+    by_prompt = {
+        ex["prompt"]: ex["canonical_solution"] for ex in ev.examples(tasks.TASKS[name], SUBSET)
+    }
     return FixedCompletions(lambda p: by_prompt[p])
 
 
@@ -69,8 +74,9 @@ def test_pass_at_k_from_samples(ev):
         calls["n"] += 1
         return by_prompt[prompt] if calls["n"] % 2 else "    raise ValueError\n"
 
-    result = ev.evaluate_task(FixedCompletions(completion), tasks.TASKS["humaneval"], limit=2,
-                              num_samples=4)
+    result = ev.evaluate_task(
+        FixedCompletions(completion), tasks.TASKS["humaneval"], limit=2, num_samples=4
+    )
     assert calls["n"] == 8
     assert result.value == pytest.approx(0.5)  # pass@1 = c / n
     assert result.extra["num_samples"] == 4
@@ -93,8 +99,9 @@ def test_hostile_completions_fail_and_leave_the_caller_unharmed(cache_dir, tmp_p
         "    print('x' * 10_000_000)\n",
     ]
     runner = code_exec.CodeRunner(limits=sandbox.Limits(timeout_s=3.0, memory_mb=512))
-    ev = evaluator.Evaluator(benchmarks_dir=ROOT, cache_dir=cache_dir, code_runner=runner,
-                             bootstrap_resamples=100)
+    ev = evaluator.Evaluator(
+        benchmarks_dir=ROOT, cache_dir=cache_dir, code_runner=runner, bootstrap_resamples=100
+    )
     prompts = {}
 
     def completion(prompt):
@@ -102,8 +109,9 @@ def test_hostile_completions_fail_and_leave_the_caller_unharmed(cache_dir, tmp_p
         i = len(prompts) - 1
         return hostile[i % len(hostile)]
 
-    result = ev.evaluate_task(FixedCompletions(completion), tasks.TASKS["humaneval"],
-                              limit=len(hostile))
+    result = ev.evaluate_task(
+        FixedCompletions(completion), tasks.TASKS["humaneval"], limit=len(hostile)
+    )
     assert result.value == 0.0 and result.num_examples == len(hostile)
     assert not marker.exists()
     assert os.getpid() > 0  # still here, and still able to run the next program

@@ -54,9 +54,7 @@ def _with_labels(rows_path: str, labels_path: str, field: str, cast=str) -> Iter
     rows = list(_jsonl(rows_path))
     labels = _labels(labels_path)
     if len(rows) != len(labels):
-        raise ValueError(
-            f"{labels_path}: {len(labels)} labels for {len(rows)} rows in {rows_path}"
-        )
+        raise ValueError(f"{labels_path}: {len(labels)} labels for {len(rows)} rows in {rows_path}")
     for row, label in zip(rows, labels):
         yield {**row, field: cast(label)}
 
@@ -71,8 +69,10 @@ def read_arc_easy(root: str) -> Iterator[dict]:
         yield {
             "id": row["id"],
             "question": q["stem"],
-            "choices": {"text": [c["text"] for c in q["choices"]],
-                        "label": [c["label"] for c in q["choices"]]},
+            "choices": {
+                "text": [c["text"] for c in q["choices"]],
+                "label": [c["label"] for c in q["choices"]],
+            },
             "answerKey": row["answerKey"],
         }
 
@@ -116,8 +116,9 @@ def read_cb(root: str) -> Iterator[dict]:
 def convert_cb(row: dict, i: int) -> dict:
     return {
         "id": str(row.get("idx", i)),
-        "context": (f"{row['premise']}\nQuestion: {row['hypothesis']}. True, False, or "
-                    "Neither?\nAnswer:"),
+        "context": (
+            f"{row['premise']}\nQuestion: {row['hypothesis']}. True, False, or Neither?\nAnswer:"
+        ),
         "choices": ["True", "False", "Neither"],
         "gold": int(row["label"]),
     }
@@ -144,8 +145,9 @@ def convert_copa(row: dict, i: int) -> dict:
 
 def read_piqa(root: str) -> Iterator[dict]:
     d = os.path.join(root, "piqa")
-    yield from _with_labels(os.path.join(d, "valid.jsonl"), os.path.join(d, "valid-labels.lst"),
-                            "label", int)
+    yield from _with_labels(
+        os.path.join(d, "valid.jsonl"), os.path.join(d, "valid-labels.lst"), "label", int
+    )
 
 
 def convert_piqa(row: dict, i: int) -> dict:
@@ -159,8 +161,9 @@ def convert_piqa(row: dict, i: int) -> dict:
 
 def read_social_iqa(root: str) -> Iterator[dict]:
     d = os.path.join(root, "social_iqa")
-    yield from _with_labels(os.path.join(d, "dev.jsonl"), os.path.join(d, "dev-labels.lst"),
-                            "label")
+    yield from _with_labels(
+        os.path.join(d, "dev.jsonl"), os.path.join(d, "dev-labels.lst"), "label"
+    )
 
 
 def convert_social_iqa(row: dict, i: int) -> dict:
@@ -191,7 +194,7 @@ def read_hellaswag(root: str) -> Iterator[dict]:
     if len(lines) % 6:
         raise ValueError(f"{path}: {len(lines)} lines is not a multiple of 6")
     for k in range(0, len(lines), 6):
-        yield {"query": lines[k], "label": int(lines[k + 1]), "endings": lines[k + 2:k + 6]}
+        yield {"query": lines[k], "label": int(lines[k + 1]), "endings": lines[k + 2 : k + 6]}
 
 
 def convert_hellaswag(row: dict, i: int) -> dict:
@@ -201,8 +204,12 @@ def convert_hellaswag(row: dict, i: int) -> dict:
         ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
         context = _hellaswag_preprocess(row["activity_label"] + ": " + ctx)
         endings = [_hellaswag_preprocess(e) for e in row["endings"]]
-    return {"id": str(row.get("ind", i)), "context": context, "choices": endings,
-            "gold": int(row["label"])}
+    return {
+        "id": str(row.get("ind", i)),
+        "context": context,
+        "choices": endings,
+        "gold": int(row["label"]),
+    }
 
 
 def read_winogrande(root: str) -> Iterator[dict]:
@@ -226,7 +233,7 @@ def convert_winogrande(row: dict, i: int) -> dict:
     return {
         "id": str(row.get("qID", i)),
         "contexts": [sentence[:blank] + option for option in options],
-        "continuation": sentence[blank + 1:].strip(),
+        "continuation": sentence[blank + 1 :].strip(),
         "choices": options,
         "gold": int(row["answer"]) - 1,
     }
@@ -242,8 +249,12 @@ def convert_sciq(row: dict, i: int) -> dict:
     return {
         "id": str(i),
         "context": f"{row['support'].lstrip()}\nQuestion: {row['question']}\nAnswer:",
-        "choices": [row["distractor1"], row["distractor2"], row["distractor3"],
-                    row["correct_answer"]],
+        "choices": [
+            row["distractor1"],
+            row["distractor2"],
+            row["distractor3"],
+            row["correct_answer"],
+        ],
         "gold": 3,
     }
 
@@ -368,8 +379,10 @@ def _mbpp_entry_point(code: str, tests: list[str]) -> str:
 def convert_mbpp(row: dict, i: int) -> dict:
     tests = list(row["test_list"])
     # Austin et al.'s prompt, zero-shot; the model writes the whole function, then [DONE].
-    prompt = (f"You are an expert Python programmer, and here is your task: {row['text']} "
-              "Your code should pass these tests:\n\n" + "\n".join(tests) + "\n[BEGIN]\n")
+    prompt = (
+        f"You are an expert Python programmer, and here is your task: {row['text']} "
+        "Your code should pass these tests:\n\n" + "\n".join(tests) + "\n[BEGIN]\n"
+    )
     setup = row.get("test_setup_code") or ""
     return {
         "id": f"mbpp/{row['task_id']}",

@@ -30,12 +30,16 @@ flags.DEFINE_string("baseline", "", "Checkpoint URI to report the relative chang
 
 
 def format_table(rows: list[evaluator.TaskResult], baseline: dict[str, float]) -> str:
-    lines = [f"{'task':<28}{'category':<17}{'metric':<13}{'value':>8}  {'95% CI':<17}"
-             f"{'n':>7}" + ("  vs baseline" if baseline else "")]
+    lines = [
+        f"{'task':<28}{'category':<17}{'metric':<13}{'value':>8}  {'95% CI':<17}"
+        f"{'n':>7}" + ("  vs baseline" if baseline else "")
+    ]
     for r in rows:
         ci = f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
-        line = (f"{r.task:<28}{r.category:<17}{r.metric:<13}{r.value:>8.4f}  {ci:<17}"
-                f"{r.num_examples:>7}")
+        line = (
+            f"{r.task:<28}{r.category:<17}{r.metric:<13}{r.value:>8.4f}  {ci:<17}"
+            f"{r.num_examples:>7}"
+        )
         if baseline:
             change = baseline.get(r.task, math.nan)
             line += f"  {change * 100:+10.1f}%" if math.isfinite(change) else f"  {'n/a':>11}"
@@ -45,14 +49,22 @@ def format_table(rows: list[evaluator.TaskResult], baseline: dict[str, float]) -
 
 def _score(harness: Harness, uri: str) -> list[evaluator.TaskResult]:
     results, step = [], None
-    for scored in harness.evaluate(uri, suite=FLAGS.suite, task_names=FLAGS.tasks,
-                                   limit=FLAGS.limit, num_samples=FLAGS.num_samples,
-                                   seed=FLAGS.seed):
+    for scored in harness.evaluate(
+        uri,
+        suite=FLAGS.suite,
+        task_names=FLAGS.tasks,
+        limit=FLAGS.limit,
+        num_samples=FLAGS.num_samples,
+        seed=FLAGS.seed,
+    ):
         step = scored.step
         results.append(scored.result)
         if not scored.result.is_aggregate:
-            print(f"  {scored.result.task}: {scored.result.metric} = "
-                  f"{scored.result.value:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"  {scored.result.task}: {scored.result.metric} = {scored.result.value:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     print(f"{uri} (step {step})", flush=True)
     return results
 
@@ -62,11 +74,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required")
-    harness = Harness(benchmarks_dir=flag_defs.benchmarks_dir(),
-                      results_db=ResultsDB(flag_defs.results_db()),
-                      cache_dir=flag_defs.cache_dir(), source=FLAGS.task_source,
-                      code_runner=code_exec.CodeRunner(
-                          parallelism=flag_defs.sandbox_parallelism()))
+    harness = Harness(
+        benchmarks_dir=flag_defs.benchmarks_dir(),
+        results_db=ResultsDB(flag_defs.results_db()),
+        cache_dir=flag_defs.cache_dir(),
+        source=FLAGS.task_source,
+        code_runner=code_exec.CodeRunner(parallelism=flag_defs.sandbox_parallelism()),
+    )
     try:
         results = _score(harness, FLAGS.checkpoint)
         change = {}

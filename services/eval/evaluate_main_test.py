@@ -10,26 +10,48 @@ def test_cli_prints_the_table_with_baseline(tmp_path):
     uri = testing.write_checkpoint(str(tmp_path / "run"), step=4)
     base = testing.write_checkpoint(str(tmp_path / "base"), step=1, seed=1)
     out = subprocess.run(
-        process.module_command("services.eval.evaluate_main") + [
-            f"--checkpoint={uri}", f"--baseline={base}", "--tasks=copa,cb", "--limit=3",
-            f"--results_db={tmp_path / 'r.sqlite'}", f"--cache_dir={tmp_path / 'cache'}",
-            f"--benchmarks_dir={tasks.default_benchmarks_dir()}"],
-        env=process.child_env(), capture_output=True, text=True, timeout=300)
+        process.module_command("services.eval.evaluate_main")
+        + [
+            f"--checkpoint={uri}",
+            f"--baseline={base}",
+            "--tasks=copa,cb",
+            "--limit=3",
+            f"--results_db={tmp_path / 'r.sqlite'}",
+            f"--cache_dir={tmp_path / 'cache'}",
+            f"--benchmarks_dir={tasks.default_benchmarks_dir()}",
+        ],
+        env=process.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("task"))
     assert "vs baseline" in lines[header]
-    rows = [line.split()[0] for line in lines[header + 1:]]
-    assert rows == ["copa", "cb", "aggregate/nl_reasoning", "aggregate/nl_average",
-                    "aggregate/total"]
+    rows = [line.split()[0] for line in lines[header + 1 :]]
+    assert rows == [
+        "copa",
+        "cb",
+        "aggregate/nl_reasoning",
+        "aggregate/nl_average",
+        "aggregate/total",
+    ]
     assert f"{uri} (step 4)" in out.stdout
 
 
 def test_cli_reports_a_missing_checkpoint(tmp_path):
     out = subprocess.run(
-        process.module_command("services.eval.evaluate_main") + [
-            f"--checkpoint={tmp_path / 'nothing'}", "--suite=smoke",
-            f"--results_db={tmp_path / 'r.sqlite'}"],
-        env=process.child_env(), capture_output=True, text=True, timeout=300)
+        process.module_command("services.eval.evaluate_main")
+        + [
+            f"--checkpoint={tmp_path / 'nothing'}",
+            "--suite=smoke",
+            f"--results_db={tmp_path / 'r.sqlite'}",
+        ],
+        env=process.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     assert "error: checkpoint_uri:" in out.stderr

@@ -58,17 +58,33 @@ class TaskResult:
         return self.task.startswith(AGGREGATE_PREFIX)
 
 
-def _result(task: tasks_lib.Task, per_metric: dict[str, list[float]], *, seed: int,
-            resamples: int, extra: Optional[dict] = None) -> TaskResult:
+def _result(
+    task: tasks_lib.Task,
+    per_metric: dict[str, list[float]],
+    *,
+    seed: int,
+    resamples: int,
+    extra: Optional[dict] = None,
+) -> TaskResult:
     scores = per_metric[task.metric]
     lo, hi = metrics.bootstrap_interval(scores, seed=seed, resamples=resamples)
-    out_extra = {name: float(np.mean(v)) if v else 0.0 for name, v in per_metric.items()
-                 if name != task.metric}
+    out_extra = {
+        name: float(np.mean(v)) if v else 0.0
+        for name, v in per_metric.items()
+        if name != task.metric
+    }
     out_extra.update(extra or {})
-    return TaskResult(task=task.name, category=task.category, metric=task.metric,
-                      value=float(np.mean(scores)) if scores else 0.0, ci_low=lo, ci_high=hi,
-                      num_examples=len(scores), extra=out_extra,
-                      scores=[float(s) for s in scores])
+    return TaskResult(
+        task=task.name,
+        category=task.category,
+        metric=task.metric,
+        value=float(np.mean(scores)) if scores else 0.0,
+        ci_low=lo,
+        ci_high=hi,
+        num_examples=len(scores),
+        extra=out_extra,
+        scores=[float(s) for s in scores],
+    )
 
 
 def mc_requests(example: dict) -> list[tuple[str, str]]:
@@ -81,17 +97,26 @@ def mc_requests(example: dict) -> list[tuple[str, str]]:
 def _mc_lengths(example: dict, unit: str) -> list[int]:
     # The text whose likelihood is compared: the choice, or for partial scoring the
     # shared continuation (so acc_norm == acc there).
-    texts = ([example["continuation"]] * len(example["contexts"]) if example.get("contexts")
-             else example["choices"])
+    texts = (
+        [example["continuation"]] * len(example["contexts"])
+        if example.get("contexts")
+        else example["choices"]
+    )
     return [len(t.encode("utf-8")) if unit == "bytes" else len(t) for t in texts]
 
 
 class Evaluator:
     """Scores TextModels on registry tasks read from `benchmarks_dir`."""
 
-    def __init__(self, *, benchmarks_dir: str, cache_dir: str,
-                 code_runner: Optional[code_exec.CodeRunner] = None,
-                 bootstrap_resamples: int = 1000, source: str = "local"):
+    def __init__(
+        self,
+        *,
+        benchmarks_dir: str,
+        cache_dir: str,
+        code_runner: Optional[code_exec.CodeRunner] = None,
+        bootstrap_resamples: int = 1000,
+        source: str = "local",
+    ):
         self.benchmarks_dir = benchmarks_dir
         self.cache_dir = cache_dir
         self.code_runner = code_runner or code_exec.CodeRunner()
@@ -99,22 +124,40 @@ class Evaluator:
         self.source = source
 
     def examples(self, task: tasks_lib.Task, limit: int = 0) -> list[dict]:
-        ds = tasks_lib.load_examples(task, benchmarks_dir=self.benchmarks_dir,
-                                     cache_dir=self.cache_dir, limit=limit, source=self.source)
+        ds = tasks_lib.load_examples(
+            task,
+            benchmarks_dir=self.benchmarks_dir,
+            cache_dir=self.cache_dir,
+            limit=limit,
+            source=self.source,
+        )
         return ds.to_list()
 
-    def evaluate(self, model: TextModel, task_list: Sequence[tasks_lib.Task], *,
-                 limit: int = 0, num_samples: int = 1, seed: int = 0,
-                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[TaskResult]:
+    def evaluate(
+        self,
+        model: TextModel,
+        task_list: Sequence[tasks_lib.Task],
+        *,
+        limit: int = 0,
+        num_samples: int = 1,
+        seed: int = 0,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[TaskResult]:
         """One TaskResult per task, in order, as each finishes."""
         for task in task_list:
             if should_stop():
                 return
-            yield self.evaluate_task(model, task, limit=limit, num_samples=num_samples,
-                                     seed=seed)
+            yield self.evaluate_task(model, task, limit=limit, num_samples=num_samples, seed=seed)
 
-    def evaluate_task(self, model: TextModel, task: tasks_lib.Task, *, limit: int = 0,
-                      num_samples: int = 1, seed: int = 0) -> TaskResult:
+    def evaluate_task(
+        self,
+        model: TextModel,
+        task: tasks_lib.Task,
+        *,
+        limit: int = 0,
+        num_samples: int = 1,
+        seed: int = 0,
+    ) -> TaskResult:
         examples = self.examples(task, limit)
         if task.kind == tasks_lib.MULTIPLE_CHOICE:
             return self._multiple_choice(model, task, examples, seed)
@@ -135,15 +178,21 @@ class Evaluator:
             gold = int(ex["gold"])
             per["acc"].append(float(metrics.choice_correct(lps, gold)))
             per["acc_norm"].append(
-                float(metrics.choice_correct_norm(lps, _mc_lengths(ex, "chars"), gold)))
+                float(metrics.choice_correct_norm(lps, _mc_lengths(ex, "chars"), gold))
+            )
             per["acc_norm_bytes"].append(
-                float(metrics.choice_correct_norm(lps, _mc_lengths(ex, "bytes"), gold)))
+                float(metrics.choice_correct_norm(lps, _mc_lengths(ex, "bytes"), gold))
+            )
         return _result(task, per, seed=seed, resamples=self.bootstrap_resamples)
 
     def _generation(self, model, task, examples, seed) -> TaskResult:
-        outputs = model.generate([ex["prompt"] for ex in examples],
-                                 max_new_tokens=task.max_new_tokens, stop=task.stop,
-                                 temperature=0.0, seed=seed)
+        outputs = model.generate(
+            [ex["prompt"] for ex in examples],
+            max_new_tokens=task.max_new_tokens,
+            stop=task.stop,
+            temperature=0.0,
+            seed=seed,
+        )
         per = {"exact_match": [], "f1": []}
         for ex, out in zip(examples, outputs):
             prediction = cut_at_stop(out, task.stop).strip()
@@ -157,9 +206,13 @@ class Evaluator:
         prompts = [ex["prompt"] for ex in examples for _ in range(n)]
         sample = n > 1
         completions = model.generate(
-            prompts, max_new_tokens=task.max_new_tokens, stop=task.stop,
+            prompts,
+            max_new_tokens=task.max_new_tokens,
+            stop=task.stop,
             temperature=SAMPLING_TEMPERATURE if sample else 0.0,
-            top_p=SAMPLING_TOP_P if sample else 1.0, seed=seed)
+            top_p=SAMPLING_TOP_P if sample else 1.0,
+            seed=seed,
+        )
         jobs = []
         for i, completion in enumerate(completions):
             ex = examples[i // n]
@@ -167,33 +220,50 @@ class Evaluator:
         passed = self.code_runner.passed(jobs)
         per: dict[str, list[float]] = {f"pass@{k}": [] for k in PASS_AT_KS if k <= n}
         for j in range(len(examples)):
-            c = sum(passed[j * n:(j + 1) * n])
+            c = sum(passed[j * n : (j + 1) * n])
             for k in PASS_AT_KS:
                 if k <= n:
                     per[f"pass@{k}"].append(metrics.pass_at_k(n, c, k))
-        return _result(task, per, seed=seed, resamples=self.bootstrap_resamples,
-                       extra={"num_samples": float(n)})
+        return _result(
+            task,
+            per,
+            seed=seed,
+            resamples=self.bootstrap_resamples,
+            extra={"num_samples": float(n)},
+        )
 
 
 # ---------------------------------------------------------------- aggregation
 
 
-def aggregate(results: Iterable[TaskResult], *, seed: int = 0,
-              resamples: int = 1000) -> list[TaskResult]:
+def aggregate(
+    results: Iterable[TaskResult], *, seed: int = 0, resamples: int = 1000
+) -> list[TaskResult]:
     """The paper's aggregates (see the module docstring) over per-task results."""
     task_results = [r for r in results if not r.is_aggregate]
     rng = np.random.default_rng(seed)
-    replicates = {r.task: metrics.bootstrap_means(r.scores, rng=rng, resamples=resamples)
-                  if r.scores else np.full(resamples, r.value) for r in task_results}
+    replicates = {
+        r.task: metrics.bootstrap_means(r.scores, rng=rng, resamples=resamples)
+        if r.scores
+        else np.full(resamples, r.value)
+        for r in task_results
+    }
 
-    def make(name: str, members: list[TaskResult], parts: list[tuple[float, np.ndarray]],
-             extra: dict) -> TaskResult:
+    def make(
+        name: str, members: list[TaskResult], parts: list[tuple[float, np.ndarray]], extra: dict
+    ) -> TaskResult:
         value = float(np.mean([v for v, _ in parts]))
         reps = np.mean([r for _, r in parts], axis=0)
-        return TaskResult(task=AGGREGATE_PREFIX + name, category=name, metric="mean",
-                          value=value, ci_low=float(np.quantile(reps, 0.025)),
-                          ci_high=float(np.quantile(reps, 0.975)),
-                          num_examples=sum(m.num_examples for m in members), extra=extra)
+        return TaskResult(
+            task=AGGREGATE_PREFIX + name,
+            category=name,
+            metric="mean",
+            value=value,
+            ci_low=float(np.quantile(reps, 0.025)),
+            ci_high=float(np.quantile(reps, 0.975)),
+            num_examples=sum(m.num_examples for m in members),
+            extra=extra,
+        )
 
     out, category_parts = [], {}
     for cat in tasks_lib.CATEGORIES:
@@ -206,17 +276,30 @@ def aggregate(results: Iterable[TaskResult], *, seed: int = 0,
         category_parts[cat] = (agg, (agg.value, np.mean([p for _, p in parts], axis=0)))
     nl = [r for r in task_results if r.category != tasks_lib.CODE]
     if nl:
-        out.append(make("nl_average", nl, [(r.value, replicates[r.task]) for r in nl],
-                        {r.task: r.value for r in nl}))
+        out.append(
+            make(
+                "nl_average",
+                nl,
+                [(r.value, replicates[r.task]) for r in nl],
+                {r.task: r.value for r in nl},
+            )
+        )
     if category_parts:
         members = [r for r in task_results]
-        out.append(make("total", members, [p for _, p in category_parts.values()],
-                        {cat: a.value for cat, (a, _) in category_parts.items()}))
+        out.append(
+            make(
+                "total",
+                members,
+                [p for _, p in category_parts.values()],
+                {cat: a.value for cat, (a, _) in category_parts.items()},
+            )
+        )
     return out
 
 
-def relative_change(results: Iterable[TaskResult],
-                    baseline: Iterable[TaskResult]) -> dict[str, float]:
+def relative_change(
+    results: Iterable[TaskResult], baseline: Iterable[TaskResult]
+) -> dict[str, float]:
     """(value - baseline) / baseline per task or aggregate present in both (NaN if 0)."""
     base = {r.task: r.value for r in baseline}
     out = {}

@@ -13,9 +13,12 @@ ROOT = tasks.default_benchmarks_dir()
 
 @pytest.fixture(scope="module")
 def ev(tmp_path_factory):
-    return evaluator.Evaluator(benchmarks_dir=ROOT,
-                               cache_dir=str(tmp_path_factory.mktemp("cache")),
-                               code_runner=code_exec.CodeRunner(), bootstrap_resamples=200)
+    return evaluator.Evaluator(
+        benchmarks_dir=ROOT,
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        code_runner=code_exec.CodeRunner(),
+        bootstrap_resamples=200,
+    )
 
 
 def test_an_oracle_scores_one_on_every_task(ev):
@@ -56,15 +59,28 @@ def test_a_random_tiny_model_gives_well_formed_results(ev):
 
 def _r(task, category, value, n=4):
     scores = [value] * n
-    return TaskResult(task=task, category=category, metric="acc", value=value, ci_low=value,
-                      ci_high=value, num_examples=n, scores=scores)
+    return TaskResult(
+        task=task,
+        category=category,
+        metric="acc",
+        value=value,
+        ci_low=value,
+        ci_high=value,
+        num_examples=n,
+        scores=scores,
+    )
 
 
 def test_aggregates_follow_the_paper():
-    results = [_r("arc_easy", "nl_reasoning", 0.6), _r("boolq", "nl_reasoning", 0.4),
-               _r("piqa", "nl_reasoning", 0.8), _r("triviaqa", "world_knowledge", 0.1),
-               _r("nq_open", "world_knowledge", 0.3), _r("humaneval", "code", 0.05),
-               _r("mbpp", "code", 0.15)]
+    results = [
+        _r("arc_easy", "nl_reasoning", 0.6),
+        _r("boolq", "nl_reasoning", 0.4),
+        _r("piqa", "nl_reasoning", 0.8),
+        _r("triviaqa", "world_knowledge", 0.1),
+        _r("nq_open", "world_knowledge", 0.3),
+        _r("humaneval", "code", 0.05),
+        _r("mbpp", "code", 0.15),
+    ]
     aggs = {a.task.split("/")[1]: a for a in evaluator.aggregate(results)}
     assert aggs["nl_reasoning"].value == pytest.approx(0.6)
     assert aggs["world_knowledge"].value == pytest.approx(0.2)
@@ -92,8 +108,11 @@ def test_aggregate_intervals_cover_the_value_and_are_seeded():
 
 
 def test_relative_change_against_a_baseline():
-    ours = [_r("arc_easy", "nl_reasoning", 0.6), _r("humaneval", "code", 0.12),
-            _r("copa", "nl_reasoning", 0.5)]
+    ours = [
+        _r("arc_easy", "nl_reasoning", 0.6),
+        _r("humaneval", "code", 0.12),
+        _r("copa", "nl_reasoning", 0.5),
+    ]
     base = [_r("arc_easy", "nl_reasoning", 0.5), _r("humaneval", "code", 0.0)]
     change = evaluator.relative_change(ours, base)
     assert change["arc_easy"] == pytest.approx(0.2)

@@ -9,19 +9,33 @@ from absl import flags
 
 from services.eval import tasks
 
-flags.DEFINE_string("benchmarks_dir", "",
-                    "Benchmark files; default $CODE_LAB_BENCHMARKS_DIR, /work/shared/benchmarks "
-                    "or ../shared/benchmarks from the repository root.")
-flags.DEFINE_string("cache_dir", "",
-                    "Converted task files and datasets' cache; default "
-                    "$CODE_LAB_EVAL_CACHE_DIR or <tmp>/code_lab_eval_cache.")
-flags.DEFINE_string("results_db", "~/.cache/code_lab/eval/results.sqlite",
-                    "SQLite file holding every result, FollowRun progress and lineage.")
-flags.DEFINE_enum("task_source", "local", ["local", "hub"],
-                  "Where task data comes from: the benchmarks directory, or the Hugging Face "
-                  "datasets named in the registry (needs the network).")
-flags.DEFINE_integer("sandbox_parallelism", 0,
-                     "Generated programs run at once in the sandbox (0: one per CPU).")
+flags.DEFINE_string(
+    "benchmarks_dir",
+    "",
+    "Benchmark files; default $CODE_LAB_BENCHMARKS_DIR, /work/shared/benchmarks "
+    "or ../shared/benchmarks from the repository root.",
+)
+flags.DEFINE_string(
+    "cache_dir",
+    "",
+    "Converted task files and datasets' cache; default "
+    "$CODE_LAB_EVAL_CACHE_DIR or <tmp>/code_lab_eval_cache.",
+)
+flags.DEFINE_string(
+    "results_db",
+    "~/.cache/code_lab/eval/results.sqlite",
+    "SQLite file holding every result, FollowRun progress and lineage.",
+)
+flags.DEFINE_enum(
+    "task_source",
+    "local",
+    ["local", "hub"],
+    "Where task data comes from: the benchmarks directory, or the Hugging Face "
+    "datasets named in the registry (needs the network).",
+)
+flags.DEFINE_integer(
+    "sandbox_parallelism", 0, "Generated programs run at once in the sandbox (0: one per CPU)."
+)
 
 FLAGS = flags.FLAGS
 

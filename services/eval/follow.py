@@ -21,14 +21,22 @@ import grpc
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.eval import errors
 
-_TERMINAL = {trainer_pb2.SUCCEEDED: "SUCCEEDED", trainer_pb2.FAILED: "FAILED",
-             trainer_pb2.STOPPED: "STOPPED"}
+_TERMINAL = {
+    trainer_pb2.SUCCEEDED: "SUCCEEDED",
+    trainer_pb2.FAILED: "FAILED",
+    trainer_pb2.STOPPED: "STOPPED",
+}
 # Codes after which the same request may succeed later (the trainer restarting, a
 # network break, the server cancelling its streams on shutdown).
-_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
-              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
-              grpc.StatusCode.RESOURCE_EXHAUSTED}
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,56 +101,83 @@ class StreamBroken(Exception):
 
 def lineage_dict(lineage: trainer_pb2.Lineage) -> dict:
     return {
-        "run_id": lineage.run_id, "phase": lineage.phase, "parent_uri": lineage.parent_uri,
-        "step": lineage.step, "phase_step": lineage.phase_step,
+        "run_id": lineage.run_id,
+        "phase": lineage.phase,
+        "parent_uri": lineage.parent_uri,
+        "step": lineage.step,
+        "phase_step": lineage.phase_step,
         "tokens_per_source": dict(lineage.tokens_per_source),
-        "tokens_seen": lineage.tokens_seen, "phases_done": list(lineage.phases_done),
+        "tokens_seen": lineage.tokens_seen,
+        "phases_done": list(lineage.phases_done),
         "preset": lineage.preset,
     }
 
 
-def watch_run(channel: grpc.Channel, run_id: str, from_sequence: int,
-              cancellation: Cancellation, *, wait_for_ready: bool) -> Iterator[Event]:
+def watch_run(
+    channel: grpc.Channel,
+    run_id: str,
+    from_sequence: int,
+    cancellation: Cancellation,
+    *,
+    wait_for_ready: bool,
+) -> Iterator[Event]:
     """One WatchRun stream as events; raises StreamBroken on a transient failure."""
     stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-    call = stub.WatchRun(trainer_pb2.WatchRunRequest(run_id=run_id, from_sequence=from_sequence,
-                                                     checkpoints_only=True),
-                         wait_for_ready=wait_for_ready)
+    call = stub.WatchRun(
+        trainer_pb2.WatchRunRequest(
+            run_id=run_id, from_sequence=from_sequence, checkpoints_only=True
+        ),
+        wait_for_ready=wait_for_ready,
+    )
     remove = cancellation.add_callback(call.cancel)
     try:
         for ev in call:
             kind = ev.WhichOneof("event")
             if kind == "checkpoint":
                 c = ev.checkpoint
-                yield CheckpointEvent(sequence=ev.sequence, uri=c.uri, step=c.step,
-                                      lineage=lineage_dict(c.lineage), phase_end=c.phase_end)
+                yield CheckpointEvent(
+                    sequence=ev.sequence,
+                    uri=c.uri,
+                    step=c.step,
+                    lineage=lineage_dict(c.lineage),
+                    phase_end=c.phase_end,
+                )
             elif kind == "status" and ev.status.state in _TERMINAL:
-                yield RunEnded(sequence=ev.sequence, state=_TERMINAL[ev.status.state],
-                               error=ev.status.error)
+                yield RunEnded(
+                    sequence=ev.sequence, state=_TERMINAL[ev.status.state], error=ev.status.error
+                )
                 return
     except grpc.RpcError as e:
         if cancellation.cancelled:
             return
         code = e.code()
         if code == grpc.StatusCode.NOT_FOUND:
-            raise errors.NotFound("run_id", f"run_id: trainer has no run {run_id!r}: "
-                                            f"{e.details()}") from e
+            raise errors.NotFound(
+                "run_id", f"run_id: trainer has no run {run_id!r}: {e.details()}"
+            ) from e
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             raise errors.InvalidArgument("run_id", f"run_id: {e.details()}") from e
         if code in _TRANSIENT:
             raise StreamBroken(f"{code.name}: {e.details()}") from e
-        raise errors.Unavailable("trainer_address",
-                                 f"trainer_address: WatchRun failed: {code.name}: "
-                                 f"{e.details()}") from e
+        raise errors.Unavailable(
+            "trainer_address", f"trainer_address: WatchRun failed: {code.name}: {e.details()}"
+        ) from e
     finally:
         remove()
     if not cancellation.cancelled:
         raise StreamBroken("the stream ended before the run did")
 
 
-def follow_events(trainer_address: str, run_id: str, cancellation: Cancellation, *,
-                  connect_timeout_s: float = 10.0, max_backoff_s: float = 5.0,
-                  run_missing_timeout_s: float = 600.0, channel_options=()) -> Iterator[Event]:
+def follow_events(
+    trainer_address: str,
+    run_id: str,
+    cancellation: Cancellation,
+    *,
+    connect_timeout_s: float = 10.0,
+    max_backoff_s: float = 5.0,
+    run_missing_timeout_s: float = 600.0,
+    channel_options=(),
+) -> Iterator[Event]:
     """Every checkpoint event of a run, once each, reconnecting until the run ends.
 
     The first connection must succeed within `connect_timeout_s` and find the run (a
@@ -162,14 +197,15 @@ def follow_events(trainer_address: str, run_id: str, cancellation: Cancellation,
         except grpc.FutureTimeoutError as e:
             raise errors.Unavailable(
                 "trainer_address",
-                f"trainer_address: no trainer at {trainer_address} after "
-                f"{connect_timeout_s:.0f} s") from e
+                f"trainer_address: no trainer at {trainer_address} after {connect_timeout_s:.0f} s",
+            ) from e
         next_sequence, backoff = 0, 0.1
         seen_run, missing_since = False, None
         while not cancellation.cancelled:
             try:
-                for event in watch_run(channel, run_id, next_sequence, cancellation,
-                                       wait_for_ready=True):
+                for event in watch_run(
+                    channel, run_id, next_sequence, cancellation, wait_for_ready=True
+                ):
                     next_sequence = event.sequence + 1
                     backoff, seen_run, missing_since = 0.1, True, None
                     yield event
@@ -177,16 +213,22 @@ def follow_events(trainer_address: str, run_id: str, cancellation: Cancellation,
                         return
                 return  # cancelled
             except StreamBroken as e:
-                logging.warning("FollowRun %s: trainer stream broke (%s); resuming from "
-                                "sequence %d", run_id, e, next_sequence)
+                logging.warning(
+                    "FollowRun %s: trainer stream broke (%s); resuming from sequence %d",
+                    run_id,
+                    e,
+                    next_sequence,
+                )
                 seen_run = True  # the trainer accepted the call: the run was there
             except errors.NotFound:
                 now = time.monotonic()
                 missing_since = missing_since or now
                 if not seen_run or now - missing_since > run_missing_timeout_s:
                     raise
-                logging.warning("FollowRun %s: the trainer does not know the run (restarted?)"
-                                "; waiting for it", run_id)
+                logging.warning(
+                    "FollowRun %s: the trainer does not know the run (restarted?); waiting for it",
+                    run_id,
+                )
             if cancellation.wait(backoff):
                 return
             backoff = min(backoff * 2, max_backoff_s)

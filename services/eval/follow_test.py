@@ -18,9 +18,16 @@ RUN = "run-1"
 
 
 def _checkpoint_event(step):
-    return trainer_pb2.RunEvent(run_id=RUN, checkpoint=trainer_pb2.CheckpointCommitted(
-        step=step, uri=f"mem://{RUN}/{step}",
-        lineage=trainer_pb2.Lineage(run_id=RUN, phase="init", step=step, tokens_seen=step * 100)))
+    return trainer_pb2.RunEvent(
+        run_id=RUN,
+        checkpoint=trainer_pb2.CheckpointCommitted(
+            step=step,
+            uri=f"mem://{RUN}/{step}",
+            lineage=trainer_pb2.Lineage(
+                run_id=RUN, phase="init", step=step, tokens_seen=step * 100
+            ),
+        ),
+    )
 
 
 class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -46,8 +53,9 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
             self.append(_checkpoint_event(step))
 
     def end(self, state=trainer_pb2.SUCCEEDED):
-        self.append(trainer_pb2.RunEvent(run_id=RUN, status=trainer_pb2.RunStatus(
-            run_id=RUN, state=state)))
+        self.append(
+            trainer_pb2.RunEvent(run_id=RUN, status=trainer_pb2.RunStatus(run_id=RUN, state=state))
+        )
 
     def WatchRun(self, request, context):
         assert request.checkpoints_only
@@ -78,8 +86,11 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
 @pytest.fixture
 def trainer():
     fake = FakeTrainer()
-    running = serving.serve([(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, fake)],
-                            ["codelab.trainer.v1.TrainerService"], port=0)
+    running = serving.serve(
+        [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, fake)],
+        ["codelab.trainer.v1.TrainerService"],
+        port=0,
+    )
     fake.address = running.address
     yield fake
     running.stop(0)
@@ -88,32 +99,43 @@ def trainer():
 @pytest.fixture
 def registry(tmp_path):
     # An oracle per checkpoint: cheap, and scores 1.0 so results are easy to check.
-    ev_examples = tasks.load_examples(tasks.TASKS["copa"], benchmarks_dir=ROOT,
-                                      cache_dir=str(tmp_path / "cache"), limit=3).to_list()
+    ev_examples = tasks.load_examples(
+        tasks.TASKS["copa"], benchmarks_dir=ROOT, cache_dir=str(tmp_path / "cache"), limit=3
+    ).to_list()
     reg = testing.ModelRegistry()
     for step in range(1, 10):
-        reg.add(f"mem://{RUN}/{step}", testing.OracleModel({"multiple_choice": ev_examples}),
-                step=step)
+        reg.add(
+            f"mem://{RUN}/{step}", testing.OracleModel({"multiple_choice": ev_examples}), step=step
+        )
     return reg
 
 
 def _harness(registry, tmp_path):
-    return Harness(benchmarks_dir=ROOT, results_db=ResultsDB(str(tmp_path / "results.sqlite")),
-                   cache_dir=str(tmp_path / "cache"), loader=registry.load,
-                   code_runner=code_exec.CodeRunner(), bootstrap_resamples=100,
-                   trainer_connect_timeout_s=2.0)
+    return Harness(
+        benchmarks_dir=ROOT,
+        results_db=ResultsDB(str(tmp_path / "results.sqlite")),
+        cache_dir=str(tmp_path / "cache"),
+        loader=registry.load,
+        code_runner=code_exec.CodeRunner(),
+        bootstrap_resamples=100,
+        trainer_connect_timeout_s=2.0,
+    )
 
 
 def _serve(harness):
-    running = serving.serve([(eval_pb2_grpc.add_EvalServiceServicer_to_server,
-                              EvalServicer(harness))], [SERVICE_NAME], port=0)
+    running = serving.serve(
+        [(eval_pb2_grpc.add_EvalServiceServicer_to_server, EvalServicer(harness))],
+        [SERVICE_NAME],
+        port=0,
+    )
     channel = grpc.insecure_channel(running.address)
     return running, channel, eval_pb2_grpc.EvalServiceStub(channel)
 
 
 def _follow(stub, trainer, **kwargs):
-    request = eval_pb2.FollowRunRequest(trainer_address=trainer.address, run_id=RUN,
-                                        tasks=["copa"], limit=3, **kwargs)
+    request = eval_pb2.FollowRunRequest(
+        trainer_address=trainer.address, run_id=RUN, tasks=["copa"], limit=3, **kwargs
+    )
     return list(stub.FollowRun(request, timeout=60))
 
 
@@ -167,9 +189,11 @@ def test_a_deleted_checkpoint_is_skipped_and_remembered(trainer, registry, tmp_p
     harness = _harness(registry, tmp_path)
     results = list(harness.follow_run(trainer.address, RUN, task_names=["copa"], limit=3))
     assert [r.step for r in results if r.result.task == "copa"] == [1, 2]
-    assert harness.db.followed(RUN) == [(f"mem://{RUN}/1", 1, "done"),
-                                        (f"mem://{RUN}/2", 2, "done"),
-                                        (f"mem://{RUN}/99", 99, "missing")]
+    assert harness.db.followed(RUN) == [
+        (f"mem://{RUN}/1", 1, "done"),
+        (f"mem://{RUN}/2", 2, "done"),
+        (f"mem://{RUN}/99", 99, "missing"),
+    ]
 
 
 def test_a_cancelled_follow_leaves_the_checkpoint_to_the_next(trainer, registry, tmp_path):
@@ -177,8 +201,9 @@ def test_a_cancelled_follow_leaves_the_checkpoint_to_the_next(trainer, registry,
     trainer.end()
     harness = _harness(registry, tmp_path)
     cancellation = follow.Cancellation()
-    stream = harness.follow_run(trainer.address, RUN, task_names=["copa", "cb"], limit=3,
-                                cancellation=cancellation)
+    stream = harness.follow_run(
+        trainer.address, RUN, task_names=["copa", "cb"], limit=3, cancellation=cancellation
+    )
     first = next(stream)
     assert (first.step, first.result.task) == (1, "copa")
     cancellation.cancel()  # the client went away in the middle of checkpoint 1
@@ -186,7 +211,11 @@ def test_a_cancelled_follow_leaves_the_checkpoint_to_the_next(trainer, registry,
     assert harness.db.followed(RUN) == []
     results = list(harness.follow_run(trainer.address, RUN, task_names=["copa", "cb"], limit=3))
     assert [(r.step, r.result.task) for r in results if not r.result.is_aggregate] == [
-        (1, "copa"), (1, "cb"), (2, "copa"), (2, "cb")]
+        (1, "copa"),
+        (1, "cb"),
+        (2, "copa"),
+        (2, "cb"),
+    ]
     assert [s for _, _, s in harness.db.followed(RUN)] == ["done", "done"]
 
 
@@ -211,8 +240,13 @@ def test_follow_run_waits_for_new_checkpoints(trainer, registry, tmp_path):
 def test_follow_run_errors(trainer, registry, tmp_path):
     running, channel, stub = _serve(_harness(registry, tmp_path))
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.FollowRun(eval_pb2.FollowRunRequest(trainer_address=trainer.address,
-                                                      run_id="nope", tasks=["copa"])))
+        list(
+            stub.FollowRun(
+                eval_pb2.FollowRunRequest(
+                    trainer_address=trainer.address, run_id="nope", tasks=["copa"]
+                )
+            )
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert info.value.details().startswith("run_id:")
     with pytest.raises(grpc.RpcError) as info:
@@ -220,13 +254,19 @@ def test_follow_run_errors(trainer, registry, tmp_path):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("trainer_address:")
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.FollowRun(eval_pb2.FollowRunRequest(trainer_address="127.0.0.1:9",
-                                                      run_id=RUN, tasks=["copa"])))
+        list(
+            stub.FollowRun(
+                eval_pb2.FollowRunRequest(trainer_address="127.0.0.1:9", run_id=RUN, tasks=["copa"])
+            )
+        )
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert info.value.details().startswith("trainer_address:")
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.FollowRun(eval_pb2.FollowRunRequest(trainer_address=trainer.address,
-                                                      run_id=RUN, suite="nope")))
+        list(
+            stub.FollowRun(
+                eval_pb2.FollowRunRequest(trainer_address=trainer.address, run_id=RUN, suite="nope")
+            )
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     channel.close()
     running.stop(0)

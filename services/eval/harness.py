@@ -22,8 +22,16 @@ import dataclasses
 import logging
 from typing import Callable, Iterator, Optional, Sequence
 
-from services.eval import (checkpoints, code_exec, converters, errors, evaluator, follow,
-                           judge as judge_lib, tasks as tasks_lib)
+from services.eval import (
+    checkpoints,
+    code_exec,
+    converters,
+    errors,
+    evaluator,
+    follow,
+    judge as judge_lib,
+    tasks as tasks_lib,
+)
 from services.eval.results_db import ResultsDB, settings_key
 
 
@@ -70,19 +78,30 @@ class Harness:
     source: task data from "local" files or the Hugging Face "hub".
     """
 
-    def __init__(self, *, benchmarks_dir: str, results_db: ResultsDB, cache_dir: str,
-                 loader: Loader = checkpoints.load_checkpoint,
-                 code_runner: Optional[code_exec.CodeRunner] = None,
-                 default_judge: JudgeSpec = JudgeSpec(), max_loaded_models: int = 2,
-                 bootstrap_resamples: int = 1000, trainer_connect_timeout_s: float = 10.0,
-                 source: str = "local"):
+    def __init__(
+        self,
+        *,
+        benchmarks_dir: str,
+        results_db: ResultsDB,
+        cache_dir: str,
+        loader: Loader = checkpoints.load_checkpoint,
+        code_runner: Optional[code_exec.CodeRunner] = None,
+        default_judge: JudgeSpec = JudgeSpec(),
+        max_loaded_models: int = 2,
+        bootstrap_resamples: int = 1000,
+        trainer_connect_timeout_s: float = 10.0,
+        source: str = "local",
+    ):
         self.benchmarks_dir = benchmarks_dir
         self.db = results_db
         self.models = checkpoints.ModelCache(loader, capacity=max_loaded_models)
-        self.evaluator = evaluator.Evaluator(benchmarks_dir=benchmarks_dir, cache_dir=cache_dir,
-                                             code_runner=code_runner,
-                                             bootstrap_resamples=bootstrap_resamples,
-                                             source=source)
+        self.evaluator = evaluator.Evaluator(
+            benchmarks_dir=benchmarks_dir,
+            cache_dir=cache_dir,
+            code_runner=code_runner,
+            bootstrap_resamples=bootstrap_resamples,
+            source=source,
+        )
         self.source = source
         self.default_judge = default_judge
         self.bootstrap_resamples = bootstrap_resamples
@@ -93,39 +112,72 @@ class Harness:
     def list_tasks(self) -> tuple[list[TaskInfo], list[tasks_lib.Suite]]:
         """Tasks with data here, and the suites restricted to those tasks."""
         available = tasks_lib.available_tasks(self.benchmarks_dir, self.source)
-        infos = [TaskInfo(t.name, t.category, t.metric, t.num_examples, t.kind, t.description)
-                 for t in available]
+        infos = [
+            TaskInfo(t.name, t.category, t.metric, t.num_examples, t.kind, t.description)
+            for t in available
+        ]
         names = {t.name for t in available}
-        suites = [dataclasses.replace(s, tasks=tuple(n for n in s.tasks if n in names))
-                  for s in tasks_lib.SUITES.values()]
+        suites = [
+            dataclasses.replace(s, tasks=tuple(n for n in s.tasks if n in names))
+            for s in tasks_lib.SUITES.values()
+        ]
         return infos, suites
 
     def resolve(self, suite: str, task_names: Sequence[str], limit: int):
-        return tasks_lib.resolve(suite, task_names, limit, benchmarks_dir=self.benchmarks_dir,
-                                 source=self.source)
+        return tasks_lib.resolve(
+            suite, task_names, limit, benchmarks_dir=self.benchmarks_dir, source=self.source
+        )
 
     # ------------------------------------------------------------ evaluation
 
     def _settings(self, limit: int, num_samples: int, seed: int) -> str:
-        return settings_key(limit=limit, num_samples=max(1, num_samples), seed=seed,
-                            format=converters.FORMAT_VERSION, source=self.source)
+        return settings_key(
+            limit=limit,
+            num_samples=max(1, num_samples),
+            seed=seed,
+            format=converters.FORMAT_VERSION,
+            source=self.source,
+        )
 
-    def evaluate(self, checkpoint_uri: str, *, suite: str = "", task_names: Sequence[str] = (),
-                 limit: int = 0, num_samples: int = 1, seed: int = 0,
-                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[Scored]:
+    def evaluate(
+        self,
+        checkpoint_uri: str,
+        *,
+        suite: str = "",
+        task_names: Sequence[str] = (),
+        limit: int = 0,
+        num_samples: int = 1,
+        seed: int = 0,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Scored]:
         """Each task's result as it finishes, then the aggregates (see module docstring)."""
         if num_samples < 0:
-            raise errors.InvalidArgument("num_samples", f"num_samples: must be >= 0, got "
-                                                        f"{num_samples}")
+            raise errors.InvalidArgument(
+                "num_samples", f"num_samples: must be >= 0, got {num_samples}"
+            )
         if not checkpoint_uri:
             raise errors.InvalidArgument("checkpoint_uri", "checkpoint_uri: required")
         task_list, limit = self.resolve(suite, task_names, limit)
-        return self._evaluate(checkpoint_uri, task_list, limit=limit,
-                              num_samples=max(1, num_samples), seed=seed,
-                              should_stop=should_stop)
+        return self._evaluate(
+            checkpoint_uri,
+            task_list,
+            limit=limit,
+            num_samples=max(1, num_samples),
+            seed=seed,
+            should_stop=should_stop,
+        )
 
-    def _evaluate(self, uri, task_list, *, limit, num_samples, seed, should_stop,
-                  loaded: Optional[checkpoints.LoadedCheckpoint] = None) -> Iterator[Scored]:
+    def _evaluate(
+        self,
+        uri,
+        task_list,
+        *,
+        limit,
+        num_samples,
+        seed,
+        should_stop,
+        loaded: Optional[checkpoints.LoadedCheckpoint] = None,
+    ) -> Iterator[Scored]:
         # Load before the first yield so a missing checkpoint fails the call at once.
         loaded = loaded or self.models.get(uri)
         self.db.record_checkpoint(uri, loaded.step, loaded.lineage)
@@ -138,34 +190,49 @@ class Harness:
                     return
                 result = self.db.get_result(uri, task.name, settings)
                 if result is None:
-                    result = self.evaluator.evaluate_task(loaded.model, task, limit=limit,
-                                                          num_samples=num_samples, seed=seed)
+                    result = self.evaluator.evaluate_task(
+                        loaded.model, task, limit=limit, num_samples=num_samples, seed=seed
+                    )
                     self.db.put_result(uri, settings, result)
                 results.append(result)
                 yield Scored(uri, loaded.step, result)
-            for agg in evaluator.aggregate(results, seed=seed,
-                                           resamples=self.bootstrap_resamples):
+            for agg in evaluator.aggregate(results, seed=seed, resamples=self.bootstrap_resamples):
                 yield Scored(uri, loaded.step, agg)
 
         return generate()
 
     # ------------------------------------------------------------ FollowRun
 
-    def follow_run(self, trainer_address: str, run_id: str, *, suite: str = "",
-                   task_names: Sequence[str] = (), limit: int = 0,
-                   cancellation: Optional[follow.Cancellation] = None,
-                   channel_options=()) -> Iterator[Scored]:
+    def follow_run(
+        self,
+        trainer_address: str,
+        run_id: str,
+        *,
+        suite: str = "",
+        task_names: Sequence[str] = (),
+        limit: int = 0,
+        cancellation: Optional[follow.Cancellation] = None,
+        channel_options=(),
+    ) -> Iterator[Scored]:
         """Results of every not-yet-evaluated committed checkpoint of a run, until it ends."""
-        task_list, limit = self.resolve(suite or ("" if task_names else "tiny"), task_names,
-                                        limit)
+        task_list, limit = self.resolve(suite or ("" if task_names else "tiny"), task_names, limit)
         cancellation = cancellation or follow.Cancellation()
         seed, num_samples = 0, 1
-        follow_settings = settings_key(tasks=[t.name for t in task_list], limit=limit,
-                                       num_samples=num_samples, seed=seed,
-                                       format=converters.FORMAT_VERSION, source=self.source)
-        events = follow.follow_events(trainer_address, run_id, cancellation,
-                                      connect_timeout_s=self.trainer_connect_timeout_s,
-                                      channel_options=channel_options)
+        follow_settings = settings_key(
+            tasks=[t.name for t in task_list],
+            limit=limit,
+            num_samples=num_samples,
+            seed=seed,
+            format=converters.FORMAT_VERSION,
+            source=self.source,
+        )
+        events = follow.follow_events(
+            trainer_address,
+            run_id,
+            cancellation,
+            connect_timeout_s=self.trainer_connect_timeout_s,
+            channel_options=channel_options,
+        )
 
         def generate() -> Iterator[Scored]:
             for event in events:
@@ -180,23 +247,41 @@ class Harness:
                     # recorded, so a restart does not try again, and skipped.
                     status = "missing" if isinstance(e, errors.NotFound) else "unreadable"
                     logging.warning("FollowRun %s: %s checkpoint skipped: %s", run_id, status, e)
-                    self.db.mark_followed(run_id, follow_settings, event.uri, step=event.step,
-                                          sequence=event.sequence, status=status)
+                    self.db.mark_followed(
+                        run_id,
+                        follow_settings,
+                        event.uri,
+                        step=event.step,
+                        sequence=event.sequence,
+                        status=status,
+                    )
                     continue
                 if event.lineage:
-                    loaded = dataclasses.replace(loaded, lineage={**loaded.lineage,
-                                                                  **event.lineage})
+                    loaded = dataclasses.replace(
+                        loaded, lineage={**loaded.lineage, **event.lineage}
+                    )
                 finished = True
-                for scored in self._evaluate(event.uri, task_list, limit=limit,
-                                             num_samples=num_samples, seed=seed,
-                                             should_stop=lambda: cancellation.cancelled,
-                                             loaded=loaded):
+                for scored in self._evaluate(
+                    event.uri,
+                    task_list,
+                    limit=limit,
+                    num_samples=num_samples,
+                    seed=seed,
+                    should_stop=lambda: cancellation.cancelled,
+                    loaded=loaded,
+                ):
                     yield scored
                 if cancellation.cancelled:
                     finished = False
                 if finished:
-                    self.db.mark_followed(run_id, follow_settings, event.uri, step=event.step,
-                                          sequence=event.sequence, status="done")
+                    self.db.mark_followed(
+                        run_id,
+                        follow_settings,
+                        event.uri,
+                        step=event.step,
+                        sequence=event.sequence,
+                        status="done",
+                    )
 
         return generate()
 
@@ -206,27 +291,41 @@ class Harness:
         spec = spec if spec.is_set else self.default_judge
         if spec.checkpoint_uri:
             return judge_lib.LikelihoodJudge(
-                self.models.get(spec.checkpoint_uri, field="judge.checkpoint_uri").model)
+                self.models.get(spec.checkpoint_uri, field="judge.checkpoint_uri").model
+            )
         if spec.openai_base_url:
-            return judge_lib.OpenAIJudge.from_env(spec.openai_base_url, spec.openai_model,
-                                                  spec.openai_api_key_env)
+            return judge_lib.OpenAIJudge.from_env(
+                spec.openai_base_url, spec.openai_model, spec.openai_api_key_env
+            )
         raise errors.InvalidArgument(
-            "judge", "judge: none given and the service has no default judge "
-                     "(--judge_base_url / --judge_model)")
+            "judge",
+            "judge: none given and the service has no default judge "
+            "(--judge_base_url / --judge_model)",
+        )
 
-    def compare(self, checkpoint_a: str, checkpoint_b: str, *, prompt_set: str,
-                judge: JudgeSpec = JudgeSpec(), limit: int = 0, max_new_tokens: int = 0,
-                seed: int = 0) -> judge_lib.Comparison:
+    def compare(
+        self,
+        checkpoint_a: str,
+        checkpoint_b: str,
+        *,
+        prompt_set: str,
+        judge: JudgeSpec = JudgeSpec(),
+        limit: int = 0,
+        max_new_tokens: int = 0,
+        seed: int = 0,
+    ) -> judge_lib.Comparison:
         if limit < 0:
             raise errors.InvalidArgument("limit", f"limit: must be >= 0, got {limit}")
         if max_new_tokens < 0:
-            raise errors.InvalidArgument("max_new_tokens",
-                                         f"max_new_tokens: must be >= 0, got {max_new_tokens}")
+            raise errors.InvalidArgument(
+                "max_new_tokens", f"max_new_tokens: must be >= 0, got {max_new_tokens}"
+            )
         name = prompt_set or "mt_bench"
         if name not in tasks_lib.PROMPT_SETS:
             raise errors.InvalidArgument(
-                "prompt_set", f"prompt_set: unknown prompt set {name!r}; known: "
-                              f"{sorted(tasks_lib.PROMPT_SETS)}")
+                "prompt_set",
+                f"prompt_set: unknown prompt set {name!r}; known: {sorted(tasks_lib.PROMPT_SETS)}",
+            )
         if not checkpoint_a:
             raise errors.InvalidArgument("checkpoint_a", "checkpoint_a: required")
         if not checkpoint_b:
@@ -238,5 +337,11 @@ class Harness:
         the_judge = self._judge(judge)  # validate before generating anything
         model_a = self.models.get(checkpoint_a, field="checkpoint_a").model
         model_b = self.models.get(checkpoint_b, field="checkpoint_b").model
-        return judge_lib.compare(model_a, model_b, [r["prompt"] for r in rows], the_judge,
-                                 max_new_tokens=max_new_tokens or 128, seed=seed)
+        return judge_lib.compare(
+            model_a,
+            model_b,
+            [r["prompt"] for r in rows],
+            the_judge,
+            max_new_tokens=max_new_tokens or 128,
+            seed=seed,
+        )

@@ -34,8 +34,10 @@ FIRST, SECOND, TIE = "first", "second", "tie"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 # How the compared base models are asked (they are not instruction-tuned).
-ANSWER_TEMPLATE = ("Below is an instruction. Write a response that completes it.\n\n"
-                   "### Instruction:\n{prompt}\n\n### Response:\n")
+ANSWER_TEMPLATE = (
+    "Below is an instruction. Write a response that completes it.\n\n"
+    "### Instruction:\n{prompt}\n\n### Response:\n"
+)
 ANSWER_STOP = ("\n### ", "\n\n\n")
 
 # MT-Bench's pairwise judge prompt (lm-sys/FastChat judge_prompts.jsonl, "pair-v2").
@@ -49,15 +51,20 @@ JUDGE_SYSTEM = (
     "that the order in which the responses were presented does not influence your decision. "
     "Do not allow the length of the responses to influence your evaluation. Do not favor "
     "certain names of the assistants. Be as objective as possible. After providing your "
-    "explanation, output your final verdict by strictly following this format: \"[[A]]\" if "
-    "assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie.")
-JUDGE_USER = ("[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{first}\n"
-              "[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n"
-              "{second}\n[The End of Assistant B's Answer]")
+    'explanation, output your final verdict by strictly following this format: "[[A]]" if '
+    'assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
+)
+JUDGE_USER = (
+    "[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{first}\n"
+    "[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n"
+    "{second}\n[The End of Assistant B's Answer]"
+)
 
-LIKELIHOOD_TEMPLATE = ("Two answers to a question follow. Decide which answer is better.\n\n"
-                       "Question: {question}\n\nAnswer A: {first}\n\nAnswer B: {second}\n\n"
-                       "The better answer is Answer")
+LIKELIHOOD_TEMPLATE = (
+    "Two answers to a question follow. Decide which answer is better.\n\n"
+    "Question: {question}\n\nAnswer A: {first}\n\nAnswer B: {second}\n\n"
+    "The better answer is Answer"
+)
 
 
 class Judge(Protocol):
@@ -93,7 +100,8 @@ class OpenAIJudge:
         if not base_url.startswith(("http://", "https://")):
             raise errors.InvalidArgument(
                 "judge.openai.base_url",
-                f"judge.openai.base_url: must be an http(s) URL, got {base_url!r}")
+                f"judge.openai.base_url: must be an http(s) URL, got {base_url!r}",
+            )
         if not model:
             raise errors.InvalidArgument("judge.openai.model", "judge.openai.model: required")
         key = ""
@@ -101,21 +109,26 @@ class OpenAIJudge:
             if api_key_env not in os.environ:
                 raise errors.InvalidArgument(
                     "judge.openai.api_key_env",
-                    f"judge.openai.api_key_env: environment variable {api_key_env!r} is not set")
+                    f"judge.openai.api_key_env: environment variable {api_key_env!r} is not set",
+                )
             key = os.environ[api_key_env]
         return cls(base_url=base_url, model=model, api_key=key)
 
     def _complete(self, question: str, first: str, second: str) -> str:
-        body = json.dumps({
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": JUDGE_SYSTEM},
-                {"role": "user", "content": JUDGE_USER.format(question=question, first=first,
-                                                              second=second)},
-            ],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        }).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [
+                    {"role": "system", "content": JUDGE_SYSTEM},
+                    {
+                        "role": "user",
+                        "content": JUDGE_USER.format(question=question, first=first, second=second),
+                    },
+                ],
+                "temperature": 0,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -135,14 +148,17 @@ class OpenAIJudge:
                 retriable = e.code == 429 or e.code >= 500
                 if not retriable or attempt == self.retries:
                     raise errors.Unavailable(
-                        "judge", f"judge: {url} answered HTTP {e.code}: "
-                                 f"{e.read()[:200].decode('utf-8', 'replace')}") from e
+                        "judge",
+                        f"judge: {url} answered HTTP {e.code}: "
+                        f"{e.read()[:200].decode('utf-8', 'replace')}",
+                    ) from e
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 if attempt == self.retries:
                     raise errors.Unavailable("judge", f"judge: cannot reach {url}: {e}") from e
             except (KeyError, IndexError, TypeError, ValueError) as e:
                 raise errors.Unavailable(
-                    "judge", f"judge: {url} sent no chat completion: {e}") from e
+                    "judge", f"judge: {url} sent no chat completion: {e}"
+                ) from e
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
@@ -165,9 +181,11 @@ class LikelihoodJudge:
     def judge(self, items: Sequence[tuple[str, str, str]]) -> list[str]:
         requests = []
         for question, first, second in items:
-            context = self.template.format(question=question,
-                                           first=first[:self.max_answer_chars],
-                                           second=second[:self.max_answer_chars])
+            context = self.template.format(
+                question=question,
+                first=first[: self.max_answer_chars],
+                second=second[: self.max_answer_chars],
+            )
             requests += [(context, " A"), (context, " B")]
         scored = self.model.loglikelihood(requests)
         verdicts = []
@@ -189,17 +207,28 @@ class Comparison:
     outcomes: list[str] = dataclasses.field(default_factory=list, repr=False)
 
 
-def answers(model: TextModel, prompts: Sequence[str], *, max_new_tokens: int,
-            seed: int = 0) -> list[str]:
-    outs = model.generate([ANSWER_TEMPLATE.format(prompt=p) for p in prompts],
-                          max_new_tokens=max_new_tokens, stop=ANSWER_STOP, temperature=0.0,
-                          seed=seed)
+def answers(
+    model: TextModel, prompts: Sequence[str], *, max_new_tokens: int, seed: int = 0
+) -> list[str]:
+    outs = model.generate(
+        [ANSWER_TEMPLATE.format(prompt=p) for p in prompts],
+        max_new_tokens=max_new_tokens,
+        stop=ANSWER_STOP,
+        temperature=0.0,
+        seed=seed,
+    )
     return [o.strip() for o in outs]
 
 
-def judge_pairs(judge: Judge, questions: Sequence[str], answers_a: Sequence[str],
-                answers_b: Sequence[str], *, seed: int = 0,
-                resamples: int = 1000) -> Comparison:
+def judge_pairs(
+    judge: Judge,
+    questions: Sequence[str],
+    answers_a: Sequence[str],
+    answers_b: Sequence[str],
+    *,
+    seed: int = 0,
+    resamples: int = 1000,
+) -> Comparison:
     """Win rate of the A answers over the B answers, each pair judged in both orders."""
     n = len(questions)
     if not (len(answers_a) == len(answers_b) == n):
@@ -209,18 +238,34 @@ def judge_pairs(judge: Judge, questions: Sequence[str], answers_a: Sequence[str]
     verdicts = judge.judge(items)
     to_model_a_first = {FIRST: "A", SECOND: "B", TIE: "tie"}
     to_model_b_first = {FIRST: "B", SECOND: "A", TIE: "tie"}
-    outcomes = [metrics.pairwise_outcome(to_model_a_first[verdicts[i]],
-                                         to_model_b_first[verdicts[n + i]]) for i in range(n)]
-    lo, hi = metrics.bootstrap_interval([metrics.outcome_score(o) for o in outcomes],
-                                        seed=seed, resamples=resamples)
-    return Comparison(win_rate=metrics.win_rate(outcomes),
-                      wins=outcomes.count(metrics.WIN), losses=outcomes.count(metrics.LOSS),
-                      ties=outcomes.count(metrics.TIE), num_prompts=n, ci_low=lo, ci_high=hi,
-                      outcomes=outcomes)
+    outcomes = [
+        metrics.pairwise_outcome(to_model_a_first[verdicts[i]], to_model_b_first[verdicts[n + i]])
+        for i in range(n)
+    ]
+    lo, hi = metrics.bootstrap_interval(
+        [metrics.outcome_score(o) for o in outcomes], seed=seed, resamples=resamples
+    )
+    return Comparison(
+        win_rate=metrics.win_rate(outcomes),
+        wins=outcomes.count(metrics.WIN),
+        losses=outcomes.count(metrics.LOSS),
+        ties=outcomes.count(metrics.TIE),
+        num_prompts=n,
+        ci_low=lo,
+        ci_high=hi,
+        outcomes=outcomes,
+    )
 
 
-def compare(model_a: TextModel, model_b: TextModel, prompts: Sequence[str], judge: Judge, *,
-            max_new_tokens: int = 128, seed: int = 0) -> Comparison:
+def compare(
+    model_a: TextModel,
+    model_b: TextModel,
+    prompts: Sequence[str],
+    judge: Judge,
+    *,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+) -> Comparison:
     """Both models answer `prompts`; the judge decides each pair in both orders."""
     answers_a = answers(model_a, prompts, max_new_tokens=max_new_tokens, seed=seed)
     answers_b = answers(model_b, prompts, max_new_tokens=max_new_tokens, seed=seed)

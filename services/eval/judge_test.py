@@ -36,10 +36,21 @@ class _ChatHandler(http.server.BaseHTTPRequestHandler):
             verdict = "[[A]]" if "GOOD" in first else "[[B]]"
         else:
             verdict = "[[C]]"
-        payload = {"id": "x", "object": "chat.completion", "model": body["model"],
-                   "choices": [{"index": 0, "finish_reason": "stop",
-                                "message": {"role": "assistant",
-                                            "content": f"Both are fine. Verdict: {verdict}"}}]}
+        payload = {
+            "id": "x",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": f"Both are fine. Verdict: {verdict}",
+                    },
+                }
+            ],
+        }
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -102,8 +113,10 @@ def test_openai_judge_win_rate_over_http(chat_server, monkeypatch):
     assert headers["Authorization"] == "Bearer sk-test"
     assert body["messages"][0]["role"] == "system" and body["temperature"] == 0
     # Both orders really were shown: each answer of A appears first once and second once.
-    firsts = [re.search(r"A's Answer\]\n(.*?)\n", b["messages"][1]["content"]).group(1)
-              for _, _, b in chat_server.requests]
+    firsts = [
+        re.search(r"A's Answer\]\n(.*?)\n", b["messages"][1]["content"]).group(1)
+        for _, _, b in chat_server.requests
+    ]
     assert firsts.count("GOOD one") == 1 and firsts.count("meh") == 3
 
 
@@ -162,7 +175,12 @@ def test_likelihood_judge_in_both_orders():
 
 def test_likelihood_judge_on_a_random_tiny_model():
     lm = testing.tiny_language_model()
-    result = judge_lib.compare(lm, testing.tiny_language_model(seed=1), QUESTIONS[:2],
-                               judge_lib.LikelihoodJudge(lm), max_new_tokens=8)
+    result = judge_lib.compare(
+        lm,
+        testing.tiny_language_model(seed=1),
+        QUESTIONS[:2],
+        judge_lib.LikelihoodJudge(lm),
+        max_new_tokens=8,
+    )
     assert result.wins + result.losses + result.ties == result.num_prompts == 2
     assert 0.0 <= result.win_rate <= 1.0

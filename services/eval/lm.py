@@ -26,13 +26,18 @@ from libs.model import decode
 class TextModel(Protocol):
     """What the evaluator needs of a model."""
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        ...
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]: ...
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
-                 stop: Sequence[str] = (), temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0) -> list[str]:
-        ...
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[str]: ...
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -60,8 +65,9 @@ class LanguageModel:
     batch_size: rows per scoring forward pass and per generation call.
     """
 
-    def __init__(self, model, tokenizer, *, prefix_token_id: int | None = None,
-                 batch_size: int = 16):
+    def __init__(
+        self, model, tokenizer, *, prefix_token_id: int | None = None, batch_size: int = 16
+    ):
         if batch_size <= 0:
             raise ValueError(f"batch_size: must be positive, got {batch_size}")
         self.model = model
@@ -73,12 +79,13 @@ class LanguageModel:
         # module graph, which concurrent service threads must not do together.
         self._lock = threading.Lock()
         self._fallback_start = next(
-            (tid for tok in _DOC_START_TOKENS
-             if (tid := tokenizer.token_to_id(tok)) is not None), 0)
+            (tid for tok in _DOC_START_TOKENS if (tid := tokenizer.token_to_id(tok)) is not None), 0
+        )
         if tokenizer.get_vocab_size() > self.cfg.vocab_size:
             raise ValueError(
                 f"tokenizer: {tokenizer.get_vocab_size()} tokens exceed the model's "
-                f"vocab_size {self.cfg.vocab_size}")
+                f"vocab_size {self.cfg.vocab_size}"
+            )
 
     @property
     def max_length(self) -> int:
@@ -100,10 +107,10 @@ class LanguageModel:
             context = context[:-n_spaces]
         whole = self._encode(context + continuation)
         ctx = self._encode(context)
-        if whole[:len(ctx)] != ctx:  # a merge across the boundary: encode separately
+        if whole[: len(ctx)] != ctx:  # a merge across the boundary: encode separately
             cont = self._encode(continuation)
         else:
-            cont = whole[len(ctx):]
+            cont = whole[len(ctx) :]
         ctx = self._prefix() + ctx
         if not ctx:
             ctx = [self._fallback_start]
@@ -118,17 +125,24 @@ class LanguageModel:
         for context, continuation in requests:
             ctx, cont = self.encode_pair(context, continuation)
             contexts.append(ctx)
-            continuations.append(cont[-self.max_length:])
+            continuations.append(cont[-self.max_length :])
             empty.append(continuation == "")
         with self._lock:
-            scored = decode.score_continuations(self.model, contexts, continuations,
-                                                batch_size=self.batch_size)
-        return [(0.0, True) if e else (lp, greedy)
-                for (lp, _n, greedy), e in zip(scored, empty)]
+            scored = decode.score_continuations(
+                self.model, contexts, continuations, batch_size=self.batch_size
+            )
+        return [(0.0, True) if e else (lp, greedy) for (lp, _n, greedy), e in zip(scored, empty)]
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int,
-                 stop: Sequence[str] = (), temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[str]:
         if not prompts:
             return []
         if max_new_tokens <= 0:
@@ -147,15 +161,19 @@ class LanguageModel:
         out: list[str] = [""] * len(prompts)
         key = jax.random.key(seed)
         for first in range(0, len(order), self.batch_size):
-            chunk = order[first:first + self.batch_size]
+            chunk = order[first : first + self.batch_size]
             key, sub = jax.random.split(key)
             with self._lock:
                 new_ids = decode.generate(
-                    self.model, [encoded[i] for i in chunk], max_new_tokens=new,
-                    temperature=temperature, top_p=top_p, stop_sequences=stop_ids, rng=sub)
+                    self.model,
+                    [encoded[i] for i in chunk],
+                    max_new_tokens=new,
+                    temperature=temperature,
+                    top_p=top_p,
+                    stop_sequences=stop_ids,
+                    rng=sub,
+                )
             for i, ids in zip(chunk, new_ids):
                 # Token-level stops are an early exit only; the text is cut exactly here.
-                out[i] = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=False),
-                                     stop)
+                out[i] = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=False), stop)
         return out
-

@@ -41,9 +41,11 @@ def _reference_logprob(lm, ctx, cont):
 
 
 def test_loglikelihood_matches_the_logits(lm):
-    requests = [("The man turned on the faucet therefore", " water flowed from the spout."),
-                ("Q: Who was the man behind The Chipmunks?\nA:", " David Seville"),
-                ("def add(a, b):\n", "    return a + b\n")]
+    requests = [
+        ("The man turned on the faucet therefore", " water flowed from the spout."),
+        ("Q: Who was the man behind The Chipmunks?\nA:", " David Seville"),
+        ("def add(a, b):\n", "    return a + b\n"),
+    ]
     got = lm.loglikelihood(requests)
     for (context, continuation), (lp, greedy) in zip(requests, got):
         ctx, cont = lm.encode_pair(context, continuation)

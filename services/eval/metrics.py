@@ -53,9 +53,13 @@ def accuracy(logprobs_per_example: Sequence[Sequence[float]], golds: Sequence[in
     return float(np.mean([choice_correct(lp, g) for lp, g in zip(logprobs_per_example, golds)]))
 
 
-def acc_norm(logprobs_per_example: Sequence[Sequence[float]],
-             choices_per_example: Sequence[Sequence[str]], golds: Sequence[int],
-             *, unit: str = "chars") -> float:
+def acc_norm(
+    logprobs_per_example: Sequence[Sequence[float]],
+    choices_per_example: Sequence[Sequence[str]],
+    golds: Sequence[int],
+    *,
+    unit: str = "chars",
+) -> float:
     """Length-normalised accuracy; `unit` is "chars" (lm-eval acc_norm) or "bytes"."""
     if unit not in ("chars", "bytes"):
         raise ValueError(f"unit: must be 'chars' or 'bytes', got {unit!r}")
@@ -130,8 +134,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # ---------------------------------------------------------------- intervals
 
 
-def bootstrap_interval(scores: Sequence[float], *, seed: int = 0, resamples: int = 1000,
-                       confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    scores: Sequence[float], *, seed: int = 0, resamples: int = 1000, confidence: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-example `scores`."""
     arr = np.asarray(scores, dtype=np.float64)
     if arr.size == 0:
@@ -143,8 +148,9 @@ def bootstrap_interval(scores: Sequence[float], *, seed: int = 0, resamples: int
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def bootstrap_means(scores: Sequence[float], *, rng: np.random.Generator,
-                    resamples: int = 1000) -> np.ndarray:
+def bootstrap_means(
+    scores: Sequence[float], *, rng: np.random.Generator, resamples: int = 1000
+) -> np.ndarray:
     """`resamples` bootstrap replicates of the mean of `scores` (for aggregates)."""
     arr = np.asarray(scores, dtype=np.float64)
     if arr.size == 0:

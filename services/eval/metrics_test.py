@@ -49,21 +49,27 @@ def test_token_f1():
     assert metrics.token_f1("", ["London"]) == 0.0
 
 
-@pytest.mark.parametrize("n,c,k,expected", [
-    (1, 1, 1, 1.0),
-    (1, 0, 1, 0.0),
-    (10, 3, 1, 0.3),
-    (10, 3, 10, 1.0),
-    (5, 2, 2, 1 - (3 * 2) / (5 * 4)),  # 1 - C(3,2)/C(5,2) = 0.7
-    (200, 0, 100, 0.0),
-])
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (1, 1, 1, 1.0),
+        (1, 0, 1, 0.0),
+        (10, 3, 1, 0.3),
+        (10, 3, 10, 1.0),
+        (5, 2, 2, 1 - (3 * 2) / (5 * 4)),  # 1 - C(3,2)/C(5,2) = 0.7
+        (200, 0, 100, 0.0),
+    ],
+)
 def test_pass_at_k_known_values(n, c, k, expected):
     assert metrics.pass_at_k(n, c, k) == pytest.approx(expected)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 40).flatmap(
-    lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))))
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))
+    )
+)
 def test_pass_at_k_equals_the_combinatorial_formula(nck):
     n, c, k = nck
     expected = 1.0 - math.comb(n - c, k) / math.comb(n, k)

@@ -88,12 +88,14 @@ class ResultsDB:
             self._conn.execute(
                 "INSERT INTO checkpoints (uri, step, lineage, added) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(uri) DO UPDATE SET step = excluded.step, lineage = excluded.lineage",
-                (uri, step, json.dumps(lineage, sort_keys=True), time.time()))
+                (uri, step, json.dumps(lineage, sort_keys=True), time.time()),
+            )
 
     def checkpoint(self, uri: str) -> Optional[tuple[int, dict]]:
         with self._lock:
-            row = self._conn.execute("SELECT step, lineage FROM checkpoints WHERE uri = ?",
-                                     (uri,)).fetchone()
+            row = self._conn.execute(
+                "SELECT step, lineage FROM checkpoints WHERE uri = ?", (uri,)
+            ).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
     # ------------------------------------------------------------ results
@@ -102,17 +104,29 @@ class ResultsDB:
         with self._lock, self._conn:
             self._conn.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (uri, result.task, settings, result.category, result.metric, result.value,
-                 result.ci_low, result.ci_high, result.num_examples,
-                 json.dumps(result.extra, sort_keys=True), json.dumps(result.scores),
-                 time.time()))
+                (
+                    uri,
+                    result.task,
+                    settings,
+                    result.category,
+                    result.metric,
+                    result.value,
+                    result.ci_low,
+                    result.ci_high,
+                    result.num_examples,
+                    json.dumps(result.extra, sort_keys=True),
+                    json.dumps(result.scores),
+                    time.time(),
+                ),
+            )
 
     def get_result(self, uri: str, task: str, settings: str) -> Optional[TaskResult]:
         with self._lock:
             row = self._conn.execute(
                 "SELECT task, category, metric, value, ci_low, ci_high, num_examples, extra, "
                 "scores FROM results WHERE uri = ? AND task = ? AND settings = ?",
-                (uri, task, settings)).fetchone()
+                (uri, task, settings),
+            ).fetchone()
         return None if row is None else _to_result(row)
 
     def results(self, uri: str) -> list[tuple[str, TaskResult]]:
@@ -121,23 +135,27 @@ class ResultsDB:
             rows = self._conn.execute(
                 "SELECT settings, task, category, metric, value, ci_low, ci_high, "
                 "num_examples, extra, scores FROM results WHERE uri = ? ORDER BY created",
-                (uri,)).fetchall()
+                (uri,),
+            ).fetchall()
         return [(row[0], _to_result(row[1:])) for row in rows]
 
     # ------------------------------------------------------------ FollowRun
 
-    def mark_followed(self, run_id: str, settings: str, uri: str, *, step: int, sequence: int,
-                      status: str) -> None:
+    def mark_followed(
+        self, run_id: str, settings: str, uri: str, *, step: int, sequence: int, status: str
+    ) -> None:
         with self._lock, self._conn:
             self._conn.execute(
                 "INSERT OR REPLACE INTO followed VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, settings, uri, step, sequence, status, time.time()))
+                (run_id, settings, uri, step, sequence, status, time.time()),
+            )
 
     def followed_status(self, run_id: str, settings: str, uri: str) -> Optional[str]:
         with self._lock:
             row = self._conn.execute(
                 "SELECT status FROM followed WHERE run_id = ? AND settings = ? AND uri = ?",
-                (run_id, settings, uri)).fetchone()
+                (run_id, settings, uri),
+            ).fetchone()
         return None if row is None else row[0]
 
     def followed(self, run_id: str) -> list[tuple[str, int, str]]:
@@ -145,12 +163,21 @@ class ResultsDB:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT uri, step, status FROM followed WHERE run_id = ? ORDER BY step, uri",
-                (run_id,)).fetchall()
+                (run_id,),
+            ).fetchall()
         return [tuple(r) for r in rows]
 
 
 def _to_result(row) -> TaskResult:
     task, category, metric, value, lo, hi, n, extra, scores = row
-    return TaskResult(task=task, category=category, metric=metric, value=value, ci_low=lo,
-                      ci_high=hi, num_examples=n, extra=json.loads(extra),
-                      scores=json.loads(scores))
+    return TaskResult(
+        task=task,
+        category=category,
+        metric=metric,
+        value=value,
+        ci_low=lo,
+        ci_high=hi,
+        num_examples=n,
+        extra=json.loads(extra),
+        scores=json.loads(scores),
+    )

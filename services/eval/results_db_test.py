@@ -5,9 +5,17 @@ from services.eval.results_db import ResultsDB, settings_key
 
 
 def _result(task="copa", value=0.5):
-    return TaskResult(task=task, category="nl_reasoning", metric="acc", value=value,
-                      ci_low=0.25, ci_high=0.75, num_examples=4, extra={"acc_norm": 0.5},
-                      scores=[1.0, 0.0, 1.0, 0.0])
+    return TaskResult(
+        task=task,
+        category="nl_reasoning",
+        metric="acc",
+        value=value,
+        ci_low=0.25,
+        ci_high=0.75,
+        num_examples=4,
+        extra={"acc_norm": 0.5},
+        scores=[1.0, 0.0, 1.0, 0.0],
+    )
 
 
 def test_settings_key_is_canonical():

@@ -30,10 +30,17 @@ def _abort(context: grpc.ServicerContext, e: errors.EvalError):
 def _result_message(scored: Scored) -> eval_pb2.EvalResult:
     r = scored.result
     return eval_pb2.EvalResult(
-        checkpoint_uri=scored.checkpoint_uri, task=r.task, category=r.category,
-        metric=r.metric, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high,
-        num_examples=r.num_examples, extra={k: float(v) for k, v in r.extra.items()},
-        step=scored.step)
+        checkpoint_uri=scored.checkpoint_uri,
+        task=r.task,
+        category=r.category,
+        metric=r.metric,
+        value=r.value,
+        ci_low=r.ci_low,
+        ci_high=r.ci_high,
+        num_examples=r.num_examples,
+        extra={k: float(v) for k, v in r.extra.items()},
+        step=scored.step,
+    )
 
 
 def _stream(context, results):
@@ -51,16 +58,26 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
     def ListTasks(self, request, context):
         infos, suites = self.harness.list_tasks()
         return eval_pb2.ListTasksResponse(
-            tasks=[eval_pb2.TaskInfo(name=t.name, category=t.category, metric=t.metric,
-                                     num_examples=t.num_examples) for t in infos],
-            suites=[eval_pb2.Suite(name=s.name, tasks=list(s.tasks)) for s in suites])
+            tasks=[
+                eval_pb2.TaskInfo(
+                    name=t.name, category=t.category, metric=t.metric, num_examples=t.num_examples
+                )
+                for t in infos
+            ],
+            suites=[eval_pb2.Suite(name=s.name, tasks=list(s.tasks)) for s in suites],
+        )
 
     def Evaluate(self, request, context):
         try:
             results = self.harness.evaluate(
-                request.checkpoint_uri, suite=request.suite, task_names=list(request.tasks),
-                limit=request.limit, num_samples=request.num_samples, seed=request.seed,
-                should_stop=lambda: not context.is_active())
+                request.checkpoint_uri,
+                suite=request.suite,
+                task_names=list(request.tasks),
+                limit=request.limit,
+                num_samples=request.num_samples,
+                seed=request.seed,
+                should_stop=lambda: not context.is_active(),
+            )
         except errors.EvalError as e:
             _abort(context, e)
         yield from _stream(context, results)
@@ -70,8 +87,13 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
         context.add_callback(cancellation.cancel)
         try:
             results = self.harness.follow_run(
-                request.trainer_address, request.run_id, suite=request.suite,
-                task_names=list(request.tasks), limit=request.limit, cancellation=cancellation)
+                request.trainer_address,
+                request.run_id,
+                suite=request.suite,
+                task_names=list(request.tasks),
+                limit=request.limit,
+                cancellation=cancellation,
+            )
         except errors.EvalError as e:
             _abort(context, e)
         yield from _stream(context, results)
@@ -81,20 +103,36 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
         spec = JudgeSpec()
         if kind == "openai":
             o = request.judge.openai
-            spec = JudgeSpec(openai_base_url=o.base_url, openai_model=o.model,
-                             openai_api_key_env=o.api_key_env)
+            spec = JudgeSpec(
+                openai_base_url=o.base_url, openai_model=o.model, openai_api_key_env=o.api_key_env
+            )
         elif kind == "checkpoint_uri":
             spec = JudgeSpec(checkpoint_uri=request.judge.checkpoint_uri)
             if not spec.checkpoint_uri:
-                _abort(context, errors.InvalidArgument(
-                    "judge.checkpoint_uri", "judge.checkpoint_uri: must not be empty"))
+                _abort(
+                    context,
+                    errors.InvalidArgument(
+                        "judge.checkpoint_uri", "judge.checkpoint_uri: must not be empty"
+                    ),
+                )
         try:
             c = self.harness.compare(
-                request.checkpoint_a, request.checkpoint_b, prompt_set=request.prompt_set,
-                judge=spec, limit=request.limit, max_new_tokens=request.max_new_tokens,
-                seed=request.seed)
+                request.checkpoint_a,
+                request.checkpoint_b,
+                prompt_set=request.prompt_set,
+                judge=spec,
+                limit=request.limit,
+                max_new_tokens=request.max_new_tokens,
+                seed=request.seed,
+            )
         except errors.EvalError as e:
             _abort(context, e)
-        return eval_pb2.CompareResponse(win_rate=c.win_rate, wins=c.wins, losses=c.losses,
-                                        ties=c.ties, num_prompts=c.num_prompts,
-                                        ci_low=c.ci_low, ci_high=c.ci_high)
+        return eval_pb2.CompareResponse(
+            win_rate=c.win_rate,
+            wins=c.wins,
+            losses=c.losses,
+            ties=c.ties,
+            num_prompts=c.num_prompts,
+            ci_low=c.ci_low,
+            ci_high=c.ci_high,
+        )

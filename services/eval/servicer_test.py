@@ -18,8 +18,12 @@ ROOT = tasks.default_benchmarks_dir()
 @pytest.fixture(scope="module")
 def registry():
     reg = testing.ModelRegistry()
-    reg.add("mem://tiny", testing.tiny_language_model(), step=42,
-            lineage={"run_id": "r", "phase": "init", "step": 42})
+    reg.add(
+        "mem://tiny",
+        testing.tiny_language_model(),
+        step=42,
+        lineage={"run_id": "r", "phase": "init", "step": 42},
+    )
     reg.add("mem://tiny-b", testing.tiny_language_model(seed=1), step=7)
     reg.add("mem://hostile", Hostile(), step=1)
     return reg
@@ -46,11 +50,19 @@ class Hostile:
 def service(registry, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("svc")
     db = ResultsDB(str(tmp / "results.sqlite"))
-    harness = Harness(benchmarks_dir=ROOT, results_db=db, cache_dir=str(tmp / "cache"),
-                      loader=registry.load, code_runner=code_exec.CodeRunner(),
-                      bootstrap_resamples=200)
-    running = serving.serve([(eval_pb2_grpc.add_EvalServiceServicer_to_server,
-                              EvalServicer(harness))], [SERVICE_NAME], port=0)
+    harness = Harness(
+        benchmarks_dir=ROOT,
+        results_db=db,
+        cache_dir=str(tmp / "cache"),
+        loader=registry.load,
+        code_runner=code_exec.CodeRunner(),
+        bootstrap_resamples=200,
+    )
+    running = serving.serve(
+        [(eval_pb2_grpc.add_EvalServiceServicer_to_server, EvalServicer(harness))],
+        [SERVICE_NAME],
+        port=0,
+    )
     channel = grpc.insecure_channel(running.address)
     yield eval_pb2_grpc.EvalServiceStub(channel), db
     channel.close()
@@ -73,12 +85,21 @@ def test_list_tasks(service):
 
 def test_evaluate_streams_tasks_then_aggregates(service, registry):
     stub, db = service
-    results = list(stub.Evaluate(eval_pb2.EvaluateRequest(checkpoint_uri="mem://tiny",
-                                                          suite="smoke", seed=5)))
+    results = list(
+        stub.Evaluate(eval_pb2.EvaluateRequest(checkpoint_uri="mem://tiny", suite="smoke", seed=5))
+    )
     names = [r.task for r in results]
-    assert names == ["copa", "winogrande", "triviaqa", "humaneval", "aggregate/nl_reasoning",
-                     "aggregate/world_knowledge", "aggregate/code", "aggregate/nl_average",
-                     "aggregate/total"]
+    assert names == [
+        "copa",
+        "winogrande",
+        "triviaqa",
+        "humaneval",
+        "aggregate/nl_reasoning",
+        "aggregate/world_knowledge",
+        "aggregate/code",
+        "aggregate/nl_average",
+        "aggregate/total",
+    ]
     for r in results:
         assert r.checkpoint_uri == "mem://tiny" and r.step == 42
         assert 0.0 <= r.ci_low <= r.value <= r.ci_high <= 1.0
@@ -88,35 +109,61 @@ def test_evaluate_streams_tasks_then_aggregates(service, registry):
     # Stored with the lineage; a second request is answered from the database.
     assert db.checkpoint("mem://tiny") == (42, {"run_id": "r", "phase": "init", "step": 42})
     assert {t for _, r in db.results("mem://tiny") for t in [r.task]} >= {"copa", "humaneval"}
-    again = list(stub.Evaluate(eval_pb2.EvaluateRequest(checkpoint_uri="mem://tiny",
-                                                        suite="smoke", seed=5)))
-    assert [(r.task, r.value, r.ci_low) for r in again] == [(r.task, r.value, r.ci_low)
-                                                             for r in results]
+    again = list(
+        stub.Evaluate(eval_pb2.EvaluateRequest(checkpoint_uri="mem://tiny", suite="smoke", seed=5))
+    )
+    assert [(r.task, r.value, r.ci_low) for r in again] == [
+        (r.task, r.value, r.ci_low) for r in results
+    ]
 
 
 def test_hostile_completions_leave_the_service_unharmed(service):
     stub, _ = service
-    results = list(stub.Evaluate(eval_pb2.EvaluateRequest(
-        checkpoint_uri="mem://hostile", tasks=["humaneval", "mbpp"], limit=3)))
+    results = list(
+        stub.Evaluate(
+            eval_pb2.EvaluateRequest(
+                checkpoint_uri="mem://hostile", tasks=["humaneval", "mbpp"], limit=3
+            )
+        )
+    )
     assert [(r.task, r.value) for r in results[:2]] == [("humaneval", 0.0), ("mbpp", 0.0)]
     assert not os.path.exists("/work/main/services/eval/PWNED")
     assert len(stub.ListTasks(eval_pb2.ListTasksRequest()).tasks) == 13  # still serving
 
 
-@pytest.mark.parametrize("request_kwargs,code,field", [
-    (dict(checkpoint_uri="mem://tiny", suite="nope"), grpc.StatusCode.INVALID_ARGUMENT, "suite"),
-    (dict(checkpoint_uri="mem://tiny"), grpc.StatusCode.INVALID_ARGUMENT, "suite"),
-    (dict(checkpoint_uri="mem://tiny", tasks=["copa", "nope"]),
-     grpc.StatusCode.INVALID_ARGUMENT, "tasks"),
-    (dict(checkpoint_uri="mem://tiny", tasks=["sciq"]), grpc.StatusCode.NOT_FOUND, "tasks"),
-    (dict(checkpoint_uri="mem://tiny", suite="smoke", limit=-1),
-     grpc.StatusCode.INVALID_ARGUMENT, "limit"),
-    (dict(checkpoint_uri="mem://tiny", suite="smoke", num_samples=-2),
-     grpc.StatusCode.INVALID_ARGUMENT, "num_samples"),
-    (dict(suite="smoke"), grpc.StatusCode.INVALID_ARGUMENT, "checkpoint_uri"),
-    (dict(checkpoint_uri="mem://missing", suite="smoke"), grpc.StatusCode.NOT_FOUND,
-     "checkpoint_uri"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs,code,field",
+    [
+        (
+            dict(checkpoint_uri="mem://tiny", suite="nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "suite",
+        ),
+        (dict(checkpoint_uri="mem://tiny"), grpc.StatusCode.INVALID_ARGUMENT, "suite"),
+        (
+            dict(checkpoint_uri="mem://tiny", tasks=["copa", "nope"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "tasks",
+        ),
+        (dict(checkpoint_uri="mem://tiny", tasks=["sciq"]), grpc.StatusCode.NOT_FOUND, "tasks"),
+        (
+            dict(checkpoint_uri="mem://tiny", suite="smoke", limit=-1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "limit",
+        ),
+        (
+            dict(checkpoint_uri="mem://tiny", suite="smoke", num_samples=-2),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "num_samples",
+        ),
+        (dict(suite="smoke"), grpc.StatusCode.INVALID_ARGUMENT, "checkpoint_uri"),
+        (
+            dict(checkpoint_uri="mem://missing", suite="smoke"),
+            grpc.StatusCode.NOT_FOUND,
+            "checkpoint_uri",
+        ),
+    ],
+)
 def test_evaluate_errors_name_the_field(service, request_kwargs, code, field):
     stub, _ = service
     with pytest.raises(grpc.RpcError) as info:
@@ -127,29 +174,63 @@ def test_evaluate_errors_name_the_field(service, request_kwargs, code, field):
 
 def test_compare_with_a_checkpoint_judge(service):
     stub, _ = service
-    response = stub.Compare(eval_pb2.CompareRequest(
-        checkpoint_a="mem://tiny", checkpoint_b="mem://tiny-b", prompt_set="vicuna_bench",
-        judge=eval_pb2.Judge(checkpoint_uri="mem://tiny"), limit=2, max_new_tokens=8))
+    response = stub.Compare(
+        eval_pb2.CompareRequest(
+            checkpoint_a="mem://tiny",
+            checkpoint_b="mem://tiny-b",
+            prompt_set="vicuna_bench",
+            judge=eval_pb2.Judge(checkpoint_uri="mem://tiny"),
+            limit=2,
+            max_new_tokens=8,
+        )
+    )
     assert response.num_prompts == 2
     assert response.wins + response.losses + response.ties == 2
     assert 0.0 <= response.ci_low <= response.win_rate <= response.ci_high <= 1.0
 
 
-@pytest.mark.parametrize("request_kwargs,code,field", [
-    (dict(checkpoint_a="mem://tiny", checkpoint_b="mem://tiny-b", prompt_set="dolly"),
-     grpc.StatusCode.INVALID_ARGUMENT, "prompt_set"),
-    (dict(checkpoint_a="mem://tiny", checkpoint_b="mem://gone",
-          judge=eval_pb2.Judge(checkpoint_uri="mem://tiny")),
-     grpc.StatusCode.NOT_FOUND, "checkpoint_b"),
-    (dict(checkpoint_a="mem://tiny", checkpoint_b="mem://tiny-b",
-          judge=eval_pb2.Judge(checkpoint_uri="mem://gone")),
-     grpc.StatusCode.NOT_FOUND, "judge.checkpoint_uri"),
-    (dict(checkpoint_a="mem://tiny", checkpoint_b="mem://tiny-b"),
-     grpc.StatusCode.INVALID_ARGUMENT, "judge"),
-    (dict(checkpoint_a="mem://tiny", checkpoint_b="mem://tiny-b",
-          judge=eval_pb2.Judge(openai=eval_pb2.OpenAIJudge(base_url="http://127.0.0.1:9/v1"))),
-     grpc.StatusCode.INVALID_ARGUMENT, "judge.openai.model"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs,code,field",
+    [
+        (
+            dict(checkpoint_a="mem://tiny", checkpoint_b="mem://tiny-b", prompt_set="dolly"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompt_set",
+        ),
+        (
+            dict(
+                checkpoint_a="mem://tiny",
+                checkpoint_b="mem://gone",
+                judge=eval_pb2.Judge(checkpoint_uri="mem://tiny"),
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "checkpoint_b",
+        ),
+        (
+            dict(
+                checkpoint_a="mem://tiny",
+                checkpoint_b="mem://tiny-b",
+                judge=eval_pb2.Judge(checkpoint_uri="mem://gone"),
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "judge.checkpoint_uri",
+        ),
+        (
+            dict(checkpoint_a="mem://tiny", checkpoint_b="mem://tiny-b"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "judge",
+        ),
+        (
+            dict(
+                checkpoint_a="mem://tiny",
+                checkpoint_b="mem://tiny-b",
+                judge=eval_pb2.Judge(openai=eval_pb2.OpenAIJudge(base_url="http://127.0.0.1:9/v1")),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "judge.openai.model",
+        ),
+    ],
+)
 def test_compare_errors_name_the_field(service, request_kwargs, code, field):
     stub, _ = service
     with pytest.raises(grpc.RpcError) as info:

@@ -85,56 +85,196 @@ _KNOWLEDGE_STOP = ("\n", ".", ",")  # lm-eval's TriviaQA / NQ-open `until`
 _HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Chen et al. 2021
 
 _TASK_LIST = [
-    Task("arc_easy", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_arc_easy,
-         ("arc_easy/ARC-Easy-Test.jsonl",), converters.convert_arc, 2376,
-         HubSource("allenai/ai2_arc", "ARC-Easy", "test"), description="ARC-Easy test"),
-    Task("boolq", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_boolq,
-         ("boolq/val.jsonl",), converters.convert_boolq, 3270,
-         HubSource("aps/super_glue", "boolq", "validation"), description="BoolQ validation"),
-    Task("piqa", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_piqa,
-         ("piqa/valid.jsonl", "piqa/valid-labels.lst"), converters.convert_piqa, 1838,
-         HubSource("ybisk/piqa", None, "validation"), description="PIQA validation"),
-    Task("sciq", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_sciq,
-         ("sciq/test.json",), converters.convert_sciq, 1000,
-         HubSource("allenai/sciq", None, "test"), description="SciQ test (no local data)"),
-    Task("social_iqa", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_social_iqa,
-         ("social_iqa/dev.jsonl", "social_iqa/dev-labels.lst"), converters.convert_social_iqa,
-         1954, HubSource("allenai/social_i_qa", None, "validation"),
-         description="Social IQa dev"),
-    Task("quac", NL_REASONING, GENERATION, "f1", converters.read_quac, ("quac/quac.jsonl",),
-         converters.convert_quac, 1000, None, max_new_tokens=48, stop=("\n",),
-         description="QuAC, MosaicML's derived 1,000-turn generative subset; token F1"),
-    Task("cb", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_cb, ("cb/val.jsonl",),
-         converters.convert_cb, 56, HubSource("aps/super_glue", "cb", "validation"),
-         description="CommitmentBank validation"),
-    Task("copa", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_copa,
-         ("copa/val.jsonl",), converters.convert_copa, 100,
-         HubSource("aps/super_glue", "copa", "validation"), description="COPA validation"),
-    Task("storycloze", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_storycloze,
-         ("storycloze/cloze_test_val__spring2016.csv",), converters.convert_storycloze, 1871,
-         None, description="StoryCloze 2016 val (no local data)"),
-    Task("hellaswag", NL_REASONING, MULTIPLE_CHOICE, "acc_norm", converters.read_hellaswag,
-         ("hellaswag/hellaswag_val_full.txt.bz2",), converters.convert_hellaswag, 10042,
-         HubSource("Rowan/hellaswag", None, "validation"),
-         description="HellaSwag validation (derived text format)"),
-    Task("winogrande", NL_REASONING, MULTIPLE_CHOICE, "acc", converters.read_winogrande,
-         ("winogrande/dev.jsonl", "winogrande/dev-labels.lst"), converters.convert_winogrande,
-         1267, HubSource("allenai/winogrande", "winogrande_xl", "validation"),
-         description="WinoGrande 1.1 dev, partial scoring"),
-    Task("triviaqa", WORLD_KNOWLEDGE, GENERATION, "exact_match", converters.read_triviaqa,
-         ("triviaqa/topics.dpr.trivia.test.txt",), converters.convert_triviaqa, 11313,
-         HubSource("mandarjoshi/trivia_qa", "unfiltered.nocontext", "validation"),
-         max_new_tokens=32, stop=_KNOWLEDGE_STOP, description="TriviaQA unfiltered dev"),
-    Task("nq_open", WORLD_KNOWLEDGE, GENERATION, "exact_match", converters.read_nq_open,
-         ("nq_open/NQ-open.dev.jsonl",), converters.convert_nq_open, 3610,
-         HubSource("google-research-datasets/nq_open", None, "validation"),
-         max_new_tokens=32, stop=_KNOWLEDGE_STOP, description="NaturalQuestions-Open dev"),
-    Task("humaneval", CODE, CODE_KIND, "pass@1", converters.read_humaneval, (),
-         converters.convert_humaneval, 164, HubSource("openai/openai_humaneval", None, "test"),
-         max_new_tokens=384, stop=_HUMANEVAL_STOP, description="HumanEval (Python)"),
-    Task("mbpp", CODE, CODE_KIND, "pass@1", converters.read_mbpp, ("mbpp/mbpp.jsonl",),
-         converters.convert_mbpp, 500, HubSource("google-research-datasets/mbpp", "full", "test"),
-         max_new_tokens=384, stop=("[DONE]",), description="MBPP test (task_id 11-510)"),
+    Task(
+        "arc_easy",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_arc_easy,
+        ("arc_easy/ARC-Easy-Test.jsonl",),
+        converters.convert_arc,
+        2376,
+        HubSource("allenai/ai2_arc", "ARC-Easy", "test"),
+        description="ARC-Easy test",
+    ),
+    Task(
+        "boolq",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_boolq,
+        ("boolq/val.jsonl",),
+        converters.convert_boolq,
+        3270,
+        HubSource("aps/super_glue", "boolq", "validation"),
+        description="BoolQ validation",
+    ),
+    Task(
+        "piqa",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_piqa,
+        ("piqa/valid.jsonl", "piqa/valid-labels.lst"),
+        converters.convert_piqa,
+        1838,
+        HubSource("ybisk/piqa", None, "validation"),
+        description="PIQA validation",
+    ),
+    Task(
+        "sciq",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_sciq,
+        ("sciq/test.json",),
+        converters.convert_sciq,
+        1000,
+        HubSource("allenai/sciq", None, "test"),
+        description="SciQ test (no local data)",
+    ),
+    Task(
+        "social_iqa",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_social_iqa,
+        ("social_iqa/dev.jsonl", "social_iqa/dev-labels.lst"),
+        converters.convert_social_iqa,
+        1954,
+        HubSource("allenai/social_i_qa", None, "validation"),
+        description="Social IQa dev",
+    ),
+    Task(
+        "quac",
+        NL_REASONING,
+        GENERATION,
+        "f1",
+        converters.read_quac,
+        ("quac/quac.jsonl",),
+        converters.convert_quac,
+        1000,
+        None,
+        max_new_tokens=48,
+        stop=("\n",),
+        description="QuAC, MosaicML's derived 1,000-turn generative subset; token F1",
+    ),
+    Task(
+        "cb",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_cb,
+        ("cb/val.jsonl",),
+        converters.convert_cb,
+        56,
+        HubSource("aps/super_glue", "cb", "validation"),
+        description="CommitmentBank validation",
+    ),
+    Task(
+        "copa",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_copa,
+        ("copa/val.jsonl",),
+        converters.convert_copa,
+        100,
+        HubSource("aps/super_glue", "copa", "validation"),
+        description="COPA validation",
+    ),
+    Task(
+        "storycloze",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_storycloze,
+        ("storycloze/cloze_test_val__spring2016.csv",),
+        converters.convert_storycloze,
+        1871,
+        None,
+        description="StoryCloze 2016 val (no local data)",
+    ),
+    Task(
+        "hellaswag",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc_norm",
+        converters.read_hellaswag,
+        ("hellaswag/hellaswag_val_full.txt.bz2",),
+        converters.convert_hellaswag,
+        10042,
+        HubSource("Rowan/hellaswag", None, "validation"),
+        description="HellaSwag validation (derived text format)",
+    ),
+    Task(
+        "winogrande",
+        NL_REASONING,
+        MULTIPLE_CHOICE,
+        "acc",
+        converters.read_winogrande,
+        ("winogrande/dev.jsonl", "winogrande/dev-labels.lst"),
+        converters.convert_winogrande,
+        1267,
+        HubSource("allenai/winogrande", "winogrande_xl", "validation"),
+        description="WinoGrande 1.1 dev, partial scoring",
+    ),
+    Task(
+        "triviaqa",
+        WORLD_KNOWLEDGE,
+        GENERATION,
+        "exact_match",
+        converters.read_triviaqa,
+        ("triviaqa/topics.dpr.trivia.test.txt",),
+        converters.convert_triviaqa,
+        11313,
+        HubSource("mandarjoshi/trivia_qa", "unfiltered.nocontext", "validation"),
+        max_new_tokens=32,
+        stop=_KNOWLEDGE_STOP,
+        description="TriviaQA unfiltered dev",
+    ),
+    Task(
+        "nq_open",
+        WORLD_KNOWLEDGE,
+        GENERATION,
+        "exact_match",
+        converters.read_nq_open,
+        ("nq_open/NQ-open.dev.jsonl",),
+        converters.convert_nq_open,
+        3610,
+        HubSource("google-research-datasets/nq_open", None, "validation"),
+        max_new_tokens=32,
+        stop=_KNOWLEDGE_STOP,
+        description="NaturalQuestions-Open dev",
+    ),
+    Task(
+        "humaneval",
+        CODE,
+        CODE_KIND,
+        "pass@1",
+        converters.read_humaneval,
+        (),
+        converters.convert_humaneval,
+        164,
+        HubSource("openai/openai_humaneval", None, "test"),
+        max_new_tokens=384,
+        stop=_HUMANEVAL_STOP,
+        description="HumanEval (Python)",
+    ),
+    Task(
+        "mbpp",
+        CODE,
+        CODE_KIND,
+        "pass@1",
+        converters.read_mbpp,
+        ("mbpp/mbpp.jsonl",),
+        converters.convert_mbpp,
+        500,
+        HubSource("google-research-datasets/mbpp", "full", "test"),
+        max_new_tokens=384,
+        stop=("[DONE]",),
+        description="MBPP test (task_id 11-510)",
+    ),
 ]
 
 TASKS: dict[str, Task] = {t.name: t for t in _TASK_LIST}
@@ -158,10 +298,18 @@ class Suite:
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in [
-        Suite("smoke", ("copa", "winogrande", "triviaqa", "humaneval"), limit=4,
-              description="a few examples of one task per kind, for tests"),
-        Suite("tiny", tuple(TASKS), limit=50,
-              description="every task with data, 50 examples each: the tiny CPU study"),
+        Suite(
+            "smoke",
+            ("copa", "winogrande", "triviaqa", "humaneval"),
+            limit=4,
+            description="a few examples of one task per kind, for tests",
+        ),
+        Suite(
+            "tiny",
+            tuple(TASKS),
+            limit=50,
+            description="every task with data, 50 examples each: the tiny CPU study",
+        ),
         Suite("paper", tuple(TASKS), limit=0, description="every task with data, in full"),
     ]
 }
@@ -178,8 +326,13 @@ class PromptSet:
         """[{"id", "category", "prompt"}]: each question's first turn."""
         rows = []
         for row in converters.read_fastchat_questions(benchmarks_dir, self.directory):
-            rows.append({"id": str(row["question_id"]), "category": row.get("category", ""),
-                         "prompt": row["turns"][0]})
+            rows.append(
+                {
+                    "id": str(row["question_id"]),
+                    "category": row.get("category", ""),
+                    "prompt": row["turns"][0],
+                }
+            )
         return rows[:limit] if limit > 0 else rows
 
 
@@ -216,7 +369,8 @@ def get_task(name: str, field: str = "tasks") -> Task:
         return TASKS[name]
     except KeyError:
         raise errors.InvalidArgument(
-            field, f"{field}: unknown task {name!r}; known tasks: {sorted(TASKS)}") from None
+            field, f"{field}: unknown task {name!r}; known tasks: {sorted(TASKS)}"
+        ) from None
 
 
 def get_suite(name: str) -> Suite:
@@ -224,15 +378,22 @@ def get_suite(name: str) -> Suite:
         return SUITES[name]
     except KeyError:
         raise errors.InvalidArgument(
-            "suite", f"suite: unknown suite {name!r}; known suites: {sorted(SUITES)}") from None
+            "suite", f"suite: unknown suite {name!r}; known suites: {sorted(SUITES)}"
+        ) from None
 
 
 def available_tasks(benchmarks_dir: str, source: str = "local") -> list[Task]:
     return [t for t in TASKS.values() if t.available(benchmarks_dir, source)]
 
 
-def resolve(suite: str = "", tasks: Sequence[str] = (), limit: int = 0, *,
-            benchmarks_dir: str, source: str = "local") -> tuple[list[Task], int]:
+def resolve(
+    suite: str = "",
+    tasks: Sequence[str] = (),
+    limit: int = 0,
+    *,
+    benchmarks_dir: str,
+    source: str = "local",
+) -> tuple[list[Task], int]:
     """(tasks, per-task limit) of a request: explicit `tasks` win over `suite`.
 
     Suites drop tasks with no data; an explicitly named task without data raises
@@ -245,8 +406,11 @@ def resolve(suite: str = "", tasks: Sequence[str] = (), limit: int = 0, *,
         for name in tasks:
             task = get_task(name)
             if not task.available(benchmarks_dir, source):
-                where = ("on the Hugging Face hub" if source == "hub" else
-                         f"under {benchmarks_dir} (needs {', '.join(task.local_files)})")
+                where = (
+                    "on the Hugging Face hub"
+                    if source == "hub"
+                    else f"under {benchmarks_dir} (needs {', '.join(task.local_files)})"
+                )
                 raise errors.NotFound("tasks", f"tasks: no data for {name!r} {where}")
             if name not in seen:
                 seen.add(name)
@@ -278,7 +442,8 @@ def _raw_rows(task: Task, benchmarks_dir: str, source: str) -> Iterator[dict]:
     if source == "local":
         if not task.available(benchmarks_dir):
             raise errors.NotFound(
-                "tasks", f"tasks: no data for {task.name!r} under {benchmarks_dir}")
+                "tasks", f"tasks: no data for {task.name!r} under {benchmarks_dir}"
+            )
         return task.read_local(benchmarks_dir)
     if source == "hub":
         if task.hub is None:
@@ -289,12 +454,14 @@ def _raw_rows(task: Task, benchmarks_dir: str, source: str) -> Iterator[dict]:
     raise ValueError(f"source: must be 'local' or 'hub', got {source!r}")
 
 
-def converted_path(task: Task, *, benchmarks_dir: str, cache_dir: str,
-                   source: str = "local") -> str:
+def converted_path(
+    task: Task, *, benchmarks_dir: str, cache_dir: str, source: str = "local"
+) -> str:
     """The task's examples in our format as a JSONL file, converting once if needed."""
     out_dir = os.path.join(cache_dir, "converted")
-    path = os.path.join(out_dir, f"{task.name}-{source}-"
-                        f"{_fingerprint(task, benchmarks_dir, source)}.jsonl")
+    path = os.path.join(
+        out_dir, f"{task.name}-{source}-{_fingerprint(task, benchmarks_dir, source)}.jsonl"
+    )
     if os.path.exists(path):
         return path
     os.makedirs(out_dir, exist_ok=True)
@@ -311,16 +478,17 @@ def converted_path(task: Task, *, benchmarks_dir: str, cache_dir: str,
     return path
 
 
-def load_examples(task: Task, *, benchmarks_dir: str, cache_dir: str, limit: int = 0,
-                  source: str = "local"):
+def load_examples(
+    task: Task, *, benchmarks_dir: str, cache_dir: str, limit: int = 0, source: str = "local"
+):
     """The task's examples (a `datasets.Dataset` in our format), the first `limit`."""
     import datasets
 
     datasets.disable_progress_bars()
-    path = converted_path(task, benchmarks_dir=benchmarks_dir, cache_dir=cache_dir,
-                          source=source)
-    ds = datasets.load_dataset("json", data_files=path, split="train",
-                               cache_dir=os.path.join(cache_dir, "hf"))
+    path = converted_path(task, benchmarks_dir=benchmarks_dir, cache_dir=cache_dir, source=source)
+    ds = datasets.load_dataset(
+        "json", data_files=path, split="train", cache_dir=os.path.join(cache_dir, "hf")
+    )
     if limit and limit < len(ds):
         ds = ds.select(range(limit))
     return ds

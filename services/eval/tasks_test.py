@@ -11,9 +11,19 @@ ROOT = tasks.default_benchmarks_dir()
 
 # The benchmarks README's counts.
 README_COUNTS = {
-    "arc_easy": 2376, "boolq": 3270, "piqa": 1838, "social_iqa": 1954, "quac": 1000, "cb": 56,
-    "copa": 100, "hellaswag": 10042, "winogrande": 1267, "triviaqa": 11313, "nq_open": 3610,
-    "humaneval": 164, "mbpp": 500,
+    "arc_easy": 2376,
+    "boolq": 3270,
+    "piqa": 1838,
+    "social_iqa": 1954,
+    "quac": 1000,
+    "cb": 56,
+    "copa": 100,
+    "hellaswag": 10042,
+    "winogrande": 1267,
+    "triviaqa": 11313,
+    "nq_open": 3610,
+    "humaneval": 164,
+    "mbpp": 500,
 }
 
 
@@ -24,9 +34,12 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(cache_dir):
-    return {name: tasks.load_examples(tasks.TASKS[name], benchmarks_dir=ROOT,
-                                      cache_dir=cache_dir).to_list()
-            for name in README_COUNTS}
+    return {
+        name: tasks.load_examples(
+            tasks.TASKS[name], benchmarks_dir=ROOT, cache_dir=cache_dir
+        ).to_list()
+        for name in README_COUNTS
+    }
 
 
 def test_benchmarks_dir_is_found():
@@ -64,17 +77,18 @@ def test_rows_follow_the_format_of_their_kind(loaded, name):
 
 def test_multiple_choice_conversions(loaded):
     arc = loaded["arc_easy"][0]
-    assert arc["context"].startswith("Question: Which statement best explains why "
-                                     "photosynthesis")
+    assert arc["context"].startswith("Question: Which statement best explains why photosynthesis")
     assert arc["context"].endswith("\nAnswer:")
-    assert arc["choices"][arc["gold"]] == ("Sunlight is the source of energy for nearly all "
-                                           "ecosystems.")
+    assert arc["choices"][arc["gold"]] == (
+        "Sunlight is the source of energy for nearly all ecosystems."
+    )
     boolq = loaded["boolq"][0]
     assert boolq["choices"] == ["no", "yes"] and boolq["gold"] == 0  # label "false"
     assert collections.Counter(ex["gold"] for ex in loaded["boolq"]) == {1: 2033, 0: 1237}
     cb = loaded["cb"][0]
-    assert cb["context"].endswith("Question: Valence was helping. True, False, or Neither?"
-                                  "\nAnswer:")
+    assert cb["context"].endswith(
+        "Question: Valence was helping. True, False, or Neither?\nAnswer:"
+    )
     assert cb["choices"][cb["gold"]] == "False"  # contradiction
     copa = loaded["copa"][0]
     assert copa["context"] == "The man turned on the faucet therefore"
@@ -83,8 +97,10 @@ def test_multiple_choice_conversions(loaded):
     piqa = loaded["piqa"]
     assert [ex["gold"] for ex in piqa[:3]] == [0, 1, 1]  # valid-labels.lst
     siqa = loaded["social_iqa"][0]
-    assert siqa["context"] == ("Q: Tracy didn't go home that evening and resisted Riley's "
-                               "attacks. What does Tracy need to do before this?\nA:")
+    assert siqa["context"] == (
+        "Q: Tracy didn't go home that evening and resisted Riley's "
+        "attacks. What does Tracy need to do before this?\nA:"
+    )
     assert siqa["gold"] == 2  # label 3 -> answerC
 
 
@@ -94,14 +110,15 @@ def test_hellaswag_reads_the_derived_text(loaded):
     assert rows[0]["choices"][rows[0]["gold"]] == "starts pulling up roofing on a roof."
     assert all(len(ex["choices"]) == 4 for ex in rows)
     # hellaswag/SOURCE.md's label distribution.
-    assert collections.Counter(ex["gold"] for ex in rows) == {0: 2515, 1: 2485, 2: 2584,
-                                                             3: 2458}
+    assert collections.Counter(ex["gold"] for ex in rows) == {0: 2515, 1: 2485, 2: 2584, 3: 2458}
 
 
 def test_winogrande_partial_scoring(loaded):
     ex = loaded["winogrande"][0]
-    assert ex["contexts"] == ["Sarah was a much better surgeon than Maria so Sarah",
-                              "Sarah was a much better surgeon than Maria so Maria"]
+    assert ex["contexts"] == [
+        "Sarah was a much better surgeon than Maria so Sarah",
+        "Sarah was a much better surgeon than Maria so Maria",
+    ]
     assert ex["continuation"] == "always got the easier cases."
     assert ex["gold"] == 1
 
@@ -140,13 +157,16 @@ def test_suites_and_resolution():
     assert [t.name for t in explicit] == ["cb", "mbpp"] and limit == 0
 
 
-@pytest.mark.parametrize("suite,task_names,limit,field,error", [
-    ("nope", [], 0, "suite", errors.InvalidArgument),
-    ("", [], 0, "suite", errors.InvalidArgument),
-    ("", ["arc_easy", "nope"], 0, "tasks", errors.InvalidArgument),
-    ("", ["sciq"], 0, "tasks", errors.NotFound),
-    ("tiny", [], -1, "limit", errors.InvalidArgument),
-])
+@pytest.mark.parametrize(
+    "suite,task_names,limit,field,error",
+    [
+        ("nope", [], 0, "suite", errors.InvalidArgument),
+        ("", [], 0, "suite", errors.InvalidArgument),
+        ("", ["arc_easy", "nope"], 0, "tasks", errors.InvalidArgument),
+        ("", ["sciq"], 0, "tasks", errors.NotFound),
+        ("tiny", [], -1, "limit", errors.InvalidArgument),
+    ],
+)
 def test_bad_requests_name_the_field(suite, task_names, limit, field, error):
     with pytest.raises(error) as info:
         tasks.resolve(suite, task_names, limit, benchmarks_dir=ROOT)
@@ -172,14 +192,27 @@ def test_prompt_sets():
 
 def test_hub_rows_convert_like_local_rows():
     # The Hugging Face schemas the converters accept (no network needed here).
-    hub_arc = {"id": "x", "question": "Q?", "choices": {"text": ["a", "b"], "label": ["1", "2"]},
-               "answerKey": "2"}
+    hub_arc = {
+        "id": "x",
+        "question": "Q?",
+        "choices": {"text": ["a", "b"], "label": ["1", "2"]},
+        "answerKey": "2",
+    }
     assert converters.convert_arc(hub_arc, 0)["gold"] == 1
-    hub_hellaswag = {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man",
-                     "ctx_b": "writes", "endings": ["a [title] b", "c", "d", "e"], "label": "3"}
+    hub_hellaswag = {
+        "ind": 4,
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man",
+        "ctx_b": "writes",
+        "endings": ["a [title] b", "c", "d", "e"],
+        "label": "3",
+    }
     row = converters.convert_hellaswag(hub_hellaswag, 0)
     assert row["context"] == "Removing ice from car: Then, the man Writes"
     assert row["choices"][0] == "a. b" and row["gold"] == 3
-    hub_tqa = {"question": "Q", "question_id": "tc_1",
-               "answer": {"value": "Paris", "aliases": ["Paris", "Paree"]}}
+    hub_tqa = {
+        "question": "Q",
+        "question_id": "tc_1",
+        "answer": {"value": "Paris", "aliases": ["Paris", "Paree"]},
+    }
     assert converters.convert_triviaqa(hub_tqa, 0)["answers"] == ["Paris", "Paree"]

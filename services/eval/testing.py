@@ -45,8 +45,11 @@ def train_tokenizer(vocab_size: int = 512):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([_TEXT * 4, inspect.getsource(dataclasses)], trainer=trainer)
     return tok
 
@@ -57,8 +60,9 @@ def tiny_model(vocab_size: int, seed: int = 0, max_seq_len: int = 512):
     from libs.model import model as model_lib
     from libs.model import presets
 
-    cfg = dataclasses.replace(presets.get_preset("tiny"), vocab_size=vocab_size,
-                              max_seq_len=max_seq_len)
+    cfg = dataclasses.replace(
+        presets.get_preset("tiny"), vocab_size=vocab_size, max_seq_len=max_seq_len
+    )
     return model_lib.Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
@@ -87,8 +91,7 @@ class OracleModel:
         self.calls += 1
         return [(0.0, True) if r in self._gold_requests else (-10.0, False) for r in requests]
 
-    def generate(self, prompts, *, max_new_tokens, stop=(), temperature=0.0, top_p=1.0,
-                 seed=0):
+    def generate(self, prompts, *, max_new_tokens, stop=(), temperature=0.0, top_p=1.0, seed=0):
         self.calls += 1
         return [self._answers.get(p, "") for p in prompts]
 
@@ -113,12 +116,12 @@ class ModelRegistry:
         if uri not in self.models:
             raise errors.NotFound("checkpoint_uri", f"checkpoint_uri: no checkpoint at {uri!r}")
         model, step, lineage = self.models[uri]
-        return checkpoints.LoadedCheckpoint(uri=uri, step=step, lineage=dict(lineage),
-                                            model=model)
+        return checkpoints.LoadedCheckpoint(uri=uri, step=step, lineage=dict(lineage), model=model)
 
 
-def write_checkpoint(directory: str, step: int = 1, *, seed: int = 0,
-                     lineage: dict | None = None) -> str:
+def write_checkpoint(
+    directory: str, step: int = 1, *, seed: int = 0, lineage: dict | None = None
+) -> str:
     """A real committed checkpoint (libs/checkpoint format) of a random tiny model."""
     import jax.numpy as jnp
     from flax import nnx
@@ -128,8 +131,12 @@ def write_checkpoint(directory: str, step: int = 1, *, seed: int = 0,
     tok = train_tokenizer()
     model = tiny_model(tok.get_vocab_size(), seed)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    meta = {"step": step, "model_config": model.cfg.to_dict(), "tokenizer_json": tok.to_str(),
-            "lineage": lineage or {"run_id": "test", "phase": "init", "step": step}}
+    meta = {
+        "step": step,
+        "model_config": model.cfg.to_dict(),
+        "tokenizer_json": tok.to_str(),
+        "lineage": lineage or {"run_id": "test", "phase": "init", "step": step},
+    }
     writer = ckpt_lib.CheckpointWriter(directory, async_save=False)
     uri = writer.save(step, params, {"count": jnp.zeros((), jnp.int32)}, meta)
     writer.wait()

@@ -32,36 +32,71 @@ flags.DEFINE_string("data_address", "", "Data service; default: start a local on
 
 
 def _spec(preset: str, checkpoint_dir: str) -> trainer_pb2.RunSpec:
-    mixture = data_pb2.MixtureSpec(name="code25", stages=[data_pb2.MixtureStage(weights=[
-        data_pb2.SourceWeight(source="text", weight=0.75),
-        data_pb2.SourceWeight(source="code", weight=0.25)])])
+    mixture = data_pb2.MixtureSpec(
+        name="code25",
+        stages=[
+            data_pb2.MixtureStage(
+                weights=[
+                    data_pb2.SourceWeight(source="text", weight=0.75),
+                    data_pb2.SourceWeight(source="code", weight=0.25),
+                ]
+            )
+        ],
+    )
     steps = FLAGS.steps
-    return spec_lib.with_defaults(trainer_pb2.RunSpec(
-        run_id=f"bench-{preset}", preset=preset, global_batch_size=FLAGS.batch,
-        seq_len=FLAGS.seq_len, compute_dtype=FLAGS.dtype, checkpoint_dir=checkpoint_dir,
-        checkpoint_every_steps=10 * steps, log_every_steps=max(steps // 8, 1),
-        data_address=FLAGS.data_address,
-        phases=[trainer_pb2.Phase(
-            name="pretrain", from_scratch=True, token_budget=steps * FLAGS.batch * FLAGS.seq_len,
-            mixture=mixture, schedule=trainer_pb2.LRSchedule(
-                kind=trainer_pb2.LRSchedule.COSINE, peak_lr=1e-3, warmup_steps=5))]))
+    return spec_lib.with_defaults(
+        trainer_pb2.RunSpec(
+            run_id=f"bench-{preset}",
+            preset=preset,
+            global_batch_size=FLAGS.batch,
+            seq_len=FLAGS.seq_len,
+            compute_dtype=FLAGS.dtype,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_steps=10 * steps,
+            log_every_steps=max(steps // 8, 1),
+            data_address=FLAGS.data_address,
+            phases=[
+                trainer_pb2.Phase(
+                    name="pretrain",
+                    from_scratch=True,
+                    token_budget=steps * FLAGS.batch * FLAGS.seq_len,
+                    mixture=mixture,
+                    schedule=trainer_pb2.LRSchedule(
+                        kind=trainer_pb2.LRSchedule.COSINE, peak_lr=1e-3, warmup_steps=5
+                    ),
+                )
+            ],
+        )
+    )
 
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     peak = flops.measure_peak_flops()
-    print(f"device: {jax.devices()[0].device_kind}; matmul peak (best of float32 and "
-          f"bfloat16) {peak / 1e9:.1f} GFLOP/s")
-    figures = {"device": jax.devices()[0].device_kind, "dtype": FLAGS.dtype,
-               "seq_len": FLAGS.seq_len, "batch": FLAGS.batch}
+    print(
+        f"device: {jax.devices()[0].device_kind}; matmul peak (best of float32 and "
+        f"bfloat16) {peak / 1e9:.1f} GFLOP/s"
+    )
+    figures = {
+        "device": jax.devices()[0].device_kind,
+        "dtype": FLAGS.dtype,
+        "seq_len": FLAGS.seq_len,
+        "batch": FLAGS.batch,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for preset in FLAGS.presets:
             spec = _spec(preset, tmp)
             link = data_link.connect(spec, echo=False)
             events = EventLog(spec.run_id)
-            trainer = Trainer(spec, batches=link.batches, vocab_size=link.vocab_size,
-                              tokenizer_json=link.tokenizer_json, events=events, console=False,
-                              peak_flops=peak)
+            trainer = Trainer(
+                spec,
+                batches=link.batches,
+                vocab_size=link.vocab_size,
+                tokenizer_json=link.tokenizer_json,
+                events=events,
+                console=False,
+                peak_flops=peak,
+            )
             trainer.run()
             link.close()
             # Load on the machine while the peak was measured must not inflate MFU.
@@ -70,9 +105,11 @@ def main(argv):
             steady = metrics[1:] or metrics  # the first interval holds compilation
             tps = statistics.median(m.tokens_per_second for m in steady)
             mfu = flops.mfu(tps, trainer.config, FLAGS.seq_len, peak)
-            print(f"{preset:>6}: {tps:,.0f} tokens/s, MFU {mfu:.3f} "
-                  f"({flops.flops_per_token(trainer.config, FLAGS.seq_len) / 1e6:.1f} MFLOP/token, "
-                  f"final loss {metrics[-1].loss:.3f})")
+            print(
+                f"{preset:>6}: {tps:,.0f} tokens/s, MFU {mfu:.3f} "
+                f"({flops.flops_per_token(trainer.config, FLAGS.seq_len) / 1e6:.1f} MFLOP/token, "
+                f"final loss {metrics[-1].loss:.3f})"
+            )
             figures[f"{preset}_tokens_per_s"] = round(tps)
             figures[f"{preset}_mfu"] = round(mfu, 4)
     figures["matmul_peak_gflops"] = round(peak / 1e9, 1)

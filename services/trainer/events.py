@@ -60,8 +60,9 @@ class EventLog:
         with self._cond:
             return list(self._events)
 
-    def watch(self, from_sequence: int = 0, *, poll_s: float = 0.5,
-              cancelled=lambda: False) -> Iterator[trainer_pb2.RunEvent]:
+    def watch(
+        self, from_sequence: int = 0, *, poll_s: float = 0.5, cancelled=lambda: False
+    ) -> Iterator[trainer_pb2.RunEvent]:
         """Yields events from `from_sequence` on, live, until the log closes."""
         next_seq = max(from_sequence, 0)
         while True:

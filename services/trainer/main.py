@@ -31,9 +31,12 @@ flags.DEFINE_string("checkpoint_dir", None, "Override the spec's checkpoint_dir.
 flags.DEFINE_string("mesh", None, "Device mesh as data,fsdp,tensor (e.g. 1,8,1).")
 flags.DEFINE_bool("serve", False, "Serve TrainerService instead of training one spec.")
 flags.DEFINE_multi_string("data_flag", [], "Flag passed to a locally started data service.")
-flags.DEFINE_bool("distributed", False,
-                  "Join a multi-process run with jax.distributed (TPU/GPU slices detect the "
-                  "rest; on CPUs give the three flags below).")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run with jax.distributed (TPU/GPU slices detect the "
+    "rest; on CPUs give the three flags below).",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -67,8 +70,12 @@ def _connect(spec):
     import jax
 
     # Each process pulls its own shard of every global batch.
-    return data_link.connect(spec, data_flags=FLAGS.data_flag,
-                             shard_index=jax.process_index(), num_shards=jax.process_count())
+    return data_link.connect(
+        spec,
+        data_flags=FLAGS.data_flag,
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+    )
 
 
 def _init_distributed() -> None:
@@ -77,8 +84,9 @@ def _init_distributed() -> None:
     # Only CPU devices use it; set before any backend starts.
     if FLAGS.coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+        FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+    )
 
 
 def main(argv):
@@ -103,8 +111,9 @@ def main(argv):
         run_id, resumed = runs.start(spec)
     except SpecError as e:
         sys.exit(f"error: spec.{e}")
-    print(f"run {run_id}: {'resumed from its last checkpoint' if resumed else 'started'}",
-          flush=True)
+    print(
+        f"run {run_id}: {'resumed from its last checkpoint' if resumed else 'started'}", flush=True
+    )
     # SIGTERM/Ctrl-C: stop after the current step with a checkpoint, so a later start
     # resumes there, and let the run close its data service.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -130,8 +139,10 @@ def _summarise(runs: Runs, run_id: str, status) -> None:
         per_source = ", ".join(f"{k} {v:.3f}" for k, v in sorted(m.source_loss.items()))
         print(f"  {phase:<10} final loss {m.loss:.3f} ({per_source})")
     for c in checkpoints:
-        print(f"  checkpoint step {c.step:>5} phase {c.lineage.phase:<10} {c.uri}"
-              + ("  [phase end]" if c.phase_end else ""))
+        print(
+            f"  checkpoint step {c.step:>5} phase {c.lineage.phase:<10} {c.uri}"
+            + ("  [phase end]" if c.phase_end else "")
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ MAIN = process.module_command("services.trainer.main")
 
 
 def _run(args, timeout=120):
-    return subprocess.run(MAIN + args, capture_output=True, text=True, timeout=timeout,
-                          env=process.child_env())
+    return subprocess.run(
+        MAIN + args, capture_output=True, text=True, timeout=timeout, env=process.child_env()
+    )
 
 
 def test_help_lists_the_flags():
@@ -56,13 +57,19 @@ def _closed_port():
 
 
 def _spec(**kw):
-    mixture = data_pb2.MixtureSpec(stages=[data_pb2.MixtureStage(
-        weights=[data_pb2.SourceWeight(source="text", weight=1)])])
-    phase = trainer_pb2.Phase(name="init", from_scratch=True, token_budget=1000,
-                              mixture=mixture, schedule=trainer_pb2.LRSchedule(
-                                  kind=trainer_pb2.LRSchedule.COSINE, peak_lr=1e-3))
-    spec = trainer_pb2.RunSpec(run_id="t", preset="tiny", phases=[phase],
-                               data_address=f"127.0.0.1:{_closed_port()}")
+    mixture = data_pb2.MixtureSpec(
+        stages=[data_pb2.MixtureStage(weights=[data_pb2.SourceWeight(source="text", weight=1)])]
+    )
+    phase = trainer_pb2.Phase(
+        name="init",
+        from_scratch=True,
+        token_budget=1000,
+        mixture=mixture,
+        schedule=trainer_pb2.LRSchedule(kind=trainer_pb2.LRSchedule.COSINE, peak_lr=1e-3),
+    )
+    spec = trainer_pb2.RunSpec(
+        run_id="t", preset="tiny", phases=[phase], data_address=f"127.0.0.1:{_closed_port()}"
+    )
     for key, value in kw.items():
         setattr(spec, key, value)
     return spec

@@ -63,9 +63,15 @@ class Runs:
         os.makedirs(run_dir, exist_ok=True)
         events = EventLog(spec.run_id, os.path.join(run_dir, "events.jsonl"))
         run = _Run(spec=spec, events=events, stop=threading.Event())
-        trainer = Trainer(spec, batches=link.batches, vocab_size=link.vocab_size,
-                          tokenizer_json=link.tokenizer_json, events=events, stop=run.stop,
-                          console=self._console)
+        trainer = Trainer(
+            spec,
+            batches=link.batches,
+            vocab_size=link.vocab_size,
+            tokenizer_json=link.tokenizer_json,
+            events=events,
+            stop=run.stop,
+            console=self._console,
+        )
         resumed = trainer.resumable()
 
         def body():
@@ -73,8 +79,13 @@ class Runs:
                 trainer.run()
             except Exception as e:  # a failed run is reported, not fatal to the server
                 traceback.print_exc()
-                events.append(status=trainer_pb2.RunStatus(
-                    run_id=spec.run_id, state=trainer_pb2.FAILED, error=f"{type(e).__name__}: {e}"))
+                events.append(
+                    status=trainer_pb2.RunStatus(
+                        run_id=spec.run_id,
+                        state=trainer_pb2.FAILED,
+                        error=f"{type(e).__name__}: {e}",
+                    )
+                )
             finally:
                 link.close()
                 events.close()
@@ -91,8 +102,14 @@ class Runs:
                 raise RunNotFound(run_id)
             return self._runs[run_id]
 
-    def watch(self, run_id: str, from_sequence: int = 0, *, checkpoints_only: bool = False,
-              cancelled=lambda: False) -> Iterator[trainer_pb2.RunEvent]:
+    def watch(
+        self,
+        run_id: str,
+        from_sequence: int = 0,
+        *,
+        checkpoints_only: bool = False,
+        cancelled=lambda: False,
+    ) -> Iterator[trainer_pb2.RunEvent]:
         for event in self._get(run_id).events.watch(from_sequence, cancelled=cancelled):
             if checkpoints_only and event.WhichOneof("event") == "metrics":
                 continue

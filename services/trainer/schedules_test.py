@@ -35,8 +35,15 @@ def test_linear_anneal_starts_from_previous_phase_lr_and_ends_at_1e6():
 
 def test_warmup_stable_decay():
     fn = schedules.build(
-        S(kind=S.WARMUP_STABLE_DECAY, peak_lr=1e-3, warmup_steps=10, final_lr=0.0,
-          decay_fraction=0.2), 100)
+        S(
+            kind=S.WARMUP_STABLE_DECAY,
+            peak_lr=1e-3,
+            warmup_steps=10,
+            final_lr=0.0,
+            decay_fraction=0.2,
+        ),
+        100,
+    )
     assert float(fn(10)) == pytest.approx(1e-3)
     assert float(fn(79)) == pytest.approx(1e-3)
     assert float(fn(99)) == pytest.approx(0.0, abs=1e-9)

@@ -24,9 +24,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def WatchRun(self, request, context):
         try:
             yield from self._runs.watch(
-                request.run_id, request.from_sequence,
+                request.run_id,
+                request.from_sequence,
                 checkpoints_only=request.checkpoints_only,
-                cancelled=lambda: not context.is_active())
+                cancelled=lambda: not context.is_active(),
+            )
         except RunNotFound:
             context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {request.run_id!r}")
 

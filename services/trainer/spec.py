@@ -100,8 +100,9 @@ def validate(
     if data * fixed != num_devices:
         raise SpecError("mesh", f"data*fsdp*tensor = {data * fixed} != {num_devices} devices")
     if spec.global_batch_size % data:
-        raise SpecError("global_batch_size", f"{spec.global_batch_size} not divisible by "
-                        f"mesh.data={data}")
+        raise SpecError(
+            "global_batch_size", f"{spec.global_batch_size} not divisible by mesh.data={data}"
+        )
     if not spec.phases:
         raise SpecError("phases", "a run needs at least one phase")
     names = set()
@@ -116,8 +117,9 @@ def validate(
             raise SpecError(f"{field}.token_budget", f"must be positive, got {phase.token_budget}")
         init = phase.WhichOneof("init")
         if init is None:
-            raise SpecError(f"{field}.init",
-                            "set one of from_scratch, init_checkpoint, continue_previous")
+            raise SpecError(
+                f"{field}.init", "set one of from_scratch, init_checkpoint, continue_previous"
+            )
         if init == "continue_previous" and i == 0:
             raise SpecError(f"{field}.continue_previous", "the first phase has nothing to continue")
         if init == "init_checkpoint":
@@ -131,8 +133,9 @@ def validate(
 
 def _check_schedule(field: str, s: trainer_pb2.LRSchedule, *, first: bool) -> None:
     if s.kind == Kind.KIND_UNSPECIFIED:
-        raise SpecError(f"{field}.kind", "must be set (COSINE, WARMUP_STABLE_DECAY, "
-                        "LINEAR_ANNEAL or CONSTANT)")
+        raise SpecError(
+            f"{field}.kind", "must be set (COSINE, WARMUP_STABLE_DECAY, LINEAR_ANNEAL or CONSTANT)"
+        )
     needs_peak = s.kind != Kind.LINEAR_ANNEAL or first
     if needs_peak and not s.peak_lr > 0:
         raise SpecError(f"{field}.peak_lr", f"must be positive, got {s.peak_lr}")
@@ -154,5 +157,7 @@ def _check_parent(field: str, uri: str, config) -> None:
     parent = meta.get("model_config", {})
     for key in ("d_model", "num_layers", "num_heads", "d_ff"):
         if parent.get(key) != getattr(config, key):
-            raise SpecError(field, f"parent {key}={parent.get(key)} does not match preset "
-                            f"({getattr(config, key)})")
+            raise SpecError(
+                field,
+                f"parent {key}={parent.get(key)} does not match preset ({getattr(config, key)})",
+            )

@@ -86,8 +86,12 @@ def make_optimizer(opt: trainer_pb2.Optimizer) -> optax.GradientTransformation:
     """AdamW with clipping; the learning rate is a hyperparameter the loop sets
     each step, so one optimizer state carries across phases that continue."""
     adamw = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=0.0, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-        weight_decay=opt.weight_decay, mask=_decay_mask,
+        learning_rate=0.0,
+        b1=opt.b1,
+        b2=opt.b2,
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+        mask=_decay_mask,
     )
     if opt.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw)
@@ -116,7 +120,9 @@ class Trainer:
         self.spec = spec
         base = presets.get_preset(spec.preset)
         self.config = dataclasses.replace(
-            base, vocab_size=vocab_size, max_seq_len=max(base.max_seq_len, spec.seq_len),
+            base,
+            vocab_size=vocab_size,
+            max_seq_len=max(base.max_seq_len, spec.seq_len),
             dtype=spec.compute_dtype,
         )
         self.run_dir = os.path.join(spec.checkpoint_dir, spec.run_id)
@@ -126,7 +132,8 @@ class Trainer:
         self.primary = jax.process_index() == 0
         self.mesh = self._make_mesh(spec.mesh)
         self.writer = checkpoint.CheckpointWriter(
-            os.path.join(self.run_dir, "checkpoints"), keep=spec.keep_checkpoints)
+            os.path.join(self.run_dir, "checkpoints"), keep=spec.keep_checkpoints
+        )
         self.events = events
         self.stop_event = stop or threading.Event()
         self._batches = batches
@@ -134,25 +141,32 @@ class Trainer:
         self._console = console
         self.phase_steps = [steps_of(spec, p) for p in spec.phases]
         self.tx = make_optimizer(spec.optimizer)
-        self._graphdef, abstract_state = nnx.split(model_lib.abstract_model(self.config),
-                                                   nnx.Param)
+        self._graphdef, abstract_state = nnx.split(model_lib.abstract_model(self.config), nnx.Param)
         self.param_shardings = nnx.to_pure_dict(
-            sharding.state_shardings(abstract_state, self.mesh, self.config.sharding_rules))
+            sharding.state_shardings(abstract_state, self.mesh, self.config.sharding_rules)
+        )
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self._abstract_params = checkpoint.abstract_params(self.config, self.param_shardings)
         self._abstract_opt = jax.eval_shape(self.tx.init, self._abstract_params)
         self.opt_shardings = optax.tree_utils.tree_map_params(
-            self.tx, lambda _, s: s, self._abstract_opt, self.param_shardings,
-            transform_non_params=lambda _: replicated)
+            self.tx,
+            lambda _, s: s,
+            self._abstract_opt,
+            self.param_shardings,
+            transform_non_params=lambda _: replicated,
+        )
         self._abstract_opt = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            self._abstract_opt, self.opt_shardings)
+            self._abstract_opt,
+            self.opt_shardings,
+        )
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
         self._opt_init = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
         self._step_fn = jax.jit(self._train_step, donate_argnums=(0, 1))
         self._phase_end_steps: set[int] = set()
-        self._metrics_file = (open(os.path.join(self.run_dir, "metrics.jsonl"), "a")
-                              if self.primary else None)
+        self._metrics_file = (
+            open(os.path.join(self.run_dir, "metrics.jsonl"), "a") if self.primary else None
+        )
         self._tb = None
         self._peak = peak_flops
         self.final_source_loss: dict[str, float] = {}
@@ -168,8 +182,11 @@ class Trainer:
     def _train_step(self, params, opt_state, batch, lr):
         def loss_fn(params):
             model = nnx.merge(self._graphdef, params)
-            logits_btv = model(batch["tokens"], segment_ids_bt=batch["segment_ids"],
-                               positions_bt=batch["positions"])
+            logits_btv = model(
+                batch["tokens"],
+                segment_ids_bt=batch["segment_ids"],
+                positions_bt=batch["positions"],
+            )
             return model_lib.cross_entropy(logits_btv, batch["targets"], batch["loss_mask"])
 
         (loss, per_token_bt), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -204,8 +221,9 @@ class Trainer:
             opt_state = self._opt_init(params)
             pos.parent_uri = ""
         elif init == "init_checkpoint":
-            params = checkpoint.load_params(phase.init_checkpoint, self.config,
-                                            self.param_shardings)
+            params = checkpoint.load_params(
+                phase.init_checkpoint, self.config, self.param_shardings
+            )
             opt_state = self._opt_init(params)
             pos.parent_uri = phase.init_checkpoint
         else:  # continue_previous: same weights and optimizer state
@@ -216,8 +234,9 @@ class Trainer:
         step = self.writer.latest_step()
         if step is None:
             return None
-        params, opt_state, meta = self.writer.restore(step, self._abstract_params,
-                                                      self._abstract_opt)
+        params, opt_state, meta = self.writer.restore(
+            step, self._abstract_params, self._abstract_opt
+        )
         pos = Position(**meta["position"])
         return pos, params, opt_state
 
@@ -230,9 +249,11 @@ class Trainer:
         resumed = self._resume()
         if resumed:
             pos, params, opt_state = resumed
-            self._log(f"resuming {self.spec.run_id} at step {pos.step} "
-                      f"(phase {self.spec.phases[min(pos.phase_index, len(self.spec.phases)-1)].name}, "
-                      f"step {pos.phase_step})")
+            self._log(
+                f"resuming {self.spec.run_id} at step {pos.step} "
+                f"(phase {self.spec.phases[min(pos.phase_index, len(self.spec.phases) - 1)].name}, "
+                f"step {pos.phase_step})"
+            )
         else:
             pos, params, opt_state = Position(), None, None
         if self._peak is None:
@@ -249,7 +270,8 @@ class Trainer:
             schedule = schedules.build(phase.schedule, num_steps, start_lr)
             if pos.phase_step < num_steps:
                 params, opt_state, stopped = self._run_phase(
-                    pos, phase, num_steps, schedule, params, opt_state, total_steps)
+                    pos, phase, num_steps, schedule, params, opt_state, total_steps
+                )
                 if stopped:
                     state = trainer_pb2.STOPPED
                     break
@@ -279,9 +301,16 @@ class Trainer:
             # Each process holds its own rows of the global batch.
             arrays = {
                 name: jax.make_array_from_process_local_data(
-                    self._batch_sharding, getattr(batch, name))
-                for name in ("tokens", "targets", "segment_ids", "positions", "loss_mask",
-                             "source_ids")
+                    self._batch_sharding, getattr(batch, name)
+                )
+                for name in (
+                    "tokens",
+                    "targets",
+                    "segment_ids",
+                    "positions",
+                    "loss_mask",
+                    "source_ids",
+                )
             }
             with jax.set_mesh(self.mesh):
                 params, opt_state, metrics = self._step_fn(params, opt_state, arrays, lr)
@@ -290,8 +319,9 @@ class Trainer:
             pos.step += 1
             pos.phase_step += 1
             pos.last_lr = lr
-            counts = np.bincount(batch.source_ids[batch.segment_ids > 0].ravel(),
-                                 minlength=len(batch.source_names))
+            counts = np.bincount(
+                batch.source_ids[batch.segment_ids > 0].ravel(), minlength=len(batch.source_names)
+            )
             if jax.process_count() > 1:
                 counts = multihost_utils.process_allgather(counts).sum(axis=0)
             for name, count in zip(batch.source_names, counts):
@@ -303,8 +333,15 @@ class Trainer:
             phase_end = pos.phase_step == num_steps
             if pos.step % self.spec.log_every_steps == 0 or phase_end:
                 elapsed = time.perf_counter() - interval_start
-                self._log_metrics(pos, phase, jax.device_get(interval), batch.source_names, lr,
-                                  interval_tokens / max(elapsed, 1e-9), total_steps)
+                self._log_metrics(
+                    pos,
+                    phase,
+                    jax.device_get(interval),
+                    batch.source_names,
+                    lr,
+                    interval_tokens / max(elapsed, 1e-9),
+                    total_steps,
+                )
                 interval_start, interval_tokens, interval = time.perf_counter(), 0, None
             if pos.step % self.spec.checkpoint_every_steps == 0 or phase_end:
                 self._save(pos, params, opt_state, phase_end=phase_end)
@@ -316,10 +353,15 @@ class Trainer:
     def _lineage(self, pos: Position) -> dict:
         phase = self.spec.phases[min(pos.phase_index, len(self.spec.phases) - 1)]
         return {
-            "run_id": self.spec.run_id, "phase": phase.name, "parent_uri": pos.parent_uri,
-            "step": pos.step, "phase_step": pos.phase_step,
-            "tokens_per_source": dict(pos.tokens_per_source), "tokens_seen": pos.tokens_seen,
-            "phases_done": list(pos.phases_done), "preset": self.spec.preset,
+            "run_id": self.spec.run_id,
+            "phase": phase.name,
+            "parent_uri": pos.parent_uri,
+            "step": pos.step,
+            "phase_step": pos.phase_step,
+            "tokens_per_source": dict(pos.tokens_per_source),
+            "tokens_seen": pos.tokens_seen,
+            "phases_done": list(pos.phases_done),
+            "preset": self.spec.preset,
         }
 
     def _save(self, pos: Position, params, opt_state, *, phase_end: bool) -> None:
@@ -345,8 +387,11 @@ class Trainer:
         for step, uri in committed:
             meta = checkpoint.read_meta(uri)
             lineage = trainer_pb2.Lineage(**meta["lineage"])
-            self.events.append(checkpoint=trainer_pb2.CheckpointCommitted(
-                step=step, uri=uri, lineage=lineage, phase_end=bool(meta.get("phase_end"))))
+            self.events.append(
+                checkpoint=trainer_pb2.CheckpointCommitted(
+                    step=step, uri=uri, lineage=lineage, phase_end=bool(meta.get("phase_end"))
+                )
+            )
             self._log(f"checkpoint committed: step {step} -> {uri}")
 
     def _log_metrics(self, pos, phase, metrics, source_names, lr, tokens_per_s, total_steps):
@@ -354,15 +399,21 @@ class Trainer:
             return
         source_loss = {
             name: float(metrics["source_loss_sum"][i] / metrics["source_count"][i])
-            for i, name in enumerate(source_names) if metrics["source_count"][i] > 0
+            for i, name in enumerate(source_names)
+            if metrics["source_count"][i] > 0
         }
         self.final_source_loss.update(source_loss)
         mfu = flops.mfu(tokens_per_s, self.config, self.spec.seq_len, self._peak)
         steps = metrics["steps"]  # loss and gradient norm are means over the interval
         record = trainer_pb2.Metrics(
-            step=pos.step, phase=phase.name, loss=float(metrics["loss"] / steps),
-            source_loss=source_loss, tokens_per_second=tokens_per_s, mfu=mfu,
-            learning_rate=lr, grad_norm=float(metrics["grad_norm"] / steps),
+            step=pos.step,
+            phase=phase.name,
+            loss=float(metrics["loss"] / steps),
+            source_loss=source_loss,
+            tokens_per_second=tokens_per_s,
+            mfu=mfu,
+            learning_rate=lr,
+            grad_norm=float(metrics["grad_norm"] / steps),
             tokens_seen=pos.tokens_seen,
         )
         self.events.append(metrics=record)
@@ -371,9 +422,12 @@ class Trainer:
         self._tensorboard(record)
         if self._console:
             per_source = " ".join(f"{k}={v:.3f}" for k, v in sorted(source_loss.items()))
-            print(f"[{pos.step:>5}/{total_steps}] {phase.name:<10} loss {record.loss:.4f} "
-                  f"({per_source}) lr {lr:.2e} gnorm {record.grad_norm:.2f} "
-                  f"{tokens_per_s / 1e3:.1f}k tok/s MFU {mfu:.2f}", flush=True)
+            print(
+                f"[{pos.step:>5}/{total_steps}] {phase.name:<10} loss {record.loss:.4f} "
+                f"({per_source}) lr {lr:.2e} gnorm {record.grad_norm:.2f} "
+                f"{tokens_per_s / 1e3:.1f}k tok/s MFU {mfu:.2f}",
+                flush=True,
+            )
 
     def _tensorboard(self, record: trainer_pb2.Metrics) -> None:
         if self._tb is None:
@@ -393,9 +447,15 @@ class Trainer:
         if not self.primary:
             return
         phase = self.spec.phases[min(pos.phase_index, len(self.spec.phases) - 1)]
-        self.events.append(status=trainer_pb2.RunStatus(
-            run_id=self.spec.run_id, state=state, step=pos.step, phase=phase.name,
-            latest_checkpoint=pos.last_uri))
+        self.events.append(
+            status=trainer_pb2.RunStatus(
+                run_id=self.spec.run_id,
+                state=state,
+                step=pos.step,
+                phase=phase.name,
+                latest_checkpoint=pos.last_uri,
+            )
+        )
 
     def _log(self, text: str) -> None:
         if self._console and self.primary:

@@ -27,15 +27,21 @@ VOCAB = 512
 S = trainer_pb2.LRSchedule
 
 
-def synthetic_batches(phase_index, phase, start_step, *, batch=4, seq_len=32, shard=0,
-                      num_shards=1):
+def synthetic_batches(
+    phase_index, phase, start_step, *, batch=4, seq_len=32, shard=0, num_shards=1
+):
     """Batch k of a phase is a pure function of (phase_index, k), like the data service's;
     shard i of n holds rows [i*batch/n, (i+1)*batch/n) of it."""
     rows = slice(shard * batch // num_shards, (shard + 1) * batch // num_shards)
     for full in _global_batches(phase_index, start_step, batch, seq_len):
-        yield Batch(**{f.name: (getattr(full, f.name)[rows] if f.name != "source_names"
-                                else full.source_names)
-                       for f in dataclasses.fields(Batch)})
+        yield Batch(
+            **{
+                f.name: (
+                    getattr(full, f.name)[rows] if f.name != "source_names" else full.source_names
+                )
+                for f in dataclasses.fields(Batch)
+            }
+        )
 
 
 def _global_batches(phase_index, start_step, batch, seq_len):
@@ -49,30 +55,53 @@ def _global_batches(phase_index, start_step, batch, seq_len):
         positions = np.where(segment == 1, np.arange(seq_len), np.arange(seq_len) - seq_len // 2)
         mask = np.ones((batch, seq_len), np.uint8)
         mask[:, seq_len // 2 - 1] = 0  # no target across the document boundary
-        yield Batch(tokens=seq[:, :-1].astype(np.int32), targets=seq[:, 1:].astype(np.int32),
-                    segment_ids=segment.astype(np.int32), positions=positions.astype(np.int32),
-                    loss_mask=mask, source_ids=(np.arange(batch)[:, None] % 2 *
-                                                np.ones((1, seq_len), np.int64)).astype(np.uint8),
-                    source_names=["text", "code"])
+        yield Batch(
+            tokens=seq[:, :-1].astype(np.int32),
+            targets=seq[:, 1:].astype(np.int32),
+            segment_ids=segment.astype(np.int32),
+            positions=positions.astype(np.int32),
+            loss_mask=mask,
+            source_ids=(np.arange(batch)[:, None] % 2 * np.ones((1, seq_len), np.int64)).astype(
+                np.uint8
+            ),
+            source_names=["text", "code"],
+        )
         step += 1
 
 
 def _mixture():
-    return data_pb2.MixtureSpec(stages=[data_pb2.MixtureStage(
-        weights=[data_pb2.SourceWeight(source="text", weight=1)])])
+    return data_pb2.MixtureSpec(
+        stages=[data_pb2.MixtureStage(weights=[data_pb2.SourceWeight(source="text", weight=1)])]
+    )
 
 
 def make_spec(checkpoint_dir, run_id="r", phases=None, **kw):
     phases = phases or [
-        trainer_pb2.Phase(name="init", from_scratch=True, token_budget=4 * 32 * 6,
-                          mixture=_mixture(),
-                          schedule=S(kind=S.COSINE, peak_lr=1e-2, warmup_steps=2)),
-        trainer_pb2.Phase(name="cooldown", continue_previous=True, token_budget=4 * 32 * 3,
-                          mixture=_mixture(), schedule=S(kind=S.LINEAR_ANNEAL)),
+        trainer_pb2.Phase(
+            name="init",
+            from_scratch=True,
+            token_budget=4 * 32 * 6,
+            mixture=_mixture(),
+            schedule=S(kind=S.COSINE, peak_lr=1e-2, warmup_steps=2),
+        ),
+        trainer_pb2.Phase(
+            name="cooldown",
+            continue_previous=True,
+            token_budget=4 * 32 * 3,
+            mixture=_mixture(),
+            schedule=S(kind=S.LINEAR_ANNEAL),
+        ),
     ]
-    spec = trainer_pb2.RunSpec(run_id=run_id, preset="tiny", phases=phases,
-                               global_batch_size=4, seq_len=32, checkpoint_dir=str(checkpoint_dir),
-                               checkpoint_every_steps=2, **kw)
+    spec = trainer_pb2.RunSpec(
+        run_id=run_id,
+        preset="tiny",
+        phases=phases,
+        global_batch_size=4,
+        seq_len=32,
+        checkpoint_dir=str(checkpoint_dir),
+        checkpoint_every_steps=2,
+        **kw,
+    )
     return spec_lib.with_defaults(spec)
 
 
@@ -80,8 +109,16 @@ def train(spec, stop=None, shard=0, num_shards=1):
     os.makedirs(spec.checkpoint_dir, exist_ok=True)
     events = EventLog(spec.run_id, os.path.join(spec.checkpoint_dir, spec.run_id + ".events"))
     batches = functools.partial(synthetic_batches, shard=shard, num_shards=num_shards)
-    trainer = Trainer(spec, batches=batches, vocab_size=VOCAB, tokenizer_json="{}",
-                      events=events, stop=stop, console=False, peak_flops=1e11)
+    trainer = Trainer(
+        spec,
+        batches=batches,
+        vocab_size=VOCAB,
+        tokenizer_json="{}",
+        events=events,
+        stop=stop,
+        console=False,
+        peak_flops=1e11,
+    )
     state = trainer.run()
     events.close()
     return state, events.events()
@@ -109,9 +146,19 @@ def test_phases_lineage_and_loss_goes_down(tmp_path):
     assert metrics[-1].loss < metrics[0].loss
     assert set(metrics[0].source_loss) == {"text", "code"}
     # A new run initialised from the cooldown checkpoint's weights.
-    child = make_spec(tmp_path, run_id="child", phases=[trainer_pb2.Phase(
-        name="continue", init_checkpoint=ckpts[-1].uri, token_budget=4 * 32 * 2,
-        mixture=_mixture(), schedule=S(kind=S.CONSTANT, peak_lr=1e-3))])
+    child = make_spec(
+        tmp_path,
+        run_id="child",
+        phases=[
+            trainer_pb2.Phase(
+                name="continue",
+                init_checkpoint=ckpts[-1].uri,
+                token_budget=4 * 32 * 2,
+                mixture=_mixture(),
+                schedule=S(kind=S.CONSTANT, peak_lr=1e-3),
+            )
+        ],
+    )
     spec_lib.validate(child)
     state, events = train(child)
     child_ckpts = [e.checkpoint for e in events if e.WhichOneof("event") == "checkpoint"]
@@ -125,8 +172,9 @@ def test_bad_specs_name_the_field(tmp_path):
     cases = {
         "phases[0].token_budget": lambda s: setattr(s.phases[0], "token_budget", -5),
         "preset": lambda s: setattr(s, "preset", "huge"),
-        "phases[1].init_checkpoint": lambda s: setattr(s.phases[1], "init_checkpoint",
-                                                       str(tmp_path / "none" / "3")),
+        "phases[1].init_checkpoint": lambda s: setattr(
+            s.phases[1], "init_checkpoint", str(tmp_path / "none" / "3")
+        ),
         "phases[0].continue_previous": lambda s: setattr(s.phases[0], "continue_previous", True),
         "phases[0].schedule.kind": lambda s: s.phases[0].schedule.Clear(),
         "global_batch_size": lambda s: setattr(s, "global_batch_size", -1),
@@ -189,16 +237,26 @@ def test_two_processes_with_cpu_collectives_match_one(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workers = [
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), str(tmp_path / "two"),
-                          f"127.0.0.1:{port}", "2", str(i)], env=env)
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                str(tmp_path / "two"),
+                f"127.0.0.1:{port}",
+                "2",
+                str(i),
+            ],
+            env=env,
+        )
         for i in range(2)
     ]
     assert [w.wait(timeout=600) for w in workers] == [0, 0]
     got = _losses(str(tmp_path / "two" / "r"))
     assert sorted(got) == sorted(expected)
     # Sums are reduced across processes in another order: equal to float32 round-off.
-    np.testing.assert_allclose([got[k] for k in sorted(got)],
-                               [expected[k] for k in sorted(expected)], rtol=2e-4)
+    np.testing.assert_allclose(
+        [got[k] for k in sorted(got)], [expected[k] for k in sorted(expected)], rtol=2e-4
+    )
 
 
 if __name__ == "__main__":
@@ -208,8 +266,9 @@ if __name__ == "__main__":
         import jax
 
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(sys.argv[2], num_processes=int(sys.argv[3]),
-                                   process_id=int(sys.argv[4]))
+        jax.distributed.initialize(
+            sys.argv[2], num_processes=int(sys.argv[3]), process_id=int(sys.argv[4])
+        )
         shard, num_shards = int(sys.argv[4]), int(sys.argv[3])
     state, _ = train(make_spec(directory), shard=shard, num_shards=num_shards)
     sys.exit(0 if state == trainer_pb2.SUCCEEDED else 1)
