@@ -422,8 +422,15 @@ class Trainer:
         self._tensorboard(record)
         if self._console:
             per_source = " ".join(f"{k}={v:.3f}" for k, v in sorted(source_loss.items()))
+            remaining_s = (
+                (total_steps - pos.step)
+                * self.spec.global_batch_size
+                * self.spec.seq_len
+                / max(tokens_per_s, 1e-9)
+            )
             print(
-                f"[{pos.step:>5}/{total_steps}] {phase.name:<10} loss {record.loss:.4f} "
+                f"{_progress_bar(pos.step, total_steps)} eta {_duration(remaining_s)} "
+                f"{phase.name:<10} loss {record.loss:.4f} "
                 f"({per_source}) lr {lr:.2e} gnorm {record.grad_norm:.2f} "
                 f"{tokens_per_s / 1e3:.1f}k tok/s MFU {mfu:.2f}",
                 flush=True,
@@ -460,6 +467,17 @@ class Trainer:
     def _log(self, text: str) -> None:
         if self._console and self.primary:
             print(text, file=sys.stdout, flush=True)
+
+
+def _progress_bar(step: int, total: int, width: int = 20) -> str:
+    """`[######--------------]  123/440` for a console line."""
+    done = int(width * step / max(total, 1))
+    return f"[{'#' * done}{'-' * (width - done)}] {step:>5}/{total}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
 
 
 def _to_json(message) -> str:
