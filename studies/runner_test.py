@@ -22,7 +22,15 @@ class FakeData(data_pb2_grpc.DataServiceServicer):
         return data_pb2.ListSourcesResponse(
             sources=[
                 data_pb2.SourceInfo(name=n, kind=n)
-                for n in ("text", "code", "markup", "code_adjacent", "synthetic_code", "cooldown")
+                for n in (
+                    "text",
+                    "code",
+                    "markup",
+                    "code_adjacent",
+                    "synthetic_code",
+                    "cooldown",
+                    "cooldown_code",
+                )
             ]
         )
 

@@ -52,7 +52,7 @@ TOKENIZER = "tokenizer.json"
 TOKEN_DTYPE = np.dtype("<u4")
 OFFSET_DTYPE = np.dtype("<i8")
 # Bump when the default catalogue or build changes, so cached corpora rebuild.
-DEFAULT_RECIPE = "default/v2"
+DEFAULT_RECIPE = "default/v3"
 
 
 def default_corpus_dir() -> str:

@@ -638,7 +638,8 @@ DEFAULT_MAX_TOKENS = {
     "markup": 1_500_000,
     "code_adjacent": 1_500_000,
     "synthetic_code": 0,  # as many as are generated and verified
-    "cooldown": 1_000_000,
+    "cooldown": 700_000,
+    "cooldown_code": 400_000,
 }
 
 # Debian packages the default corpus reads (setup installs them).
@@ -815,13 +816,14 @@ def default_sources(
                 ),
             ),
         ),
+        # The cooldown's high-quality material in two sources, so that a cooldown
+        # "without code" can leave the code out entirely.
         SourceSpec(
             name="cooldown",
             kind="cooldown",
             description=(
-                "High-quality cooldown mix: the Python tutorial and HOWTOs (instructional reST), "
-                f"{len(COOLDOWN_STDLIB_MODULES)} small, well-documented standard-library modules, and "
-                "the Debian Reference handbook rendered to plain text."
+                "High-quality cooldown text: the Python tutorial and HOWTOs (instructional "
+                "reST) and the Debian Reference handbook rendered to plain text."
             ),
             max_tokens=cap("cooldown"),
             inputs=(
@@ -830,12 +832,23 @@ def default_sources(
                     data_files=(f"{rst}/tutorial/*.rst.txt", f"{rst}/howto/*.rst.txt"),
                     max_chars=chars(1_500_000),
                 ),
-                Input(path="text", data_files=tuple(cooldown_code), max_chars=chars(1_500_000)),
                 Input(
                     reader="html_text",
                     data_files=("/usr/share/debian-reference/*.en.html",),
                     max_chars=chars(1_500_000),
                 ),
+            ),
+        ),
+        SourceSpec(
+            name="cooldown_code",
+            kind="code",
+            description=(
+                f"High-quality cooldown code: {len(COOLDOWN_STDLIB_MODULES)} small, "
+                "well-documented standard-library modules (left out of the code source)."
+            ),
+            max_tokens=cap("cooldown_code"),
+            inputs=(
+                Input(path="text", data_files=tuple(cooldown_code), max_chars=chars(1_500_000)),
             ),
         ),
     ]
