@@ -11,9 +11,11 @@ a phase's mixture retrains it and everything after it, and nothing else.
 
 Every planned phase is one trainer run of one phase: from scratch, or from
 its parent's final checkpoint (`init_checkpoint`: weights, with a fresh
-optimizer and schedule, as the paper's code->text initialisation). Cooldowns
-start from the parent's weights the same way, so every child of a shared
-parent is treated alike.
+optimizer and schedule, as the paper's code->text initialisation). A
+cooldown carries on its parent's run instead (`with_optimizer`: the
+parent's AdamW state too, and the learning rate annealed from where the
+parent's schedule ended), so each cooldown arm of a shared parent continues
+the same run.
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def run_spec(
     )
     if parent_uri:
         phase.init_checkpoint = parent_uri
+        phase.with_optimizer = p.kind == study_pb2.Phase.COOLDOWN
     else:
         phase.from_scratch = True
     spec = trainer_pb2.RunSpec(

@@ -124,6 +124,9 @@ def test_run_specs(tiny):
         checkpoint_dir="/ck",
     )
     assert cooldown.phases[0].schedule.kind == trainer_pb2.LRSchedule.LINEAR_ANNEAL
+    # A cooldown carries on its parent's run; a continuation starts a fresh optimizer.
+    assert cooldown.phases[0].with_optimizer
+    assert not second.phases[0].with_optimizer
 
 
 def test_describe_lists_every_training_once(tiny):

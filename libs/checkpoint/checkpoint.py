@@ -146,6 +146,17 @@ def _local_sharding():
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
+def load_optimizer(uri: str, abstract_opt_state):
+    """The optimizer state of a committed checkpoint, shaped and placed like
+    `abstract_opt_state` (ShapeDtypeStructs with shardings)."""
+    _check_committed(epath.Path(uri))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(epath.Path(uri) / OPT, abstract_opt_state)
+    except Exception as e:
+        raise CorruptError(f"checkpoint {uri}: cannot read {OPT}: {e}") from e
+
+
 class CheckpointWriter:
     """Saves and restores one run's checkpoints with an orbax CheckpointManager.
 

@@ -124,7 +124,11 @@ def validate(
             raise SpecError(f"{field}.continue_previous", "the first phase has nothing to continue")
         if init == "init_checkpoint":
             _check_parent(f"{field}.init_checkpoint", phase.init_checkpoint, config)
-        _check_schedule(f"{field}.schedule", phase.schedule, first=(i == 0))
+        elif phase.with_optimizer:
+            raise SpecError(f"{field}.with_optimizer", "needs init_checkpoint")
+        _check_schedule(
+            f"{field}.schedule", phase.schedule, first=(i == 0 and not phase.with_optimizer)
+        )
         if not phase.mixture.stages:
             raise SpecError(f"{field}.mixture.stages", "a mixture needs at least one stage")
         if check_mixture is not None:

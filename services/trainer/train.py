@@ -69,6 +69,7 @@ class Position:
     phases_done: list = dataclasses.field(default_factory=list)
     parent_uri: str = ""  # what the current phase started from
     last_lr: float = 0.0  # where the previous step's schedule was
+    phase_start_lr: float = -1.0  # what a carried-on phase anneals from (-1: its own peak)
     last_uri: str = ""  # newest checkpoint written
 
 
@@ -224,8 +225,13 @@ class Trainer:
             params = checkpoint.load_params(
                 phase.init_checkpoint, self.config, self.param_shardings
             )
-            opt_state = self._opt_init(params)
             pos.parent_uri = phase.init_checkpoint
+            if phase.with_optimizer:
+                opt_state = checkpoint.load_optimizer(phase.init_checkpoint, self._abstract_opt)
+                parent = checkpoint.read_meta(phase.init_checkpoint)["position"]
+                pos.last_lr = parent["last_lr"]
+            else:
+                opt_state = self._opt_init(params)
         else:  # continue_previous: same weights and optimizer state
             pos.parent_uri = pos.last_uri
         return params, opt_state
@@ -266,7 +272,10 @@ class Trainer:
             num_steps = self.phase_steps[pos.phase_index]
             if pos.phase_step == 0:
                 params, opt_state = self._start_phase(pos, params, opt_state)
-            start_lr = pos.last_lr if phase.WhichOneof("init") == "continue_previous" else None
+                # Fixed when the phase starts, so a resumed phase rebuilds the same schedule.
+                carries_on = phase.WhichOneof("init") == "continue_previous" or phase.with_optimizer
+                pos.phase_start_lr = pos.last_lr if carries_on else -1.0
+            start_lr = pos.phase_start_lr if pos.phase_start_lr >= 0 else None
             schedule = schedules.build(phase.schedule, num_steps, start_lr)
             if pos.phase_step < num_steps:
                 params, opt_state, stopped = self._run_phase(

@@ -75,6 +75,30 @@ def _mixture():
     )
 
 
+# Init 6 steps, then a cooldown of 5 (steps 7-11, checkpoints at 8, 10, 11), so that
+# a run can be killed in the middle of an anneal that continues the previous phase.
+LONG_COOLDOWN = [
+    trainer_pb2.Phase(
+        name="init",
+        from_scratch=True,
+        token_budget=4 * 32 * 6,
+        mixture=data_pb2.MixtureSpec(
+            stages=[data_pb2.MixtureStage(weights=[data_pb2.SourceWeight(source="text", weight=1)])]
+        ),
+        schedule=S(kind=S.COSINE, peak_lr=1e-2, warmup_steps=2),
+    ),
+    trainer_pb2.Phase(
+        name="cooldown",
+        continue_previous=True,
+        token_budget=4 * 32 * 5,
+        mixture=data_pb2.MixtureSpec(
+            stages=[data_pb2.MixtureStage(weights=[data_pb2.SourceWeight(source="text", weight=1)])]
+        ),
+        schedule=S(kind=S.LINEAR_ANNEAL),
+    ),
+]
+
+
 def make_spec(checkpoint_dir, run_id="r", phases=None, **kw):
     phases = phases or [
         trainer_pb2.Phase(
@@ -195,20 +219,59 @@ def test_bad_specs_name_the_field(tmp_path):
     assert err.value.not_found
 
 
-def test_resume_after_sigkill_gives_identical_losses(tmp_path):
-    reference = make_spec(tmp_path / "ref")
+def test_init_checkpoint_with_optimizer_carries_on_the_parents_run(tmp_path):
+    parent = make_spec(tmp_path)
+    _, events = train(parent)
+    ckpts = [e.checkpoint for e in events if e.WhichOneof("event") == "checkpoint"]
+    init_end = next(c for c in ckpts if c.phase_end and c.lineage.phase == "init")
+    parent_lrs = [e.metrics.learning_rate for e in events if e.WhichOneof("event") == "metrics"]
+    child = make_spec(
+        tmp_path,
+        run_id="cooldown-of-init",
+        phases=[
+            trainer_pb2.Phase(
+                name="cooldown",
+                init_checkpoint=init_end.uri,
+                with_optimizer=True,
+                token_budget=4 * 32 * 3,
+                mixture=_mixture(),
+                schedule=S(kind=S.LINEAR_ANNEAL),
+            )
+        ],
+    )
+    spec_lib.validate(child)
+    _, events = train(child)
+    metrics = [e.metrics for e in events if e.WhichOneof("event") == "metrics"]
+    # The anneal starts where the parent's schedule ended, as continue_previous does.
+    assert metrics[0].learning_rate == pytest.approx(parent_lrs[5])
+    assert metrics[-1].learning_rate == pytest.approx(1e-6)
+    lineage = [e.checkpoint for e in events if e.WhichOneof("event") == "checkpoint"][-1].lineage
+    assert lineage.parent_uri == init_end.uri
+    # Without init_checkpoint the flag means nothing: rejected by name.
+    bad = make_spec(tmp_path, run_id="bad")
+    bad.phases[0].with_optimizer = True
+    with pytest.raises(spec_lib.SpecError) as err:
+        spec_lib.validate(bad)
+    assert err.value.field == "phases[0].with_optimizer"
+
+
+@pytest.mark.parametrize("kill_after_checkpoint", [4, 8])  # in the init phase; in the cooldown
+def test_resume_after_sigkill_gives_identical_losses(tmp_path, kill_after_checkpoint):
+    reference = make_spec(tmp_path / "ref", phases=LONG_COOLDOWN)
     train(reference)
     expected = _losses(os.path.join(reference.checkpoint_dir, reference.run_id))
 
     killed_dir = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    worker = [sys.executable, os.path.abspath(__file__), str(killed_dir)]
+    worker = [sys.executable, os.path.abspath(__file__), str(killed_dir), "long-cooldown"]
     proc = subprocess.Popen(worker, env=env)
     run_dir = killed_dir / "r"
     deadline = time.monotonic() + 240
-    # Kill once step 4's checkpoint has committed and training has gone on.
+    # Kill once the checkpoint has committed and training has gone on.
     while time.monotonic() < deadline:
-        if (run_dir / "checkpoints" / "4").exists() and len(_safe_losses(run_dir)) >= 5:
+        if (run_dir / "checkpoints" / str(kill_after_checkpoint)).exists() and len(
+            _safe_losses(run_dir)
+        ) > kill_after_checkpoint:
             break
         assert proc.poll() is None, "worker ended before it could be killed"
         time.sleep(0.05)
@@ -262,7 +325,7 @@ def test_two_processes_with_cpu_collectives_match_one(tmp_path):
 if __name__ == "__main__":
     directory = sys.argv[1]
     shard, num_shards = 0, 1
-    if len(sys.argv) > 2:  # coordinator address, number of processes, this process's index
+    if len(sys.argv) == 5:  # coordinator address, number of processes, this process's index
         import jax
 
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -270,5 +333,6 @@ if __name__ == "__main__":
             sys.argv[2], num_processes=int(sys.argv[3]), process_id=int(sys.argv[4])
         )
         shard, num_shards = int(sys.argv[4]), int(sys.argv[3])
-    state, _ = train(make_spec(directory), shard=shard, num_shards=num_shards)
+    phases = LONG_COOLDOWN if sys.argv[-1] == "long-cooldown" else None
+    state, _ = train(make_spec(directory, phases=phases), shard=shard, num_shards=num_shards)
     sys.exit(0 if state == trainer_pb2.SUCCEEDED else 1)
