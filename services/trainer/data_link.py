@@ -13,7 +13,6 @@ import grpc
 
 from services.data import client as data_client
 from services.trainer import spec as spec_lib
-from services.trainer.train import Batch
 
 
 class DataLink:
@@ -75,16 +74,8 @@ class DataLink:
         with self._client.stream(
             phase.mixture, seed=self._seed + phase_index, start_step=start_step, **self._request
         ) as stream:
-            for b in stream:
-                yield Batch(
-                    tokens=b.tokens,
-                    targets=b.targets,
-                    segment_ids=b.segment_ids,
-                    positions=b.positions,
-                    loss_mask=b.loss_mask,
-                    source_ids=b.source_ids,
-                    source_names=list(b.source_names),
-                )
+            # The data client's batches carry every field the loop reads (train.Batch).
+            yield from stream
 
     def close(self) -> None:
         self._client.close()

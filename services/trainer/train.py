@@ -42,7 +42,9 @@ MAX_SOURCES = 32
 
 @dataclasses.dataclass
 class Batch:
-    """One batch as numpy arrays of shape [batch, seq_len] (see data.proto)."""
+    """The fields of a batch the loop reads: numpy arrays of shape [batch, seq_len]
+    (see data.proto). services.data.batch.Batch, which the data client yields, has
+    them all, so data service batches are used as they arrive."""
 
     tokens: np.ndarray
     targets: np.ndarray
