@@ -6,7 +6,9 @@ over loopback gRPC; then assembles the same batches in this process with the
 library. Rounds alternate between the two so that both see the same machine
 load; the medians and their ratio are reported, together with the CPU time
 each side spent per batch (a figure that load on a shared machine does not
-distort). The last line is one JSON object.
+distort). Each round also streams the same batches one to a message
+(StreamBatches), to show what grouping them (StreamBatchGroups) buys. The
+last line is one JSON object.
 """
 
 import json
@@ -17,7 +19,7 @@ import time
 import psutil
 from absl import app, flags
 
-from services.data import batch as batch_lib, client, corpus, mixture
+from services.data import batch as batch_lib, client, corpus, mixture, wire
 
 _CORPUS_DIR = flags.DEFINE_string(
     "corpus_dir", None, "Corpus to serve (default: the default corpus, built if missing)."
@@ -35,6 +37,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed batches before each gRPC r
 _READ_AHEAD = flags.DEFINE_integer("read_ahead", 0, "The server's --read_ahead.")
 _ENCODING = flags.DEFINE_enum(
     "encoding", "packed", ["packed", "full"], "Batch encoding on the wire."
+)
+_PER_MESSAGE = flags.DEFINE_integer(
+    "batches_per_message", 0, "Batches per gRPC message (0: the server's choice)."
 )
 
 
@@ -58,30 +63,42 @@ def main(argv):
     )
     server_proc, me = psutil.Process(server.process.pid), psutil.Process()
     data = client.DataClient(server.address)
+    data_token_bytes = wire.token_width(data.list_sources().vocab_size)
     reader = mixture.BatchReader(corpus.Corpus(path), mix, seed=0, global_batch_size=B, seq_len=L)
-    grpc_rates, local_rates, server_cpu, client_cpu, local_cpu = [], [], [], [], []
+    grpc_rates, single_rates, local_rates = [], [], []
+    server_cpu, client_cpu, single_cpu, local_cpu = [], [], [], []
+
+    def grpc_round(start: int, per_message: int) -> tuple[float, float, float]:
+        """tokens/s, server and client CPU seconds per batch."""
+        with data.stream(
+            mix,
+            seed=0,
+            global_batch_size=B,
+            seq_len=L,
+            start_step=start,
+            num_steps=N + _WARMUP.value,
+            prefetch=4,
+            encoding=_ENCODING.value,
+            batches_per_message=per_message,
+        ) as stream:
+            for _ in range(_WARMUP.value):
+                next(stream)
+            s0, c0, t0 = _cpu(server_proc), _cpu(me), time.perf_counter()
+            n = sum(1 for _ in stream)
+            dt = time.perf_counter() - t0
+        assert n == N, n
+        return tokens_per_round / dt, (_cpu(server_proc) - s0) / n, (_cpu(me) - c0) / n
+
     try:
         for r in range(_ROUNDS.value):
             start = r * (N + _WARMUP.value)
-            with data.stream(
-                mix,
-                seed=0,
-                global_batch_size=B,
-                seq_len=L,
-                start_step=start,
-                num_steps=N + _WARMUP.value,
-                prefetch=4,
-                encoding=_ENCODING.value,
-            ) as stream:
-                for _ in range(_WARMUP.value):
-                    next(stream)
-                s0, c0, t0 = _cpu(server_proc), _cpu(me), time.perf_counter()
-                n = sum(1 for _ in stream)
-                dt = time.perf_counter() - t0
-                server_cpu.append((_cpu(server_proc) - s0) / n)
-                client_cpu.append((_cpu(me) - c0) / n)
-            assert n == N, n
-            grpc_rates.append(tokens_per_round / dt)
+            rate, s_cpu, c_cpu = grpc_round(start, _PER_MESSAGE.value)
+            grpc_rates.append(rate)
+            server_cpu.append(s_cpu)
+            client_cpu.append(c_cpu)
+            rate, s_cpu, c_cpu = grpc_round(start, 1)
+            single_rates.append(rate)
+            single_cpu.append((s_cpu, c_cpu))
 
             c0, t0 = time.process_time(), time.perf_counter()
             for k in range(start, start + N):
@@ -92,6 +109,8 @@ def main(argv):
             print(
                 f"round {r}: gRPC {grpc_rates[-1] / 1e6:.1f}M tokens/s "
                 f"(server {server_cpu[-1] * 1e3:.3f} + client {client_cpu[-1] * 1e3:.3f} ms CPU/batch), "
+                f"one batch a message {single_rates[-1] / 1e6:.1f}M tokens/s "
+                f"({single_cpu[-1][0] * 1e3:.3f} + {single_cpu[-1][1] * 1e3:.3f} ms), "
                 f"in-process {local_rates[-1] / 1e6:.1f}M tokens/s ({local_cpu[-1] * 1e3:.3f} ms CPU/batch)",
                 flush=True,
             )
@@ -100,6 +119,10 @@ def main(argv):
         server.stop()
 
     grpc_rate, local_rate = statistics.median(grpc_rates), statistics.median(local_rates)
+    single_rate = statistics.median(single_rates)
+    per_message = _PER_MESSAGE.value or wire.batches_per_message(
+        0, B, L, packed=_ENCODING.value == "packed", token_bytes=data_token_bytes
+    )
     result = {
         "bench": "data_service",
         "batch": [B, L],
@@ -110,6 +133,9 @@ def main(argv):
         "grpc_tokens_per_s": round(grpc_rate),
         "inprocess_tokens_per_s": round(local_rate),
         "ratio": round(grpc_rate / local_rate, 3),
+        "batches_per_message": per_message,
+        "one_per_message_tokens_per_s": round(single_rate),
+        "one_per_message_ratio": round(single_rate / local_rate, 3),
         "server_cpu_ms_per_batch": round(statistics.median(server_cpu) * 1e3, 3),
         "client_cpu_ms_per_batch": round(statistics.median(client_cpu) * 1e3, 3),
         "inprocess_cpu_ms_per_batch": round(statistics.median(local_cpu) * 1e3, 3),
@@ -119,7 +145,9 @@ def main(argv):
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(
-        f"gRPC {grpc_rate / 1e6:.1f}M tokens/s, in-process {local_rate / 1e6:.1f}M tokens/s, ratio {result['ratio']}"
+        f"gRPC {grpc_rate / 1e6:.1f}M tokens/s ({per_message} batches a message), "
+        f"in-process {local_rate / 1e6:.1f}M tokens/s, ratio {result['ratio']} "
+        f"(one batch a message: {result['one_per_message_ratio']})"
     )
     print(json.dumps(result))
 

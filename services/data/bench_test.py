@@ -37,3 +37,5 @@ def test_bench_prints_a_json_line(tmp_path):
         and result["ratio"] > 0
     )
     assert result["batch"] == [2, 64]
+    # 2 x 64 packed tokens are 256 bytes: the server's group is capped at 1024 batches.
+    assert result["batches_per_message"] == 1024 and result["one_per_message_tokens_per_s"] > 0

@@ -130,13 +130,14 @@ class DataClient:
                 self._channel, self._stub = self._new_stub()
             return self._stub
 
-    def raw_stream_batches(self, fresh: bool = False):
-        """StreamBatches returning each message's bytes undecoded (decoded by
-        wire.decode_batch into views, saving protobuf's copies)."""
+    def raw_stream(self, method: str, fresh: bool = False):
+        """The StreamBatches or StreamBatchGroups call returning each
+        message's bytes undecoded (wire.decode_batch / wire.group_messages
+        read them as views, saving protobuf's copies)."""
         self.stub(fresh)
         with self._lock:
             return self._channel.unary_stream(
-                "/codelab.data.v1.DataService/StreamBatches",
+                f"/{wire.SERVICE_NAME}/{method}",
                 request_serializer=data_pb2.StreamBatchesRequest.SerializeToString,
                 response_deserializer=None,
             )
@@ -181,11 +182,15 @@ class DataClient:
         num_shards: int = 1,
         prefetch: int = 4,
         encoding: str = "packed",
+        batches_per_message: int = 0,
     ) -> "BatchStream":
         """Batches of one shard from `start_step` (`num_steps` of them; 0:
         until the mixture ends or the stream is closed). `encoding`: "packed"
         (tokens and runs on the wire, unpacked here: ~2-4 bytes a token) or
-        "full" (all six arrays: 18 bytes a token); the batches are equal."""
+        "full" (all six arrays: 18 bytes a token); the batches are equal.
+        `batches_per_message`: 0 (the server groups batches into messages of
+        about 256 KiB, StreamBatchGroups), 1 (one batch a message,
+        StreamBatches) or a group size; the batches are the same."""
         encodings = {"packed": data_pb2.BATCH_ENCODING_PACKED, "full": data_pb2.BATCH_ENCODING_FULL}
         if encoding not in encodings:
             raise ValueError(f"encoding must be one of {sorted(encodings)}, got {encoding!r}")
@@ -199,6 +204,7 @@ class DataClient:
             global_batch_size=global_batch_size,
             seq_len=seq_len,
             encoding=encodings[encoding],
+            batches_per_message=batches_per_message,
         )
         return BatchStream(self, request, prefetch)
 
@@ -250,6 +256,8 @@ class BatchStream:
         return False
 
     def _run(self) -> None:
+        grouped = self._request.batches_per_message != 1
+        method = "StreamBatchGroups" if grouped else "StreamBatches"
         policy = self._client.retry
         backoff = policy.initial_backoff_s
         last_progress = time.monotonic()
@@ -263,7 +271,7 @@ class BatchStream:
                 if request.num_steps <= 0:
                     break
             try:
-                call = self._client.raw_stream_batches(fresh)(
+                call = self._client.raw_stream(method, fresh)(
                     request, metadata=self._client._metadata
                 )
                 self._call = call
@@ -271,16 +279,17 @@ class BatchStream:
                     call.cancel()
                     return
                 for raw in call:
-                    batch = wire.decode_batch(raw)
-                    if batch.step != self.next_step:
-                        raise RuntimeError(
-                            f"expected step {self.next_step}, server sent {batch.step}"
-                        )
-                    self.next_step += 1
-                    backoff = policy.initial_backoff_s
-                    last_progress = time.monotonic()
-                    if not self._put(batch):
-                        return
+                    for message in wire.group_messages(raw) if grouped else (raw,):
+                        batch = wire.decode_batch(message)
+                        if batch.step != self.next_step:
+                            raise RuntimeError(
+                                f"expected step {self.next_step}, server sent {batch.step}"
+                            )
+                        self.next_step += 1
+                        backoff = policy.initial_backoff_s
+                        last_progress = time.monotonic()
+                        if not self._put(batch):
+                            return
                 break  # the stream ended normally
             except grpc.RpcError as e:
                 if self._closed.is_set():

@@ -12,14 +12,15 @@ import grpc
 from proto import data_pb2, data_pb2_grpc
 from services.data import mixture as mixture_lib, wire
 
-SERVICE_NAME = "codelab.data.v1.DataService"
+SERVICE_NAME = wire.SERVICE_NAME
 
 
 def add_to_server(data_servicer: "DataServicer", server: grpc.Server) -> None:
     """Registers the servicer like the generated add_DataServiceServicer_to_
-    server, except that StreamBatches responses may be pre-serialized bytes
-    (wire.encode_batch): protobuf-python's own serialization of a large
-    bytes message cost more than assembling the batch."""
+    server, except that the streams' responses are pre-serialized bytes
+    (wire.encode_batch, wire.encode_group): protobuf-python's own
+    serialization of a large bytes message cost more than assembling the
+    batch."""
     handlers = {
         "ListSources": grpc.unary_unary_rpc_method_handler(
             data_servicer.ListSources,
@@ -34,13 +35,18 @@ def add_to_server(data_servicer: "DataServicer", server: grpc.Server) -> None:
         "StreamBatches": grpc.unary_stream_rpc_method_handler(
             data_servicer.StreamBatches,
             request_deserializer=data_pb2.StreamBatchesRequest.FromString,
-            response_serializer=_serialize_batch,
+            response_serializer=_serialize,
+        ),
+        "StreamBatchGroups": grpc.unary_stream_rpc_method_handler(
+            data_servicer.StreamBatchGroups,
+            request_deserializer=data_pb2.StreamBatchesRequest.FromString,
+            response_serializer=_serialize,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
-def _serialize_batch(message) -> bytes:
+def _serialize(message) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
@@ -99,6 +105,39 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         )
 
     def StreamBatches(self, request, context):
+        batches = self._open(request, context)
+        if request.batches_per_message not in (0, 1):
+            _abort(
+                context,
+                mixture_lib.SpecError(
+                    "batches_per_message",
+                    f"StreamBatches sends one batch a message, got {request.batches_per_message}"
+                    " (StreamBatchGroups sends several)",
+                ),
+            )
+        return self._send(
+            batches, 1, context, lambda group: wire.encode_batch(group[0], self._token_bytes)
+        )
+
+    def StreamBatchGroups(self, request, context):
+        batches = self._open(request, context)
+        try:
+            size = wire.batches_per_message(
+                request.batches_per_message,
+                request.global_batch_size // request.num_shards,
+                request.seq_len,
+                packed=request.encoding == data_pb2.BATCH_ENCODING_PACKED,
+                token_bytes=self._token_bytes,
+            )
+        except mixture_lib.SpecError as e:
+            _abort(context, e)
+        return self._send(
+            batches, size, context, lambda group: wire.encode_group(group, self._token_bytes)
+        )
+
+    def _open(self, request, context):
+        """The request's batches (PackedBatch for the PACKED encoding), or
+        the call aborted with the field at fault."""
         try:
             reader = mixture_lib.BatchReader(
                 self.corpus,
@@ -112,17 +151,31 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             packed = request.encoding == data_pb2.BATCH_ENCODING_PACKED
             if not packed and request.encoding != data_pb2.BATCH_ENCODING_FULL:
                 raise mixture_lib.SpecError("encoding", f"unknown BatchEncoding {request.encoding}")
-            batches = reader.iterate(
+            return reader.iterate(
                 request.start_step, request.num_steps, read_ahead=self.read_ahead, packed=packed
             )
         except mixture_lib.SpecError as e:
             _abort(context, e)
+
+    @staticmethod
+    def _send(batches, size: int, context, encode):
+        """Yields encode(group) for consecutive groups of `size` batches. An
+        error mid-stream (e.g. the epoch cap reached) ends the call with its
+        status after the batches before it have been sent."""
+        group = []
         try:
             for batch in batches:
-                yield wire.encode_batch(batch, self._token_bytes)
-        except mixture_lib.SpecError as e:  # e.g. the epoch cap reached mid-stream
+                group.append(batch)
+                if len(group) == size:
+                    yield encode(group)
+                    group = []
+        except mixture_lib.SpecError as e:
+            if group:
+                yield encode(group)
             _abort(context, e)
         finally:
             close = getattr(batches, "close", None)
             if close:
                 close()
+        if group:
+            yield encode(group)

@@ -113,6 +113,49 @@ def test_stream_equals_the_library(stub, corpus, encoding):
             assert messages[0].tokens and not messages[0].packed_tokens
 
 
+@pytest.mark.parametrize("per_message,sizes", [(0, [7]), (1, [1] * 7), (3, [3, 3, 1])])
+def test_groups_hold_the_same_batches(stub, corpus, per_message, sizes):
+    # Through the generated stub, as another team's client would read them.
+    groups = list(
+        stub.StreamBatchGroups(
+            request(
+                start_step=4,
+                num_steps=7,
+                encoding=data_pb2.BATCH_ENCODING_PACKED,
+                batches_per_message=per_message,
+            ),
+            timeout=30,
+        )
+    )
+    assert [len(g.batches) for g in groups] == sizes  # 0: 4 x 64 tokens fit one group
+    reader = mixture.BatchReader(corpus, MIX, seed=3, global_batch_size=4, seq_len=64)
+    got = [wire.batch_from_proto(b) for g in groups for b in g.batches]
+    assert got == [reader.batch(k) for k in range(4, 11)]
+
+
+def test_a_group_cut_short_by_the_epoch_cap_is_sent_before_the_error(stub, corpus):
+    # Room for 13.5 steps of 4 x 64 tokens: the 14th step goes over the cap.
+    capped = Mixture.of({"markup": 1}, max_epochs=13.5 * 256 / corpus.source("markup").num_tokens)
+    reader = mixture.BatchReader(corpus, capped, seed=3, global_batch_size=4, seq_len=64)
+    served = 0
+    with pytest.raises(mixture.OutOfRangeError):
+        while True:
+            reader.batch(served)
+            served += 1
+    assert served == 13
+    received = []
+    c, details = error_of(
+        lambda: received.extend(
+            stub.StreamBatchGroups(
+                request(mixture=wire.mixture_to_proto(capped), num_steps=0, batches_per_message=5),
+                timeout=30,
+            )
+        )
+    )
+    assert c == grpc.StatusCode.OUT_OF_RANGE and details.startswith("mixture.max_epochs")
+    assert [len(g.batches) for g in received] == [5, 5, 3]
+
+
 def test_client_library_streams_and_closes(running, corpus):
     with client.DataClient(running.address) as c:
         assert len(c.list_sources().sources) == 4
@@ -187,9 +230,25 @@ def error_of(call):
 def test_bad_requests_name_the_field(stub, kw, code, field):
     if code == "OUT_OF_RANGE":
         kw = dict(kw, start_step=100)
-    c, details = error_of(lambda: list(stub.StreamBatches(request(**kw), timeout=30)))
-    assert c == grpc.StatusCode[code]
-    assert field is None or details.startswith(field), details
+    for method in (stub.StreamBatches, stub.StreamBatchGroups):
+        c, details = error_of(lambda: list(method(request(**kw), timeout=30)))
+        assert c == grpc.StatusCode[code]
+        assert field is None or details.startswith(field), details
+
+
+@pytest.mark.parametrize(
+    "method,per_message",
+    [
+        ("StreamBatches", 2),
+        ("StreamBatches", -1),
+        ("StreamBatchGroups", -1),
+        ("StreamBatchGroups", 1025),
+    ],
+)
+def test_bad_group_sizes_name_the_field(stub, method, per_message):
+    call = getattr(stub, method)
+    c, details = error_of(lambda: list(call(request(batches_per_message=per_message), timeout=30)))
+    assert c == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("batches_per_message:")
 
 
 def test_validate_mixture_errors(stub):
@@ -249,9 +308,10 @@ OK_CODES = {
         st.sampled_from([1, 2, 4, 8] * 3 + [0, -1, 65536, 65537, 2**31 - 1]),
         st.sampled_from([8, 16, 64, 300] * 3 + [0, 7, 1 << 20, (1 << 20) + 1, -8]),
     ),
+    grouping=st.tuples(st.booleans(), st.sampled_from([0, 1, 3] * 4 + [-1, 1024, 1025, 2**31 - 1])),
 )
 def test_any_request_leaves_the_server_serving(
-    stub, stages, max_epochs, seed, start_step, num_steps, shard, geometry
+    stub, stages, max_epochs, seed, start_step, num_steps, shard, geometry, grouping
 ):
     spec = data_pb2.MixtureSpec(name="h", stages=stages, max_epochs=max_epochs)
     req = data_pb2.StreamBatchesRequest(
@@ -264,13 +324,15 @@ def test_any_request_leaves_the_server_serving(
         num_shards=shard[1],
         global_batch_size=geometry[0],
         seq_len=geometry[1],
+        batches_per_message=grouping[1],
     )
-    call = stub.StreamBatches(req, timeout=30)
+    grouped = grouping[0]
+    call = (stub.StreamBatchGroups if grouped else stub.StreamBatches)(req, timeout=30)
     try:
         first = next(call, None)
         code = grpc.StatusCode.OK
         if first is not None:
-            assert first.step == start_step
+            assert (first.batches[0] if grouped else first).step == start_step
     except grpc.RpcError as e:
         code = e.code()
         assert e.details() and ":" in e.details()

@@ -7,18 +7,22 @@ tokens/s over loopback against 6-9M for `repeated int32`. Two encodings
 (data.proto BatchEncoding): FULL carries the six arrays (18 bytes a token);
 PACKED carries the tokens and their runs (2-4 bytes a token) and the
 receiver derives the rest with PackedBatch.unpack, the same code the
-library uses in-process.
+library uses in-process. StreamBatchGroups sends several batches a message
+(`BatchGroup`), encoded and split here without copying the arrays.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from proto import data_pb2
 from services.data.batch import Batch, PackedBatch
-from services.data.mixture import Mixture, SourceWeight, Stage
+from services.data.mixture import Mixture, SourceWeight, SpecError, Stage
+
+SERVICE_NAME = data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
 
 _DTYPES = {
     "tokens": np.dtype("<i4"),
@@ -58,6 +62,29 @@ def mixture_to_proto(mixture: Mixture) -> data_pb2.MixtureSpec:
             for s in mixture.stages
         ],
     )
+
+
+# StreamBatchGroups: the server's choice of group size aims at messages of
+# about this many bytes (gRPC's fixed cost per message then stops mattering,
+# and the default 4 MiB message limit of other clients is far off).
+GROUP_BYTES = 256 << 10
+MAX_BATCHES_PER_MESSAGE = 1024
+
+
+def batches_per_message(
+    requested: int, rows: int, seq_len: int, *, packed: bool, token_bytes: int
+) -> int:
+    """The group size of a StreamBatchGroups request: `requested`, or for 0
+    as many batches as fit GROUP_BYTES (at least one)."""
+    if not 0 <= requested <= MAX_BATCHES_PER_MESSAGE:
+        raise SpecError(
+            "batches_per_message",
+            f"must be in [0, {MAX_BATCHES_PER_MESSAGE}] (0: the server chooses), got {requested}",
+        )
+    if requested:
+        return requested
+    bytes_per_token = token_bytes if packed else sum(d.itemsize for d in _DTYPES.values())
+    return max(1, min(MAX_BATCHES_PER_MESSAGE, GROUP_BYTES // (rows * seq_len * bytes_per_token)))
 
 
 def token_width(vocab_size: int) -> int:
@@ -150,6 +177,21 @@ def encode_batch(batch: Batch | PackedBatch, token_bytes: int = 4) -> bytes:
     number order, defaults omitted), with one copy of each array instead of
     three. protobuf-python (upb) took ~1.4 ms to build and serialize one
     16 x 2048 FULL batch (590 KB); this takes ~0.04 ms."""
+    return b"".join(_batch_parts(batch, token_bytes))
+
+
+def encode_group(batches: Sequence[Batch | PackedBatch], token_bytes: int = 4) -> bytes:
+    """The serialized `BatchGroup` of `batches`, equal to protobuf's, with
+    one copy of each array."""
+    parts: list = []
+    for batch in batches:
+        inner = _batch_parts(batch, token_bytes)
+        parts += [_varint(1 << 3 | 2) + _varint(sum(memoryview(p).nbytes for p in inner))]
+        parts += inner
+    return b"".join(parts)
+
+
+def _batch_parts(batch: Batch | PackedBatch, token_bytes: int) -> list:
     parts: list = []
     parts += _int_field(1, batch.step)
     parts += _int_field(2, batch.shard_index)
@@ -173,10 +215,10 @@ def encode_batch(batch: Batch | PackedBatch, token_bytes: int = 4) -> bytes:
         for number, name in ((17, "run_starts"), (18, "run_sources"), (19, "run_last_targets")):
             parts += _len_field(number, memoryview(arrays[name]).cast("B"))
         parts += _int_field(20, batch.eos_id)
-    return b"".join(parts)
+    return parts
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+def _read_varint(buf, i: int) -> tuple[int, int]:
     shift = value = 0
     while True:
         byte = buf[i]
@@ -199,7 +241,7 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def decode_batch(raw: bytes) -> Batch:
+def decode_batch(raw) -> Batch:
     """A `Batch` from a serialized message of either encoding. FULL arrays
     are not copied (read-only numpy views of `raw`); a PACKED message is
     unpacked. Accepts any valid encoding of the message (packed or unpacked
@@ -208,37 +250,65 @@ def decode_batch(raw: bytes) -> Batch:
     return batch.unpack() if isinstance(batch, PackedBatch) else batch
 
 
-def decode(raw: bytes) -> Batch | PackedBatch:
-    """The message as it travelled: a Batch (FULL) or a PackedBatch (PACKED)."""
+def _next_field(buf, i: int, n: int) -> tuple[int, int, int, int]:
+    """The field at buf[i]: (number, wire type, value, next index). The value
+    of a varint is the integer; of a length-delimited or fixed-width field,
+    the offset of its payload (whose size, for length-delimited, is
+    next index - offset)."""
+    key, i = _read_varint(buf, i)
+    number, wire_type = key >> 3, key & 7
+    if wire_type == 0:
+        value, i = _read_varint(buf, i)
+        return number, wire_type, value, i
+    if wire_type == 2:
+        size, i = _read_varint(buf, i)
+        end = i + size
+    elif wire_type in (1, 5):
+        end = i + (8 if wire_type == 1 else 4)
+    else:
+        raise ValueError(f"unsupported wire type {wire_type}")
+    if end > n:
+        raise ValueError("truncated message")
+    return number, wire_type, i, end
+
+
+def group_messages(raw) -> Iterator[memoryview]:
+    """The serialized `Batch` messages of a serialized `BatchGroup`, in
+    order, as views of `raw` (decode_batch takes them as they are)."""
+    view = memoryview(raw)
+    i, n = 0, len(view)
+    while i < n:
+        number, wire_type, value, i = _next_field(view, i, n)
+        if number == 1 and wire_type == 2:
+            yield view[value:i]
+
+
+def decode_group(raw) -> list[Batch]:
+    """The batches of a serialized `BatchGroup`, as decode_batch gives them."""
+    return [decode_batch(m) for m in group_messages(raw)]
+
+
+def decode(raw) -> Batch | PackedBatch:
+    """The message as it travelled (bytes or a view): a Batch (FULL) or a
+    PackedBatch (PACKED)."""
     i, n = 0, len(raw)
     ints: dict[int, int] = {}
     spans: dict[int, tuple[int, int]] = {}
     names: list[str] = []
     epochs: list[float] = []
     while i < n:
-        key, i = _read_varint(raw, i)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, value, i = _next_field(raw, i, n)
         if wire_type == 0:
-            ints[number], i = _read_varint(raw, i)
+            ints[number] = value
         elif wire_type == 2:
-            size, i = _read_varint(raw, i)
-            if i + size > n:
-                raise ValueError("truncated message")
             if number in _ARRAY_FIELDS or number in _PACKED_FIELDS:
-                spans[number] = (i, size)
+                spans[number] = (value, i - value)
             elif number == 11:
-                names.append(bytes(raw[i : i + size]).decode())
+                names.append(bytes(raw[value:i]).decode())
             elif number == 14:
-                epochs.extend(struct.unpack_from(f"<{size // 8}d", raw, i))
-            i += size
-        elif wire_type == 1:
-            if number == 14:
-                epochs.append(struct.unpack_from("<d", raw, i)[0])
-            i += 8
-        elif wire_type == 5:
-            i += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
+                epochs.extend(struct.unpack_from(f"<{(i - value) // 8}d", raw, value))
+        elif wire_type == 1 and number == 14:
+            epochs.append(struct.unpack_from("<d", raw, value)[0])
     shape = (_signed(ints.get(3, 0)), _signed(ints.get(4, 0)))
 
     def view(number: int, dtype) -> np.ndarray:

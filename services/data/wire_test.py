@@ -104,3 +104,32 @@ def test_token_width():
         and wire.token_width(65536) == 2
         and wire.token_width(65537) == 4
     )
+
+
+def test_group_encoding_matches_protobuf_and_splits_into_views(reader):
+    batches = [make_batch(step=3), reader.packed(4), make_batch(step=5)]
+    raw = wire.encode_group(batches, 4)
+    expected = data_pb2.BatchGroup(batches=[wire.batch_to_proto(b, 4) for b in batches])
+    assert raw == expected.SerializeToString()
+    assert wire.decode_group(raw) == [batches[0], reader.batch(4), batches[2]]
+    messages = list(wire.group_messages(raw))
+    assert all(m.obj is raw for m in messages)  # views, not copies
+    # Unknown fields of a newer server are skipped.
+    assert len(list(wire.group_messages(b"\x10\x05" + raw + b"\x1a\x02ab"))) == 3
+    assert wire.encode_group([]) == b"" and wire.decode_group(b"") == []
+    with pytest.raises(ValueError, match="truncated"):
+        wire.decode_group(raw[:-1])
+
+
+def test_batches_per_message():
+    # 16 x 2048 packed at 2 bytes a token is 64 KiB: four to a 256 KiB group.
+    assert wire.batches_per_message(0, 16, 2048, packed=True, token_bytes=2) == 4
+    assert wire.batches_per_message(0, 16, 2048, packed=True, token_bytes=4) == 2
+    # A FULL batch (18 bytes a token) is already larger than a group.
+    assert wire.batches_per_message(0, 16, 2048, packed=False, token_bytes=2) == 1
+    assert wire.batches_per_message(0, 1, 8, packed=True, token_bytes=2) == 1024
+    assert wire.batches_per_message(7, 16, 2048, packed=True, token_bytes=2) == 7
+    for bad in (-1, 1025):
+        with pytest.raises(mixture.SpecError, match="must be in") as e:
+            wire.batches_per_message(bad, 4, 64, packed=True, token_bytes=2)
+        assert e.value.field == "batches_per_message"
