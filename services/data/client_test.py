@@ -11,10 +11,12 @@ from services.data import client, mixture, testing
 from services.data.mixture import Mixture
 
 MIX = Mixture.of({"text": 0.6, "code": 0.2, "code_adjacent": 0.2})
-# Batches big enough that the HTTP/2 window cannot hold the rest of the stream when
-# the server is killed, so the client must reconnect.
+# Batches (16 KiB packed) and groups small enough that the HTTP/2 window cannot
+# hold the rest of the stream when the server is killed, so the client must
+# reconnect. (The server's own choice of group would hold the whole stream.)
 GEOMETRY = dict(seed=17, global_batch_size=8, seq_len=1024)
 STEPS = 30
+PER_MESSAGE = pytest.mark.parametrize("per_message", [1, 4])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def test_binary_prints_its_address(corpus):
         assert server.stop() == 0
 
 
-def test_sigkill_and_restart_on_the_same_port_is_invisible(corpus, expected):
+@PER_MESSAGE
+def test_sigkill_and_restart_on_the_same_port_is_invisible(corpus, expected, per_message):
     server = start(corpus)
     port = int(server.address.rsplit(":", 1)[1])
     data = client.DataClient(
@@ -52,7 +55,9 @@ def test_sigkill_and_restart_on_the_same_port_is_invisible(corpus, expected):
     )
     got = []
     try:
-        with data.stream(MIX, **GEOMETRY, num_steps=STEPS, prefetch=2) as stream:
+        with data.stream(
+            MIX, **GEOMETRY, num_steps=STEPS, prefetch=2, batches_per_message=per_message
+        ) as stream:
             for batch in stream:
                 got.append(batch)
                 if len(got) == 8:
@@ -66,14 +71,22 @@ def test_sigkill_and_restart_on_the_same_port_is_invisible(corpus, expected):
     assert got == expected
 
 
-def test_reconnect_target_follows_a_server_to_a_new_port(corpus, expected):
+@PER_MESSAGE
+def test_reconnect_target_follows_a_server_to_a_new_port(corpus, expected, per_message):
     box = {"server": start(corpus)}
     data = client.DataClient(
         lambda: box["server"].address, retry=client.RetryPolicy(max_backoff_s=0.5, give_up_s=60)
     )
     got = []
     try:
-        with data.stream(MIX, **GEOMETRY, start_step=10, num_steps=12, prefetch=1) as stream:
+        with data.stream(
+            MIX,
+            **GEOMETRY,
+            start_step=10,
+            num_steps=12,
+            prefetch=1,
+            batches_per_message=per_message,
+        ) as stream:
             for batch in stream:
                 got.append(batch)
                 if len(got) == 3:

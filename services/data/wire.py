@@ -67,7 +67,7 @@ def mixture_to_proto(mixture: Mixture) -> data_pb2.MixtureSpec:
 # StreamBatchGroups: the server's choice of group size aims at messages of
 # about this many bytes (gRPC's fixed cost per message then stops mattering,
 # and the default 4 MiB message limit of other clients is far off).
-GROUP_BYTES = 256 << 10
+GROUP_BYTES = 512 << 10
 MAX_BATCHES_PER_MESSAGE = 1024
 
 
@@ -192,29 +192,35 @@ def encode_group(batches: Sequence[Batch | PackedBatch], token_bytes: int = 4) -
 
 
 def _batch_parts(batch: Batch | PackedBatch, token_bytes: int) -> list:
-    parts: list = []
-    parts += _int_field(1, batch.step)
-    parts += _int_field(2, batch.shard_index)
-    parts += _int_field(3, batch.batch_size)
-    parts += _int_field(4, batch.seq_len)
-    if isinstance(batch, Batch):
+    """The pieces of a serialized Batch, in field-number order: protobuf
+    serializes the small fields (fast, in C), the arrays go in as views."""
+    shape = dict(
+        step=batch.step,
+        shard_index=batch.shard_index,
+        batch_size=batch.batch_size,
+        seq_len=batch.seq_len,
+    )
+    rest = dict(
+        source_names=batch.source_names,
+        tokens_before=batch.tokens_before,
+        stage=batch.stage,
+        epochs=batch.epochs,
+    )
+    if isinstance(batch, Batch):  # fields 1-4, arrays 5-10, 11-14
+        parts = [data_pb2.Batch(**shape).SerializeToString()]
         for number, (name, dtype) in enumerate(_DTYPES.items(), start=5):
             arr = np.ascontiguousarray(getattr(batch, name), dtype)
             parts += _len_field(number, memoryview(arr).cast("B"))
-    for name in batch.source_names:
-        encoded = name.encode()
-        parts += [_varint(11 << 3 | 2) + _varint(len(encoded)), encoded]
-    parts += _int_field(12, batch.tokens_before)
-    parts += _int_field(13, batch.stage)
-    if batch.epochs:
-        parts += _len_field(14, struct.pack(f"<{len(batch.epochs)}d", *batch.epochs))
-    if isinstance(batch, PackedBatch):
-        arrays = _packed_arrays(batch, token_bytes)
-        parts += _len_field(15, memoryview(arrays["packed_tokens"]).cast("B"))
-        parts += _int_field(16, token_bytes)
-        for number, name in ((17, "run_starts"), (18, "run_sources"), (19, "run_last_targets")):
-            parts += _len_field(number, memoryview(arrays[name]).cast("B"))
-        parts += _int_field(20, batch.eos_id)
+        parts.append(data_pb2.Batch(**rest).SerializeToString())
+        return parts
+    # fields 1-14, then 15-20
+    arrays = _packed_arrays(batch, token_bytes)
+    parts = [data_pb2.Batch(**shape, **rest).SerializeToString()]
+    parts += _len_field(15, memoryview(arrays["packed_tokens"]).cast("B"))
+    parts += _int_field(16, token_bytes)
+    for number, name in ((17, "run_starts"), (18, "run_sources"), (19, "run_last_targets")):
+        parts += _len_field(number, memoryview(arrays[name]).cast("B"))
+    parts += _int_field(20, batch.eos_id)
     return parts
 
 

@@ -122,9 +122,9 @@ def test_group_encoding_matches_protobuf_and_splits_into_views(reader):
 
 
 def test_batches_per_message():
-    # 16 x 2048 packed at 2 bytes a token is 64 KiB: four to a 256 KiB group.
-    assert wire.batches_per_message(0, 16, 2048, packed=True, token_bytes=2) == 4
-    assert wire.batches_per_message(0, 16, 2048, packed=True, token_bytes=4) == 2
+    # 16 x 2048 packed at 2 bytes a token is 64 KiB: eight to a 512 KiB group.
+    assert wire.batches_per_message(0, 16, 2048, packed=True, token_bytes=2) == 8
+    assert wire.batches_per_message(0, 16, 2048, packed=True, token_bytes=4) == 4
     # A FULL batch (18 bytes a token) is already larger than a group.
     assert wire.batches_per_message(0, 16, 2048, packed=False, token_bytes=2) == 1
     assert wire.batches_per_message(0, 1, 8, packed=True, token_bytes=2) == 1024
