@@ -1,21 +1,19 @@
 """The three services a study drives, as child processes of the runner.
 
-Each is started as `python -m services.<name>.main` (libs/serving/process)
-through a small launcher that (1) asks the kernel to SIGTERM the child when
-the runner dies, even by SIGKILL (PR_SET_PDEATHSIG survives exec), and
-(2) holds a shared lock on `<out>/services.lock` for the child's whole life.
-A runner started again takes that lock exclusively before starting its own
-services, so it waits for any orphan of a killed runner to finish exiting:
-two trainers never write one run's checkpoints at once.
+Each is started as `python -m services.<name>.main` by libs/serving/process,
+which (1) has the kernel SIGTERM the child when the runner dies, even by
+SIGKILL, and (2) here makes the child hold a shared lock on
+`<out>/services.lock` for its whole life. A runner started again takes that
+lock exclusively before starting its own services, so it waits for any
+orphan of a killed runner to finish exiting: two trainers never write one
+run's checkpoints at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
-import sys
 import threading
 import time
 
@@ -27,19 +25,6 @@ from proto import data_pb2, data_pb2_grpc, eval_pb2_grpc, trainer_pb2_grpc
 
 LOCK_FILE = "services.lock"
 
-# Runs in the child before it becomes the service; argv: parent pid, lock
-# path, then the service's own argv.
-_LAUNCHER = """
-import ctypes, fcntl, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("study service launcher: the runner is gone")
-lock = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o644)
-fcntl.flock(lock, fcntl.LOCK_SH)
-os.set_inheritable(lock, True)
-os.execv(sys.executable, [sys.executable] + sys.argv[3:])
-"""
-
 # name -> (module, flags every start passes)
 MODULES = {
     "data": ("services.data.main", []),
@@ -49,35 +34,18 @@ MODULES = {
 START_TIMEOUT_S = {"data": 1800.0, "trainer": 300.0, "eval": 300.0}
 
 
-def guarded_command(module: str, flags: list[str], lock_path: str) -> list[str]:
-    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), lock_path, "-m", module, *flags]
+def lock_path(out_dir: str) -> str:
+    return os.path.join(out_dir, LOCK_FILE)
 
 
 def wait_for_orphans(out_dir: str, log=print, timeout: float = 120.0) -> None:
     """Blocks until no service of an earlier runner on `out_dir` is alive."""
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                if not told:
-                    log("waiting for the services of an earlier runner to exit ...")
-                    told = True
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"services of an earlier runner still hold {path} after "
-                        f"{timeout:.0f}s; stop them and run again"
-                    )
-                time.sleep(0.5)
-    finally:
-        os.close(fd)
+    process.wait_for_lock(
+        lock_path(out_dir),
+        timeout,
+        on_wait=lambda: log("waiting for the services of an earlier runner to exit ..."),
+    )
 
 
 @dataclasses.dataclass
@@ -162,12 +130,16 @@ class Services:
         if not self._checked_orphans:
             wait_for_orphans(self._out_dir, log=self._log)
             self._checked_orphans = True
-        lock = os.path.join(self._out_dir, LOCK_FILE)
         module, flags = MODULES[name]
-        argv = guarded_command(module, flags + self._flags.get(name, []), lock)
+        argv = process.module_command(module) + flags + self._flags.get(name, [])
         self._log(f"starting the {name} service ...")
         started = time.monotonic()
-        child = process.start(argv, timeout=START_TIMEOUT_S[name], echo=self._echo)
+        child = process.start(
+            argv,
+            timeout=START_TIMEOUT_S[name],
+            echo=self._echo,
+            shared_lock=lock_path(self._out_dir),
+        )
         self._log(f"{name} service at {child.address} ({time.monotonic() - started:.0f}s)")
         return Service(name, child.address, process=child)
 

@@ -20,13 +20,12 @@ FAKE_SERVICE = textwrap.dedent("""
         time.sleep(0.1)
 """)
 
-# A stand-in runner: starts the fake service through the launcher, prints its pid.
+# A stand-in runner: starts the fake service as the runner does, prints its pid.
 RUNNER = textwrap.dedent("""
     import sys, time
     from libs.serving import process
-    from studies import services
-    argv = services.guarded_command("fake_service", [], sys.argv[1])
-    child = process.start(argv, timeout=60)
+    argv = process.module_command("fake_service")
+    child = process.start(argv, timeout=60, shared_lock=sys.argv[1])
     print(child.process.pid, flush=True)
     time.sleep(600)
 """)

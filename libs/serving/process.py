@@ -8,6 +8,7 @@ no address) and by the study runner. The child prints
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import re
 import signal
@@ -20,15 +21,24 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# Runs first in the child, then becomes the service (exec keeps the setting): the
-# child gets SIGTERM when the parent dies, even by SIGKILL, so a killed trainer leaves
-# no data service behind. (A preexec_fn would fork a multithreaded JAX process.)
-_TERMINATE_WITH_PARENT = """
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("the parent exited before the service started")
-os.execvp(sys.argv[2], sys.argv[2:])
+# Runs first in the child, then becomes the service (exec keeps both settings).
+# argv: parent pid (0: none), lock path ("": none), then the service's argv.
+# With a parent pid the child gets SIGTERM when the parent dies, even by SIGKILL,
+# so a killed trainer leaves no data service behind. With a lock path the child
+# holds a shared flock on it for its whole life (see `start`). (A preexec_fn
+# would fork a multithreaded JAX process.)
+_LAUNCHER = """
+import ctypes, fcntl, os, signal, sys
+parent, lock_path = int(sys.argv[1]), sys.argv[2]
+if parent:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit("the parent exited before the service started")
+if lock_path:
+    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    os.set_inheritable(lock, True)
+os.execvp(sys.argv[3], sys.argv[3:])
 """
 _LISTENING = re.compile(r"(\w+) listening on (\S+:\d+)")
 
@@ -83,18 +93,24 @@ def start(
     timeout: float = 180.0,
     env: dict[str, str] | None = None,
     echo: bool = False,
+    shared_lock: str | None = None,
 ) -> ServiceProcess:
     """Starts `argv` and waits until it prints its listening line.
 
     Its output keeps being drained on a thread (and echoed when `echo`), so
     the child never blocks on a full pipe. Raises RuntimeError with the
-    child's last output when it exits or times out first.
+    child's last output when it exits or times out first. Started from the
+    main thread, the child gets SIGTERM when this process dies. With
+    `shared_lock` (a path) the child holds a shared flock on that file
+    until it exits, so that whoever takes it exclusively (wait_for_lock)
+    knows every such child, orphans of a killed parent included, is gone.
     """
-    argv = list(argv)
     # The kernel's parent-death signal follows the *thread* that forked, so it is
     # asked for only from the main thread, whose end is the process's end.
-    if threading.current_thread() is threading.main_thread():
-        argv = [sys.executable, "-c", _TERMINATE_WITH_PARENT, str(os.getpid())] + argv
+    parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
+    if parent or shared_lock:
+        argv = [sys.executable, "-c", _LAUNCHER, str(parent), shared_lock or ""] + list(argv)
+    argv = list(argv)
     process = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -130,6 +146,32 @@ def start(
             + "\n".join(lines[-20:])
         )
     return ServiceProcess(process=process, address=address[0], log_lines=lines)
+
+
+def wait_for_lock(path: str, timeout: float, on_wait=lambda: None) -> None:
+    """Blocks until no child started with `shared_lock=path` is alive (the
+    exclusive flock on `path` is free); `on_wait` is called once if it has
+    to wait. Raises RuntimeError after `timeout` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if not waited:
+                    on_wait()
+                    waited = True
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"processes still hold {path} after {timeout:.0f}s; stop them and run again"
+                    )
+                time.sleep(0.5)
+    finally:
+        os.close(fd)
 
 
 def wait_healthy(address: str, service: str = "", timeout: float = 30.0) -> None:
