@@ -243,11 +243,13 @@ def test_bad_requests_name_the_field(stub, kw, code, field):
         ("StreamBatches", -1),
         ("StreamBatchGroups", -1),
         ("StreamBatchGroups", 1025),
+        ("StreamBatchGroups", 64),  # 64 x 4 x 2**16 tokens: over one message's limit
     ],
 )
 def test_bad_group_sizes_name_the_field(stub, method, per_message):
     call = getattr(stub, method)
-    c, details = error_of(lambda: list(call(request(batches_per_message=per_message), timeout=30)))
+    kw = dict(batches_per_message=per_message, seq_len=1 << 16)
+    c, details = error_of(lambda: list(call(request(**kw), timeout=30)))
     assert c == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("batches_per_message:")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from proto import data_pb2
 from services.data.batch import Batch, PackedBatch
-from services.data.mixture import Mixture, SourceWeight, SpecError, Stage
+from services.data.mixture import MAX_SHARD_TOKENS, Mixture, SourceWeight, SpecError, Stage
 
 SERVICE_NAME = data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
 
@@ -75,16 +75,25 @@ def batches_per_message(
     requested: int, rows: int, seq_len: int, *, packed: bool, token_bytes: int
 ) -> int:
     """The group size of a StreamBatchGroups request: `requested`, or for 0
-    as many batches as fit GROUP_BYTES (at least one)."""
+    as many batches as fit GROUP_BYTES (at least one). A group carries at
+    most mixture.MAX_SHARD_TOKENS tokens, like any message."""
+    tokens = rows * seq_len
     if not 0 <= requested <= MAX_BATCHES_PER_MESSAGE:
         raise SpecError(
             "batches_per_message",
             f"must be in [0, {MAX_BATCHES_PER_MESSAGE}] (0: the server chooses), got {requested}",
         )
+    if requested * tokens > MAX_SHARD_TOKENS:
+        raise SpecError(
+            "batches_per_message",
+            f"{requested} batches of {rows} x {seq_len} tokens are over the {MAX_SHARD_TOKENS} "
+            "tokens one message may carry",
+        )
     if requested:
         return requested
     bytes_per_token = token_bytes if packed else sum(d.itemsize for d in _DTYPES.values())
-    return max(1, min(MAX_BATCHES_PER_MESSAGE, GROUP_BYTES // (rows * seq_len * bytes_per_token)))
+    fit = min(GROUP_BYTES // (tokens * bytes_per_token), MAX_SHARD_TOKENS // tokens)
+    return max(1, min(MAX_BATCHES_PER_MESSAGE, fit))
 
 
 def token_width(vocab_size: int) -> int:

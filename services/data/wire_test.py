@@ -133,3 +133,8 @@ def test_batches_per_message():
         with pytest.raises(mixture.SpecError, match="must be in") as e:
             wire.batches_per_message(bad, 4, 64, packed=True, token_bytes=2)
         assert e.value.field == "batches_per_message"
+    # A group holds no more tokens than one message may carry.
+    assert wire.batches_per_message(2, 512, 4096, packed=True, token_bytes=2) == 2
+    with pytest.raises(mixture.SpecError, match="tokens one message may carry") as e:
+        wire.batches_per_message(3, 512, 4096, packed=True, token_bytes=2)
+    assert e.value.field == "batches_per_message"
