@@ -108,9 +108,9 @@ def start(
     # The kernel's parent-death signal follows the *thread* that forked, so it is
     # asked for only from the main thread, whose end is the process's end.
     parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
-    if parent or shared_lock:
-        argv = [sys.executable, "-c", _LAUNCHER, str(parent), shared_lock or ""] + list(argv)
     argv = list(argv)
+    if parent or shared_lock:
+        argv = [sys.executable, "-c", _LAUNCHER, str(parent), shared_lock or ""] + argv
     process = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,

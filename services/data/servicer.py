@@ -105,39 +105,20 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         )
 
     def StreamBatches(self, request, context):
-        batches = self._open(request, context)
-        if request.batches_per_message not in (0, 1):
-            _abort(
-                context,
-                mixture_lib.SpecError(
-                    "batches_per_message",
-                    f"StreamBatches sends one batch a message, got {request.batches_per_message}"
-                    " (StreamBatchGroups sends several)",
-                ),
-            )
+        batches, _ = self._open(request, context, grouped=False)
         return self._send(
             batches, 1, context, lambda group: wire.encode_batch(group[0], self._token_bytes)
         )
 
     def StreamBatchGroups(self, request, context):
-        batches = self._open(request, context)
-        try:
-            size = wire.batches_per_message(
-                request.batches_per_message,
-                request.global_batch_size // request.num_shards,
-                request.seq_len,
-                packed=request.encoding == data_pb2.BATCH_ENCODING_PACKED,
-                token_bytes=self._token_bytes,
-            )
-        except mixture_lib.SpecError as e:
-            _abort(context, e)
+        batches, size = self._open(request, context, grouped=True)
         return self._send(
             batches, size, context, lambda group: wire.encode_group(group, self._token_bytes)
         )
 
-    def _open(self, request, context):
-        """The request's batches (PackedBatch for the PACKED encoding), or
-        the call aborted with the field at fault."""
+    def _open(self, request, context, *, grouped: bool):
+        """The request's batches (PackedBatch for the PACKED encoding) and
+        batches per message, or the call aborted with the field at fault."""
         try:
             reader = mixture_lib.BatchReader(
                 self.corpus,
@@ -151,9 +132,26 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             packed = request.encoding == data_pb2.BATCH_ENCODING_PACKED
             if not packed and request.encoding != data_pb2.BATCH_ENCODING_FULL:
                 raise mixture_lib.SpecError("encoding", f"unknown BatchEncoding {request.encoding}")
-            return reader.iterate(
+            if grouped:
+                size = wire.batches_per_message(
+                    request.batches_per_message,
+                    reader.rows,
+                    request.seq_len,
+                    packed=packed,
+                    token_bytes=self._token_bytes,
+                )
+            elif request.batches_per_message not in (0, 1):
+                raise mixture_lib.SpecError(
+                    "batches_per_message",
+                    f"StreamBatches sends one batch a message, got {request.batches_per_message}"
+                    " (StreamBatchGroups sends several)",
+                )
+            else:
+                size = 1
+            batches = reader.iterate(
                 request.start_step, request.num_steps, read_ahead=self.read_ahead, packed=packed
             )
+            return batches, size
         except mixture_lib.SpecError as e:
             _abort(context, e)
 
