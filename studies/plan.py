@@ -193,6 +193,10 @@ def run_spec(
         keep_checkpoints=KEEP_CHECKPOINTS,
         compute_dtype=study.compute_dtype,
         log_every_steps=study.log_every_steps,
+        # How the step is computed, not what it computes: kept out of the run identity.
+        microbatches=study.microbatches,
+        remat=study.remat,
+        attention=study.attention,
     )
     if study.HasField("optimizer"):
         spec.optimizer.CopyFrom(study.optimizer)
