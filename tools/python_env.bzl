@@ -65,3 +65,41 @@ python_env = repository_rule(
     },
     environ = [],
 )
+
+def _pip_target_impl(rctx):
+    """Installs a lockfile's packages into a plain directory (pip --target), for a few
+    targets that need them and nothing else should see."""
+    lockfile = rctx.path(rctx.attr.lockfile)
+    rctx.read(lockfile)  # a changed lockfile re-runs the rule
+    python = rctx.which(rctx.attr.python)
+    if python == None:
+        fail("pip_target: interpreter '%s' not found on PATH" % rctx.attr.python)
+    result = rctx.execute([python, "-m", "venv", "--clear", "pip_venv"], timeout = 300)
+    if result.return_code != 0:
+        fail("pip_target: venv creation failed:\n" + result.stderr)
+    rctx.report_progress("installing %s (first build only)" % rctx.attr.lockfile)
+    result = rctx.execute(
+        ["pip_venv/bin/python", "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off", "-q", "--target", "site", "-r", str(lockfile)],
+        timeout = 3600,
+        quiet = False,
+    )
+    if result.return_code != 0:
+        fail("pip_target: pip install -r %s failed:\n%s" % (lockfile, result.stderr))
+    rctx.execute(["rm", "-rf", "pip_venv"])
+    rctx.file("BUILD", """
+package(default_visibility = ["//visibility:public"])
+
+filegroup(
+    name = "files",
+    srcs = glob(["site/**"], exclude = ["site/**/__pycache__/**"]),
+)
+""")
+
+pip_target = repository_rule(
+    implementation = _pip_target_impl,
+    attrs = {
+        "lockfile": attr.label(allow_single_file = True, mandatory = True),
+        "python": attr.string(default = "python3"),
+    },
+    environ = [],
+)

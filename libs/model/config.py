@@ -35,6 +35,15 @@ DEFAULT_SHARDING_RULES: tuple[tuple[str, MeshAxes], ...] = (
 
 DTYPES = ("float32", "bfloat16", "float16")
 
+# What a layer keeps for the backward pass (model.py maps each to a jax.checkpoint policy):
+# none keeps everything; full keeps only the layer's input; save_dots keeps the weight
+# matmuls' outputs and recomputes attention scores and elementwise work.
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+# Attention implementations (attention.py): xla is the reference; the kernels never
+# materialise [T, T] scores.
+ATTENTION_IMPLEMENTATIONS = ("xla", "splash", "pallas_gpu")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -52,7 +61,11 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"  # activations and matmul inputs
     param_dtype: str = "float32"  # stored parameters (and optimizer state)
-    remat: bool = False  # recompute each block's activations in the backward pass
+    remat: str = "none"  # one of REMAT_POLICIES
+    attention: str = "xla"  # one of ATTENTION_IMPLEMENTATIONS
+    # Tokens of the sequence whose logits exist at once in the loss (loss.py); 0: all.
+    # At a 256k vocabulary the whole [b, T, V] float32 logits of one 8k sequence are 8 GB.
+    logits_chunk: int = 0
     sharding_rules: tuple[tuple[str, MeshAxes], ...] = DEFAULT_SHARDING_RULES
 
     def __post_init__(self):
@@ -63,6 +76,8 @@ class ModelConfig:
             for name, axes in self.sharding_rules
         )
         object.__setattr__(self, "sharding_rules", rules)
+        if isinstance(self.remat, bool):  # configs saved when remat was on/off
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
         self._validate()
 
     def _validate(self):
@@ -85,9 +100,16 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {DTYPES}")
-        for name in ("tie_embeddings", "remat"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings: must be a bool, got {self.tie_embeddings!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat: {self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention: {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
+            )
+        if not isinstance(self.logits_chunk, int) or self.logits_chunk < 0:
+            raise ValueError(f"logits_chunk: must be an int >= 0, got {self.logits_chunk!r}")
         seen = set()
         for logical, axes in self.sharding_rules:
             if logical not in LOGICAL_AXES:
@@ -107,6 +129,12 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
+
+    def portable(self) -> "ModelConfig":
+        """The same model with how it is computed (remat, attention kernel, loss chunks)
+        at the defaults, which run on any platform; checkpoints store this, and whoever
+        loads one picks the computation for their own devices."""
+        return dataclasses.replace(self, remat="none", attention="xla", logits_chunk=0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -11,12 +11,15 @@ silent: RMSNorm, rotary positions, tied embeddings by default. In full:
 - rotary position embeddings (half-split pairs, theta = cfg.rope_theta);
 - causal attention that respects document boundaries in packed rows: token i attends to
   j only if j <= i and segment[i] == segment[j] (segment 0 = padding); positions restart
-  at 0 for each document unless given;
+  at 0 for each document unless given; attention.py holds the reference and the TPU/GPU
+  kernels (cfg.attention), which never materialise [T, T];
 - tied or untied output embedding (cfg.tie_embeddings);
 - float32 parameters, compute in cfg.dtype (bfloat16 optional); softmax, norms and logits
   in float32;
 - layers stacked (nnx.vmap) and applied with jax.lax.scan, so compile time does not grow
-  with depth; optional rematerialisation of each block (cfg.remat).
+  with depth; rematerialisation of each block by policy name (cfg.remat);
+- the training loss can be taken in chunks of the sequence (cfg.logits_chunk), so the
+  [b, T, V] float32 logits never exist at once (`Transformer.token_losses`).
 
 The same forward serves training (no cache) and decoding (a KVCache written at slot
 `start`); decode.py owns the generation loop. Parameters carry logical axis names for
@@ -32,10 +35,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from libs.model import attention
 from libs.model.config import ModelConfig
 from libs.model.sharding import constrain
 
-_NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax, not NaN
+# jax.checkpoint policy of each ModelConfig.remat name ("none" is no checkpoint at all).
+# Projection and MLP matmuls have no batch dimensions in dot_general terms; attention's
+# score and value matmuls batch over (b, heads), so save_dots never stores [T, T] scores.
+REMAT_POLICY = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _param(rngs, shape, std, logical_axes, cfg: ModelConfig) -> nnx.Param:
@@ -117,7 +127,9 @@ class Attention(nnx.Module):
         out_std = (h * hd) ** -0.5 / math.sqrt(2 * cfg.num_layers)
         self.out_hkd = _param(rngs, (h, hd, d), out_std, ("heads", "kv", "embed"), cfg)
 
-    def __call__(self, x_btd, positions_bt, mask_b1ts, start, kv=None):
+    def __call__(self, x_btd, positions_bt, segment_ids_bt, mask_b1ts, start, kv=None):
+        """With `mask_b1ts` None (training, no cache) cfg.attention computes the causal
+        within-document mask from `segment_ids_bt` itself."""
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         rules = cfg.sharding_rules
         # Output dimensions in the kernel's order: a transposed einsum output made XLA:CPU
@@ -136,12 +148,18 @@ class Attention(nnx.Module):
             v_bhsk = jax.lax.dynamic_update_slice(kv[1], v_bhtk, (0, 0, start, 0))
         else:
             k_bhsk, v_bhsk = k_bhtk, v_bhtk
-        scores_bhts = jnp.einsum(
-            "bhtk,bhsk->bhts", q_bhtk, k_bhsk, preferred_element_type=jnp.float32
-        ) * (cfg.head_dim**-0.5)
-        scores_bhts = jnp.where(mask_b1ts, scores_bhts, _NEG_INF)
-        probs_bhts = jax.nn.softmax(scores_bhts, axis=-1).astype(dtype)
-        attn_bthk = jnp.einsum("bhts,bhsk->bhtk", probs_bhts, v_bhsk).transpose(0, 2, 1, 3)
+        if mask_b1ts is None:
+            attn_bhtk = attention.attend(
+                q_bhtk,
+                k_bhsk,
+                v_bhsk,
+                segment_ids_bt,
+                implementation=cfg.attention,
+                rules=rules,
+            )
+        else:
+            attn_bhtk = attention.reference(q_bhtk, k_bhsk, v_bhsk, mask_b1ts)
+        attn_bthk = attn_bhtk.transpose(0, 2, 1, 3)
         out_btd = jnp.einsum("bthk,hkd->btd", attn_bthk, self.out_hkd[...].astype(dtype))
         return out_btd, (k_bhsk, v_bhsk)
 
@@ -172,9 +190,9 @@ class Block(nnx.Module):
         self.attention = Attention(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_btd, positions_bt, mask_b1ts, start, kv=None):
+    def __call__(self, x_btd, positions_bt, segment_ids_bt, mask_b1ts, start, kv=None):
         h_btd = self.norm(x_btd)
-        attn_btd, kv = self.attention(h_btd, positions_bt, mask_b1ts, start, kv)
+        attn_btd, kv = self.attention(h_btd, positions_bt, segment_ids_bt, mask_b1ts, start, kv)
         return x_btd + attn_btd + self.mlp(h_btd), kv
 
 
@@ -209,7 +227,7 @@ class Transformer(nnx.Module):
     def forward(
         self, tokens_bt, *, segment_ids_bt=None, positions_bt=None, cache=None, start=0, layers=None
     ):
-        """Logits, and the updated cache when `cache` is given.
+        """Logits (float32), and the updated cache when `cache` is given.
 
         With a cache, the t tokens occupy slots [start, start + t) and attend to every
         earlier slot of the same segment; callers keep segment ids 0 for empty slots.
@@ -220,6 +238,21 @@ class Transformer(nnx.Module):
         of scanning them. Memory-bound decoding uses it: XLA:CPU copies each scanned
         layer's weights out of the stack on every step, which halved decoding speed.
         """
+        h_btd, new_cache = self.hidden(
+            tokens_bt,
+            segment_ids_bt=segment_ids_bt,
+            positions_bt=positions_bt,
+            cache=cache,
+            start=start,
+            layers=layers,
+        )
+        return self.logits(h_btd), new_cache
+
+    def hidden(
+        self, tokens_bt, *, segment_ids_bt=None, positions_bt=None, cache=None, start=0, layers=None
+    ):
+        """The final-norm hidden states [b, t, d] (and the cache): `forward` without the
+        output projection. Arguments as for `forward`."""
         cfg, rules = self.cfg, self.cfg.sharding_rules
         b, t = tokens_bt.shape
         if segment_ids_bt is None:
@@ -233,10 +266,11 @@ class Transformer(nnx.Module):
         else:
             seg_k_bs = segment_ids_bt
         # Slot order, not positions, decides causality, so positions can restart per doc.
-        q_slot_t = start + jnp.arange(t)
-        k_slot_s = jnp.arange(seg_k_bs.shape[1])
-        mask_b1ts = (k_slot_s[None, :] <= q_slot_t[:, None])[None, None] & (
-            segment_ids_bt[:, None, :, None] == seg_k_bs[:, None, None, :]
+        # Without a cache the attention implementation builds its own mask (or none).
+        mask_b1ts = (
+            None
+            if cache is None
+            else attention.causal_segment_mask(segment_ids_bt, seg_k_bs, start)
         )
 
         x_btd = jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(jnp.dtype(cfg.dtype))
@@ -245,12 +279,14 @@ class Transformer(nnx.Module):
 
         def layer(x_btd, xs):
             state, kv = xs
-            y_btd, kv = nnx.merge(graphdef, state)(x_btd, positions_bt, mask_b1ts, start, kv)
+            y_btd, kv = nnx.merge(graphdef, state)(
+                x_btd, positions_bt, segment_ids_bt, mask_b1ts, start, kv
+            )
             y_btd = constrain(y_btd, ("batch", "length", "embed"), rules)
             return y_btd, (kv if cache is not None else None)
 
-        if cfg.remat:
-            layer = jax.checkpoint(layer, prevent_cse=False)
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, prevent_cse=False, policy=REMAT_POLICY[cfg.remat])
         if layers is None:
             kv_in = (cache.k_lbhsk, cache.v_lbhsk) if cache is not None else None
             x_btd, kv_out = jax.lax.scan(layer, x_btd, (block_state, kv_in))
@@ -262,8 +298,12 @@ class Transformer(nnx.Module):
                 kv_layers.append(kv)
             kv_out = None if cache is None else tuple(zip(*kv_layers))
 
-        h_btd = self.final_norm(x_btd)
-        if cfg.tie_embeddings:
+        new_cache = None if cache is None else KVCache(kv_out[0], kv_out[1], seg_k_bs)
+        return self.final_norm(x_btd), new_cache
+
+    def logits(self, h_btd) -> jax.Array:
+        """float32 logits [b, t, V] of hidden states [b, t, d] (the output projection)."""
+        if self.cfg.tie_embeddings:
             unembed = self.embed_vd[...].astype(h_btd.dtype)
             logits_btv = jnp.einsum(
                 "btd,vd->btv", h_btd, unembed, preferred_element_type=jnp.float32
@@ -273,9 +313,15 @@ class Transformer(nnx.Module):
             logits_btv = jnp.einsum(
                 "btd,dv->btv", h_btd, unembed, preferred_element_type=jnp.float32
             )
-        logits_btv = constrain(logits_btv.astype(jnp.float32), ("batch", "length", "vocab"), rules)
-        new_cache = None if cache is None else KVCache(kv_out[0], kv_out[1], seg_k_bs)
-        return logits_btv, new_cache
+        return constrain(
+            logits_btv.astype(jnp.float32), ("batch", "length", "vocab"), self.cfg.sharding_rules
+        )
+
+    def token_losses(self, tokens_bt, targets_bt, *, segment_ids_bt=None, positions_bt=None):
+        """Next-token cross-entropy of every position [b, t] (float32, unmasked), taken
+        cfg.logits_chunk positions at a time: equal to the loss of `__call__`'s logits."""
+        h_btd, _ = self.hidden(tokens_bt, segment_ids_bt=segment_ids_bt, positions_bt=positions_bt)
+        return chunked_token_losses(self.logits, h_btd, targets_bt, self.cfg.logits_chunk)
 
     def unstack_layers(self) -> list[nnx.State]:
         """Each layer's parameters as separate arrays (a copy of the stacked weights)."""
@@ -289,14 +335,44 @@ def cross_entropy(logits_btv, targets_bt, mask_bt=None):
     The trainer averages per-token losses per data source; `mask_bt` excludes padding
     and anything not to be learned.
     """
-    logits_btv = logits_btv.astype(jnp.float32)
-    target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
-    per_token_bt = jax.nn.logsumexp(logits_btv, axis=-1) - target_logit_bt
+    per_token_bt = token_losses(logits_btv, targets_bt)
     if mask_bt is None:
         mask_bt = jnp.ones_like(per_token_bt)
     mask_bt = mask_bt.astype(jnp.float32)
     per_token_bt = per_token_bt * mask_bt
     return per_token_bt.sum() / jnp.maximum(mask_bt.sum(), 1.0), per_token_bt
+
+
+def token_losses(logits_btv, targets_bt) -> jax.Array:
+    """Per-token cross-entropy [b, t] in float32: logsumexp minus the target's logit."""
+    logits_btv = logits_btv.astype(jnp.float32)
+    target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits_btv, axis=-1) - target_logit_bt
+
+
+def chunked_token_losses(logits_fn, h_btd, targets_bt, chunk: int) -> jax.Array:
+    """`token_losses(logits_fn(h_btd), targets_bt)` with only [b, chunk, V] logits alive.
+
+    The sequence is cut into chunks (the largest divisor of t that is <= `chunk`; 0 or
+    >= t: one chunk) mapped one after another; each chunk is rematerialised, so the
+    backward pass also holds one chunk's logits at a time.
+    """
+    t = h_btd.shape[1]
+    if chunk <= 0 or chunk >= t:
+        return token_losses(logits_fn(h_btd), targets_bt)
+    chunk = max(c for c in range(1, chunk + 1) if t % c == 0)
+    n = t // chunk
+
+    @jax.checkpoint
+    def one_chunk(xs):
+        h_bcd, targets_bc = xs
+        return token_losses(logits_fn(h_bcd), targets_bc)
+
+    # [b, n * c, ...] -> [n, b, c, ...]: chunk i holds positions [i c, (i + 1) c).
+    h_nbcd = h_btd.reshape(h_btd.shape[0], n, chunk, -1).swapaxes(0, 1)
+    targets_nbc = targets_bt.reshape(targets_bt.shape[0], n, chunk).swapaxes(0, 1)
+    losses_nbc = jax.lax.map(one_chunk, (h_nbcd, targets_nbc))
+    return losses_nbc.swapaxes(0, 1).reshape(targets_bt.shape)
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:

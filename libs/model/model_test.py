@@ -125,9 +125,40 @@ def _loss_and_grads(cfg, tokens):
 def test_remat_changes_nothing_but_memory():
     tokens = _tokens((2, 17))
     loss, grads = _loss_and_grads(CFG, tokens)
-    loss_r, grads_r = _loss_and_grads(dataclasses.replace(CFG, remat=True), tokens)
-    np.testing.assert_allclose(loss, loss_r, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, grads_r)
+    for policy in ("full", "save_dots"):
+        loss_r, grads_r = _loss_and_grads(dataclasses.replace(CFG, remat=policy), tokens)
+        np.testing.assert_allclose(loss, loss_r, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, grads_r)
+
+
+def _masked_loss_and_grads(cfg, tokens, segment_ids, mask, chunked):
+    net = model.Transformer(cfg, rngs=nnx.Rngs(0))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def loss(net):
+        if chunked:
+            per_token = net.token_losses(inputs, targets, segment_ids_bt=segment_ids)
+        else:
+            per_token = model.token_losses(net(inputs, segment_ids_bt=segment_ids), targets)
+        return (per_token * mask).sum() / mask.sum(), per_token
+
+    (value, per_token), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(net)
+    return value, per_token, grads
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 16])
+def test_chunked_loss_equals_full_logits_loss(chunk):
+    """Per-token losses (hence per-source losses) and gradients are those of the whole
+    [b, T, V] logits, for chunks that divide T (4), that do not (5 -> 4) and T itself."""
+    tokens = _tokens((3, 17))
+    segment_ids = jnp.asarray(np.repeat([[1] * 6 + [2] * 7 + [0] * 3], 3, axis=0))
+    mask = (segment_ids > 0).astype(jnp.float32)
+    full = _masked_loss_and_grads(CFG, tokens, segment_ids, mask, chunked=False)
+    cfg = dataclasses.replace(CFG, logits_chunk=chunk)
+    chunked = _masked_loss_and_grads(cfg, tokens, segment_ids, mask, chunked=True)
+    np.testing.assert_allclose(full[0], chunked[0], rtol=1e-6)
+    np.testing.assert_allclose(full[1], chunked[1], rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), full[2], chunked[2])
 
 
 def test_adamw_steps_reduce_loss():

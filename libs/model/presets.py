@@ -26,6 +26,8 @@ PRESETS: dict[str, ModelConfig] = {
         num_heads=16,
         d_ff=4096,
         max_seq_len=8192,
+        remat="full",
+        logits_chunk=1024,
     ),
     "2.8b": ModelConfig(
         vocab_size=256_000,
@@ -34,6 +36,8 @@ PRESETS: dict[str, ModelConfig] = {
         num_heads=20,
         d_ff=8192,
         max_seq_len=8192,
+        remat="full",
+        logits_chunk=1024,
     ),
 }
 

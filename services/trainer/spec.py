@@ -99,9 +99,20 @@ def validate(
     data = mesh.data or num_devices // fixed
     if data * fixed != num_devices:
         raise SpecError("mesh", f"data*fsdp*tensor = {data * fixed} != {num_devices} devices")
-    if spec.global_batch_size % data:
+    # Rows are split over data * fsdp devices, then each device's rows into microbatches.
+    shards = data * max(mesh.fsdp, 1)
+    if spec.global_batch_size % shards:
         raise SpecError(
-            "global_batch_size", f"{spec.global_batch_size} not divisible by mesh.data={data}"
+            "global_batch_size",
+            f"{spec.global_batch_size} not divisible by mesh.data*mesh.fsdp={shards}",
+        )
+    if spec.microbatches < 0:
+        raise SpecError("microbatches", f"must be >= 0, got {spec.microbatches}")
+    if spec.global_batch_size % (shards * max(spec.microbatches, 1)):
+        raise SpecError(
+            "microbatches",
+            f"{spec.global_batch_size} sequences over {shards} batch shards do not split "
+            f"into {spec.microbatches} microbatches",
         )
     if not spec.phases:
         raise SpecError("phases", "a run needs at least one phase")

@@ -21,23 +21,16 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from libs.checkpoint import checkpoint
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
-from libs.model import flops, presets, sharding
-from libs.model import model as model_lib
+from libs.model import attention, flops, presets, sharding
 from proto import trainer_pb2
 from services.trainer import schedules
 from services.trainer.events import EventLog
 from services.trainer.spec import steps_of
-
-# Per-source losses are summed on device into this many slots (source ids
-# index the corpus's source list, which is far shorter).
-MAX_SOURCES = 32
+from services.trainer.step import BATCH_FIELDS, StepProgram
 
 
 @dataclasses.dataclass
@@ -75,36 +68,36 @@ class Position:
     last_uri: str = ""  # newest checkpoint written
 
 
-def _decay_mask(params):
-    # Decoupled weight decay only on the projection matrices: not on norm
-    # scales, and not on the (tied) embedding table.
-    def keep(path, leaf):
-        names = [str(getattr(k, "key", k)) for k in path]
-        return not any("norm" in n or n.startswith("embed") for n in names)
-
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
-def make_optimizer(opt: trainer_pb2.Optimizer) -> optax.GradientTransformation:
-    """AdamW with clipping; the learning rate is a hyperparameter the loop sets
-    each step, so one optimizer state carries across phases that continue."""
-    adamw = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=0.0,
-        b1=opt.b1,
-        b2=opt.b2,
-        eps=opt.eps,
-        weight_decay=opt.weight_decay,
-        mask=_decay_mask,
+def model_config(spec: trainer_pb2.RunSpec, vocab_size: int, platform: str):
+    """The model a RunSpec trains: its preset with the tokenizer's vocabulary, the spec's
+    dtype, remat policy and attention (unset: the preset's remat, the platform's kernel)."""
+    base = presets.get_preset(spec.preset)
+    remat = (
+        trainer_pb2.Remat.Name(spec.remat).removeprefix("REMAT_").lower()
+        if spec.remat
+        else base.remat
     )
-    if opt.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw)
-    return optax.chain(optax.identity(), adamw)
+    attn = (
+        trainer_pb2.Attention.Name(spec.attention).removeprefix("ATTENTION_").lower()
+        if spec.attention
+        else attention.for_platform(platform)
+    )
+    return dataclasses.replace(
+        base,
+        vocab_size=vocab_size,
+        max_seq_len=max(base.max_seq_len, spec.seq_len),
+        dtype=spec.compute_dtype,
+        remat=remat,
+        attention=attn,
+    )
 
 
-def _set_lr(opt_state, lr):
-    inner = opt_state[1]
-    inner.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-    return opt_state
+def make_mesh(mesh_spec: trainer_pb2.Mesh, devices=None):
+    """The (data, fsdp, tensor) mesh of a RunSpec over `devices` (default: all)."""
+    devices = jax.devices() if devices is None else devices
+    fsdp, tensor = max(mesh_spec.fsdp, 1), max(mesh_spec.tensor, 1)
+    data = mesh_spec.data or len(devices) // (fsdp * tensor)
+    return sharding.make_mesh(data=data, fsdp=fsdp, tensor=tensor, devices=devices)
 
 
 class Trainer:
@@ -121,19 +114,13 @@ class Trainer:
         peak_flops: float | None = None,
     ):
         self.spec = spec
-        base = presets.get_preset(spec.preset)
-        self.config = dataclasses.replace(
-            base,
-            vocab_size=vocab_size,
-            max_seq_len=max(base.max_seq_len, spec.seq_len),
-            dtype=spec.compute_dtype,
-        )
         self.run_dir = os.path.join(spec.checkpoint_dir, spec.run_id)
         os.makedirs(self.run_dir, exist_ok=True)
         # One code path for one CPU and for a slice: a (data, fsdp, tensor) mesh
         # over every device of every process; process 0 alone reports.
         self.primary = jax.process_index() == 0
-        self.mesh = self._make_mesh(spec.mesh)
+        self.mesh = make_mesh(spec.mesh)
+        self.config = model_config(spec, vocab_size, self.mesh.devices.flat[0].platform)
         self.writer = checkpoint.CheckpointWriter(
             os.path.join(self.run_dir, "checkpoints"), keep=spec.keep_checkpoints
         )
@@ -143,29 +130,13 @@ class Trainer:
         self._tokenizer_json = tokenizer_json
         self._console = console
         self.phase_steps = [steps_of(spec, p) for p in spec.phases]
-        self.tx = make_optimizer(spec.optimizer)
-        self._graphdef, abstract_state = nnx.split(model_lib.abstract_model(self.config), nnx.Param)
-        self.param_shardings = nnx.to_pure_dict(
-            sharding.state_shardings(abstract_state, self.mesh, self.config.sharding_rules)
+        self.program = StepProgram.build(
+            self.config, self.mesh, spec.optimizer, microbatches=spec.microbatches
         )
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._abstract_params = checkpoint.abstract_params(self.config, self.param_shardings)
-        self._abstract_opt = jax.eval_shape(self.tx.init, self._abstract_params)
-        self.opt_shardings = optax.tree_utils.tree_map_params(
-            self.tx,
-            lambda _, s: s,
-            self._abstract_opt,
-            self.param_shardings,
-            transform_non_params=lambda _: replicated,
-        )
-        self._abstract_opt = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            self._abstract_opt,
-            self.opt_shardings,
-        )
-        self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
-        self._opt_init = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
-        self._step_fn = jax.jit(self._train_step, donate_argnums=(0, 1))
+        self.param_shardings = self.program.param_shardings
+        self._abstract_params = self.program.abstract_params
+        self._abstract_opt = self.program.abstract_opt
+        self._step_fn = self.program.jitted()
         self._phase_end_steps: set[int] = set()
         self._metrics_file = (
             open(os.path.join(self.run_dir, "metrics.jsonl"), "a") if self.primary else None
@@ -174,54 +145,14 @@ class Trainer:
         self._peak = peak_flops
         self.final_source_loss: dict[str, float] = {}
 
-    @staticmethod
-    def _make_mesh(mesh_spec: trainer_pb2.Mesh):
-        fsdp, tensor = max(mesh_spec.fsdp, 1), max(mesh_spec.tensor, 1)
-        data = mesh_spec.data or jax.device_count() // (fsdp * tensor)
-        return sharding.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
-
-    # -- the jitted step -------------------------------------------------------------
-
-    def _train_step(self, params, opt_state, batch, lr):
-        def loss_fn(params):
-            model = nnx.merge(self._graphdef, params)
-            logits_btv = model(
-                batch["tokens"],
-                segment_ids_bt=batch["segment_ids"],
-                positions_bt=batch["positions"],
-            )
-            return model_lib.cross_entropy(logits_btv, batch["targets"], batch["loss_mask"])
-
-        (loss, per_token_bt), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        opt_state = _set_lr(opt_state, lr)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        sources = batch["source_ids"].reshape(-1).astype(jnp.int32)
-        mask = batch["loss_mask"].reshape(-1).astype(jnp.float32)
-        metrics = {
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "source_loss_sum": jax.ops.segment_sum(per_token_bt.reshape(-1), sources, MAX_SOURCES),
-            "source_count": jax.ops.segment_sum(mask, sources, MAX_SOURCES),
-        }
-        return params, opt_state, metrics
-
     # -- phases ----------------------------------------------------------------------
-
-    def _init_params(self):
-        def init():
-            model = model_lib.Transformer(self.config, rngs=nnx.Rngs(self.spec.seed))
-            return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-        # Each parameter is created directly in its shards.
-        return jax.jit(init, out_shardings=self.param_shardings)()
 
     def _start_phase(self, pos: Position, params, opt_state):
         phase = self.spec.phases[pos.phase_index]
         init = phase.WhichOneof("init")
         if init == "from_scratch":
-            params = self._init_params()
-            opt_state = self._opt_init(params)
+            params = self.program.init_params(self.spec.seed)
+            opt_state = self.program.init_opt(params)
             pos.parent_uri = ""
         elif init == "init_checkpoint":
             params = checkpoint.load_params(
@@ -233,7 +164,7 @@ class Trainer:
                 parent = checkpoint.read_meta(phase.init_checkpoint)["position"]
                 pos.last_lr = parent["last_lr"]
             else:
-                opt_state = self._opt_init(params)
+                opt_state = self.program.init_opt(params)
         else:  # continue_previous: same weights and optimizer state
             pos.parent_uri = pos.last_uri
         return params, opt_state
@@ -305,23 +236,17 @@ class Trainer:
         interval = None  # metrics summed over the logging interval, on device
         while pos.phase_step < num_steps:
             if self.stop_event.is_set():
-                self._save(pos, params, opt_state, phase_end=False)
+                if pos.last_uri != self.writer.uri(pos.step):  # not saved at this step yet
+                    self._save(pos, params, opt_state, phase_end=False)
                 return params, opt_state, True
             batch = next(batches)
             lr = float(schedule(pos.phase_step))
             # Each process holds its own rows of the global batch.
             arrays = {
                 name: jax.make_array_from_process_local_data(
-                    self._batch_sharding, getattr(batch, name)
+                    self.program.batch_sharding, getattr(batch, name)
                 )
-                for name in (
-                    "tokens",
-                    "targets",
-                    "segment_ids",
-                    "positions",
-                    "loss_mask",
-                    "source_ids",
-                )
+                for name in BATCH_FIELDS
             }
             with jax.set_mesh(self.mesh):
                 params, opt_state, metrics = self._step_fn(params, opt_state, arrays, lr)
@@ -381,7 +306,7 @@ class Trainer:
         meta = {
             "step": pos.step,
             "phase_end": phase_end,
-            "model_config": self.config.to_dict(),
+            "model_config": self.config.portable().to_dict(),
             "preset": self.spec.preset,
             "lineage": self._lineage(pos),
             "position": dataclasses.asdict(pos),

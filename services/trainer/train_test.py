@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -287,6 +288,51 @@ def _safe_losses(run_dir):
         return _losses(run_dir)
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def _metrics(events):
+    return [e.metrics for e in events if e.WhichOneof("event") == "metrics"]
+
+
+def test_microbatched_run_equals_whole_batches_and_resumes_in_place(tmp_path):
+    """Gradient accumulation changes neither the losses, the per-source losses, nor the
+    data position; a microbatched run stopped mid-phase resumes at the same step."""
+    _, whole = train(make_spec(tmp_path / "whole"))
+    stop = threading.Event()
+    spec = make_spec(tmp_path / "micro", microbatches=2)
+    # Stopped right after step 4, a checkpoint step: the stop must not save it twice.
+    steps_before_stop = 4
+
+    def stopping_batches(phase_index, phase, start_step):
+        for i, batch in enumerate(synthetic_batches(phase_index, phase, start_step)):
+            if phase_index == 0 and start_step + i == steps_before_stop - 1:
+                stop.set()
+            yield batch
+
+    events = EventLog(spec.run_id)
+    trainer = Trainer(
+        spec,
+        batches=stopping_batches,
+        vocab_size=VOCAB,
+        tokenizer_json="{}",
+        events=events,
+        stop=stop,
+        console=False,
+        peak_flops=1e11,
+    )
+    assert trainer.run() == trainer_pb2.STOPPED
+    state, resumed = train(spec)
+    assert state == trainer_pb2.SUCCEEDED
+    first = _metrics(resumed)[0]
+    assert first.step == steps_before_stop + 1  # resumed where it stopped
+    by_step = {m.step: m for m in _metrics(events.events()) + _metrics(resumed)}
+    for m in _metrics(whole):
+        got = by_step[m.step]
+        assert got.loss == pytest.approx(m.loss, rel=1e-5), m.step
+        assert dict(got.source_loss) == pytest.approx(dict(m.source_loss), rel=1e-5)
+        assert got.tokens_seen == m.tokens_seen
+    last = [e.checkpoint for e in resumed if e.WhichOneof("event") == "checkpoint"][-1]
+    assert dict(last.lineage.tokens_per_source) == {"text": 9 * 2 * 32, "code": 9 * 2 * 32}
 
 
 def test_two_processes_with_cpu_collectives_match_one(tmp_path):

@@ -1,0 +1,66 @@
+"""The ahead-of-time compile tool, for real: libtpu compiles the trainer's step for TPU
+topologies on this CPU host (splash attention included), and says whether it fits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _compile(*flags):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.trainer.compile_main", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stdout + proc.stderr
+    return proc.returncode, json.loads(lines[-1]), proc.stdout
+
+
+def test_tiny_fits_a_small_slice_with_splash_attention():
+    rc, figures, out = _compile(
+        "--preset=tiny", "--topology=v5e-4", "--global_batch_size=8", "--seq_len=512"
+    )
+    assert rc == 0, out
+    assert figures["fits"] and figures["attention"] == "splash"
+    assert figures["chips"] == 4 and figures["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    # libtpu's own figure for a v5e chip, and a step that needs something but not all of it.
+    assert figures["hbm_bytes_per_chip"] == int(15.75 * 2**30)
+    assert 0 < figures["bytes_per_chip"] < figures["hbm_bytes_per_chip"]
+    assert figures["flops_per_step"] > 0
+    assert "per chip   arguments" in out
+
+
+def test_a_step_that_does_not_fit_exits_non_zero():
+    """Thousands of 8k sequences a chip with every activation kept: libtpu refuses it."""
+    rc, figures, out = _compile(
+        "--preset=tiny",
+        "--topology=v5e-4",
+        "--global_batch_size=4096",
+        "--seq_len=8192",
+        "--remat=none",
+    )
+    assert rc == 1, out
+    assert not figures["fits"]
+    assert figures["bytes_per_chip"] > figures["hbm_bytes_per_chip"]
+
+
+@pytest.mark.parametrize("spec", ["470m"])
+def test_the_paper_scale_study_spec_fits_its_slice_with_headroom(spec):
+    """The 470m study as written (mesh, microbatches, remat) on v5e-16 at 512 x 8192."""
+    rc, figures, out = _compile(
+        f"--spec={os.path.join(REPO, 'studies', 'specs', spec + '.textproto')}",
+        "--topology=v5e-16",
+        "--min_headroom=0.1",
+    )
+    assert rc == 0, out
+    assert figures["global_batch_size"] == 512 and figures["seq_len"] == 8192
+    assert figures["headroom"] >= 0.1
