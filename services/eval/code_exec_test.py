@@ -3,6 +3,7 @@
 A subset here (20 problems of each benchmark); code_exec_full_test.py runs them all.
 """
 
+import math
 import os
 
 import pytest
@@ -30,15 +31,21 @@ def ev(cache_dir):
 
 
 class FixedCompletions:
-    """A TextModel whose every generation is `completion(prompt)`."""
+    """A TextModel whose every generation is `completion(prompt)` (or, with a
+    two-argument `completion`, `completion(prompt, temperature)`), and whose every
+    continuation costs one nat per character."""
 
     def __init__(self, completion):
         self.completion = completion
+        self.scored = []
 
     def loglikelihood(self, requests):
-        raise AssertionError("code tasks do not score likelihoods")
+        self.scored += requests
+        return [(-float(len(cont)), False) for _, cont in requests]
 
     def generate(self, prompts, *, max_new_tokens, stop=(), temperature=0.0, top_p=1.0, seed=0):
+        if self.completion.__code__.co_argcount == 2:
+            return [self.completion(p, temperature) for p in prompts]
         return [self.completion(p) for p in prompts]
 
 
@@ -64,23 +71,57 @@ def test_wrong_solutions_score_zero(ev, name):
     assert result.value == 0.0
 
 
+def test_pass_at_1_is_greedy_whatever_num_samples(ev):
+    # Right when greedy, wrong when sampled: pass@1 must not move with num_samples.
+    examples = ev.examples(tasks.TASKS["humaneval"], 2)
+    by_prompt = {ex["prompt"]: ex["canonical_solution"] for ex in examples}
+
+    def completion(prompt, temperature):
+        return by_prompt[prompt] if temperature == 0 else "    raise ValueError\n"
+
+    model = FixedCompletions(completion)
+    one = ev.evaluate_task(model, tasks.TASKS["humaneval"], limit=2, num_samples=1)
+    four = ev.evaluate_task(model, tasks.TASKS["humaneval"], limit=2, num_samples=4)
+    assert one.value == four.value == 1.0
+    assert four.extra["num_samples"] == 4
+
+
 def test_pass_at_k_from_samples(ev):
     # Alternate right and wrong samples: c = n / 2 per problem.
     examples = ev.examples(tasks.TASKS["humaneval"], 2)
     by_prompt = {ex["prompt"]: ex["canonical_solution"] for ex in examples}
     calls = {"n": 0}
 
-    def completion(prompt):
+    def completion(prompt, temperature):
+        if temperature == 0:
+            return "    raise ValueError\n"  # greedy: wrong
         calls["n"] += 1
+        assert temperature == evaluator.SAMPLING_TEMPERATURE
         return by_prompt[prompt] if calls["n"] % 2 else "    raise ValueError\n"
 
     result = ev.evaluate_task(
+        FixedCompletions(completion), tasks.TASKS["humaneval"], limit=2, num_samples=20
+    )
+    assert calls["n"] == 40
+    assert result.value == 0.0  # pass@1: the greedy completion
+    assert result.extra["num_samples"] == 20
+    assert result.extra["pass@10"] == pytest.approx(1 - 1 / 184756)  # 1 - C(10,10)/C(20,10)
+    assert "pass@100" not in result.extra  # k > n is not reported
+    few = ev.evaluate_task(
         FixedCompletions(completion), tasks.TASKS["humaneval"], limit=2, num_samples=4
     )
-    assert calls["n"] == 8
-    assert result.value == pytest.approx(0.5)  # pass@1 = c / n
-    assert result.extra["num_samples"] == 4
-    assert "pass@10" not in result.extra  # k > n is not reported
+    assert "pass@10" not in few.extra
+
+
+def test_canonical_solution_bits_per_byte(ev):
+    model = FixedCompletions(lambda p: "    return None\n")
+    result = ev.evaluate_task(model, tasks.TASKS["mbpp"], limit=3)
+    examples = ev.examples(tasks.TASKS["mbpp"], 3)
+    assert model.scored == [(ex["prompt"], ex["canonical_solution"]) for ex in examples]
+    # One nat per character: BPB = chars / bytes / ln 2 (ASCII solutions: 1 / ln 2).
+    assert result.extra["bpb"] == pytest.approx(1 / math.log(2))
+    lo, hi = result.intervals["bpb"]
+    assert lo == pytest.approx(hi) == pytest.approx(1 / math.log(2))
 
 
 def test_hostile_completions_fail_and_leave_the_caller_unharmed(cache_dir, tmp_path):

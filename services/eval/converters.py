@@ -18,7 +18,8 @@ The task file format (JSON Lines, one object per example; `id` is always a strin
         the model continues `prompt`; answers are the accepted gold strings.
     code              {"id", "prompt", "code_prefix", "tests", "entry_point",
                        "canonical_solution"}
-        the model continues `prompt`; the program run is code_prefix + completion
+        the model continues `prompt` (MBPP: the 3-shot prompt of Austin et al.);
+        the program run is code_prefix + completion
         (HumanEval: code_prefix = prompt; MBPP: ""), then `tests` in the sandbox;
         code_prefix + canonical_solution is a reference program that passes.
 """
@@ -35,7 +36,8 @@ import re
 from typing import Iterator
 
 # Bumped whenever a converter's output changes, so cached conversions are redone.
-FORMAT_VERSION = 1
+# 2: lm-eval's HellaSwag context (ctx_b capitalised) for the local file; MBPP 3-shot.
+FORMAT_VERSION = 2
 
 
 def _jsonl(path: str) -> Iterator[dict]:
@@ -183,6 +185,31 @@ def _hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
+# The last fragment of a context that does not end a sentence: HellaSwag's `ctx_b`,
+# the start of the sentence the endings complete ("... the lady", "... he").
+_HELLASWAG_CTX_B = re.compile(r"(?:^|(?<=[.!?]) )([^.!?]*[^.!? ])$")
+
+
+def hellaswag_local_context(query: str) -> str:
+    """lm-eval's HellaSwag context rebuilt from the derived file's query line.
+
+    lm-eval builds `preprocess(activity_label + ": " + ctx_a + " " +
+    ctx_b.capitalize())`; the derived file holds `activity_label + ": " + ctx_a + " "
+    + ctx_b` with ctx_b as written (lower case in about a third of the contexts). The
+    split is gone, so ctx_b is taken to be the trailing fragment after the last
+    sentence end when the context ends mid-sentence (3,236 of the 10,042 contexts),
+    and str.capitalize'd as lm-eval does; a context that ends a sentence had an
+    empty ctx_b. Then lm-eval's preprocessing (idempotent on text already cleaned).
+    """
+    label, sep, ctx = query.partition(": ")
+    if not sep:
+        label, ctx = "", query
+    match = _HELLASWAG_CTX_B.search(ctx)
+    if match:
+        ctx = ctx[: match.start(1)] + match.group(1).capitalize()
+    return _hellaswag_preprocess(f"{label}: {ctx}" if sep else ctx)
+
+
 def read_hellaswag(root: str) -> Iterator[dict]:
     # The derived text file: 6 lines per task (query, gold label, 4 endings), already
     # preprocessed close to lm-eval's preprocessing (see hellaswag/SOURCE.md).
@@ -199,7 +226,8 @@ def read_hellaswag(root: str) -> Iterator[dict]:
 
 def convert_hellaswag(row: dict, i: int) -> dict:
     if "query" in row:  # the derived local file
-        context, endings = row["query"], list(row["endings"])
+        context = hellaswag_local_context(row["query"])
+        endings = [_hellaswag_preprocess(e) for e in row["endings"]]
     else:  # hub rows (Rowan/hellaswag)
         ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
         context = _hellaswag_preprocess(row["activity_label"] + ": " + ctx)
@@ -376,17 +404,72 @@ def _mbpp_entry_point(code: str, tests: list[str]) -> str:
     return names[-1] if names else ""
 
 
+# The 3-shot prompt of Austin et al. 2021 (sec. 2.2) and lm-eval's `mbpp` task: task
+# ids 2, 3 and 4 of the prompt split, rows exactly as in mbpp.jsonl (tasks_test checks).
+MBPP_FEWSHOT = (
+    {
+        "task_id": 2,
+        "text": "Write a function to find the similar elements from the given two tuple lists.",
+        "code": "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & "
+        "set(test_tup2))\r\n  return (res) ",
+        "test_list": [
+            "assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
+            "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)",
+            "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)",
+        ],
+    },
+    {
+        "task_id": 3,
+        "text": "Write a python function to identify non-prime numbers.",
+        "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n    for i in "
+        "range(2,int(math.sqrt(n)) + 1):\r\n        if n % i == 0:\r\n            result = "
+        "True\r\n    return result",
+        "test_list": [
+            "assert is_not_prime(2) == False",
+            "assert is_not_prime(10) == True",
+            "assert is_not_prime(35) == True",
+        ],
+    },
+    {
+        "task_id": 4,
+        "text": "Write a function to find the largest integers from a given list of numbers "
+        "using heap queue algorithm.",
+        "code": "import heapq as hq\r\ndef heap_queue_largest(nums,n):\r\n  largest_nums = "
+        "hq.nlargest(n, nums)\r\n  return largest_nums",
+        "test_list": [
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] ",
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ",
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)"
+            "==[85, 75, 65, 58, 35]",
+        ],
+    },
+)
+MBPP_DONE = "\n[DONE]"
+
+
+def mbpp_question(row: dict) -> str:
+    """One problem as the prompt states it, up to the model's code (lm-eval doc_to_text)."""
+    return (
+        f"You are an expert Python programmer, and here is your task: {row['text']} "
+        "Your code should pass these tests:\n\n" + "\n".join(row["test_list"]) + "\n[BEGIN]\n"
+    )
+
+
+def mbpp_prompt(row: dict) -> str:
+    """The 3-shot prompt: each shot's question, code and [DONE], blank-line separated
+    (lm-eval's target_delimiter "" and fewshot_delimiter "\\n\\n"), then the problem."""
+    shots = "".join(
+        mbpp_question(shot) + shot["code"] + MBPP_DONE + "\n\n" for shot in MBPP_FEWSHOT
+    )
+    return shots + mbpp_question(row)
+
+
 def convert_mbpp(row: dict, i: int) -> dict:
     tests = list(row["test_list"])
-    # Austin et al.'s prompt, zero-shot; the model writes the whole function, then [DONE].
-    prompt = (
-        f"You are an expert Python programmer, and here is your task: {row['text']} "
-        "Your code should pass these tests:\n\n" + "\n".join(tests) + "\n[BEGIN]\n"
-    )
     setup = row.get("test_setup_code") or ""
     return {
         "id": f"mbpp/{row['task_id']}",
-        "prompt": prompt,
+        "prompt": mbpp_prompt(row),
         "code_prefix": "",
         "tests": (setup + "\n" if setup else "") + "\n".join(tests) + "\n",
         "entry_point": _mbpp_entry_point(row["code"], tests),

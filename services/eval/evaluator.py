@@ -13,29 +13,58 @@ Aggregates (each the unweighted mean of task headline metrics, the paper's conve
   each task weighted equally);
 - total: mean of the category scores present (nl_reasoning, world_knowledge, code).
 
+Beside each task's headline metric, continuous metrics that move where accuracy sits
+at chance (../shared/DESIGN.md "Small-scale signal"; metrics.py defines them):
+
+- every task: `bpb`, bits per byte of the gold continuation given the prompt
+  (multiple choice: " " + the gold choice, or WinoGrande's continuation after the gold
+  option; generation: " " + the first gold answer; code: the canonical solution);
+- multiple choice: `prob_correct` and `margin` over the choices' likelihoods.
+
+Category aggregates carry the mean of each continuous metric over their tasks that
+have it (`extra["bpb"]` etc.), with an interval like the headline's.
+
+Code: pass@1 is always that of the greedy completion (Chen et al. report pass@1 at low
+temperature; greedy is its deterministic limit), so it does not depend on
+`num_samples`; with num_samples = n > 1, n more completions are sampled at T=0.8,
+top-p 0.95 for pass@k, k in (10, 100), k <= n.
+
 `relative_change` is (value - baseline) / baseline per task and aggregate, the paper's
 "relative improvement over the text-only baseline". Every interval is a seeded
-percentile bootstrap over examples: per task directly; for an aggregate, each
-replicate is the same mean over the tasks' replicate means (tasks resampled
-independently).
+percentile bootstrap over examples: per task directly (every metric's, in
+`TaskResult.intervals`); for an aggregate, each replicate is the same mean over the
+tasks' replicate means (tasks resampled independently).
+
+`scoring_fingerprint(task)` names everything that decides a task's scores (its
+registry entry, the converter's and the scoring code's source, the sampling
+settings), so a stored result is reused only while it would be recomputed the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import inspect
+import json
 import math
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from services.eval import code_exec, metrics, tasks as tasks_lib
+from services.eval import code_exec, converters, lm as lm_lib, metrics, tasks as tasks_lib
 from services.eval.lm import TextModel, cut_at_stop
 
 AGGREGATE_PREFIX = "aggregate/"
 AGGREGATES = ("nl_reasoning", "world_knowledge", "code", "nl_average", "total")
 PASS_AT_KS = (1, 10, 100)
+SAMPLED_PASS_AT_KS = (10, 100)  # from num_samples sampled completions; pass@1 is greedy
 SAMPLING_TEMPERATURE = 0.8  # pass@k with k > 1 (Chen et al. 2021 use 0.8 for pass@100)
 SAMPLING_TOP_P = 0.95
+# The continuous metrics aggregated over a category (metrics.py defines each).
+CONTINUOUS = ("bpb", "prob_correct", "margin")
+# Bumped when scoring changes in a way the fingerprinted source would not show.
+SCORING_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -52,6 +81,11 @@ class TaskResult:
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
     # Per-example headline scores, for aggregate intervals (not sent over the wire).
     scores: list[float] = dataclasses.field(default_factory=list, repr=False)
+    # Bootstrap 95% interval of every metric in `extra` that has per-example values
+    # (the headline's is ci_low / ci_high).
+    intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    # Per-example values of the continuous metrics, for aggregate intervals.
+    example_metrics: dict[str, list[float]] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def is_aggregate(self) -> bool:
@@ -73,6 +107,11 @@ def _result(
         for name, v in per_metric.items()
         if name != task.metric
     }
+    intervals = {
+        name: metrics.bootstrap_interval(v, seed=seed, resamples=resamples)
+        for name, v in per_metric.items()
+        if name != task.metric and v
+    }
     out_extra.update(extra or {})
     return TaskResult(
         task=task.name,
@@ -84,7 +123,42 @@ def _result(
         num_examples=len(scores),
         extra=out_extra,
         scores=[float(s) for s in scores],
+        intervals=intervals,
+        example_metrics={
+            name: [float(x) for x in per_metric[name]] for name in CONTINUOUS if name in per_metric
+        },
     )
+
+
+@functools.lru_cache(maxsize=None)
+def scoring_fingerprint(task: tasks_lib.Task) -> str:
+    """A digest of everything that decides the task's scores (see module docstring).
+
+    The registry entry (kind, metric, token limits, stop strings, sources), the source
+    of its reader and converter (the prompt format) with converters.FORMAT_VERSION,
+    and the source of the scoring code (this module, metrics.py, lm.py: stop at EOS,
+    tokenisation) with SCORING_VERSION and the sampling settings.
+    """
+    entry = {
+        "name": task.name,
+        "category": task.category,
+        "kind": task.kind,
+        "metric": task.metric,
+        "local_files": list(task.local_files),
+        "hub": dataclasses.asdict(task.hub) if task.hub else None,
+        "max_new_tokens": task.max_new_tokens,
+        "stop": list(task.stop),
+        "format": converters.FORMAT_VERSION,
+        "scoring": SCORING_VERSION,
+        "sampling": [SAMPLING_TEMPERATURE, SAMPLING_TOP_P, list(SAMPLED_PASS_AT_KS)],
+    }
+    h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
+    for code in (task.read_local, task.convert):
+        h.update(inspect.getsource(code).encode())
+    for module in (converters, metrics, lm_lib, code_exec):
+        h.update(inspect.getsource(module).encode())
+    h.update(inspect.getsource(inspect.getmodule(scoring_fingerprint)).encode())
+    return h.hexdigest()[:20]
 
 
 def mc_requests(example: dict) -> list[tuple[str, str]]:
@@ -172,7 +246,7 @@ class Evaluator:
             spans.append((len(requests), len(requests) + len(reqs)))
             requests.extend(reqs)
         scored = model.loglikelihood(requests)
-        per = {"acc": [], "acc_norm": [], "acc_norm_bytes": []}
+        per = {name: [] for name in ("acc", "acc_norm", "acc_norm_bytes", *CONTINUOUS)}
         for ex, (a, b) in zip(examples, spans):
             lps = [lp for lp, _ in scored[a:b]]
             gold = int(ex["gold"])
@@ -183,7 +257,16 @@ class Evaluator:
             per["acc_norm_bytes"].append(
                 float(metrics.choice_correct_norm(lps, _mc_lengths(ex, "bytes"), gold))
             )
+            per["bpb"].append(metrics.bits_per_byte(lps[gold], requests[a + gold][1]))
+            per["prob_correct"].append(metrics.prob_correct(lps, gold))
+            per["margin"].append(metrics.margin(lps, gold))
         return _result(task, per, seed=seed, resamples=self.bootstrap_resamples)
+
+    @staticmethod
+    def _gold_bpb(model, pairs: list[tuple[str, str]]) -> list[float]:
+        """Bits per byte of each (prompt, gold continuation)."""
+        scored = model.loglikelihood(pairs)
+        return [metrics.bits_per_byte(lp, cont) for (lp, _), (_, cont) in zip(scored, pairs)]
 
     def _generation(self, model, task, examples, seed) -> TaskResult:
         outputs = model.generate(
@@ -198,32 +281,50 @@ class Evaluator:
             prediction = cut_at_stop(out, task.stop).strip()
             per["exact_match"].append(metrics.exact_match(prediction, ex["answers"]))
             per["f1"].append(metrics.token_f1(prediction, ex["answers"]))
+        # The first gold answer as the prompt's continuation (the generation form of
+        # the gold-answer BPB); examples without an answer have none.
+        with_gold = [ex for ex in examples if ex["answers"] and ex["answers"][0].strip()]
+        per["bpb"] = self._gold_bpb(
+            model, [(ex["prompt"], " " + ex["answers"][0].strip()) for ex in with_gold]
+        )
         return _result(task, per, seed=seed, resamples=self.bootstrap_resamples)
 
     def _code(self, model, task, examples, num_samples, seed) -> TaskResult:
         n = max(1, num_samples)
         self.code_runner.check()  # fail before generating, not after
-        prompts = [ex["prompt"] for ex in examples for _ in range(n)]
-        sample = n > 1
-        completions = model.generate(
-            prompts,
-            max_new_tokens=task.max_new_tokens,
-            stop=task.stop,
-            temperature=SAMPLING_TEMPERATURE if sample else 0.0,
-            top_p=SAMPLING_TOP_P if sample else 1.0,
-            seed=seed,
+        prompts = [ex["prompt"] for ex in examples]
+        # pass@1 from the greedy completion, whatever num_samples is.
+        greedy = model.generate(
+            prompts, max_new_tokens=task.max_new_tokens, stop=task.stop, temperature=0.0, seed=seed
         )
+        sampled: list[str] = []
+        if n > 1:
+            sampled = model.generate(
+                [p for p in prompts for _ in range(n)],
+                max_new_tokens=task.max_new_tokens,
+                stop=task.stop,
+                temperature=SAMPLING_TEMPERATURE,
+                top_p=SAMPLING_TOP_P,
+                seed=seed,
+            )
         jobs = []
-        for i, completion in enumerate(completions):
+        for ex, completion in zip(examples, greedy):
+            jobs.append((code_exec.program(ex, cut_at_stop(completion, task.stop)), ex["tests"]))
+        for i, completion in enumerate(sampled):
             ex = examples[i // n]
             jobs.append((code_exec.program(ex, cut_at_stop(completion, task.stop)), ex["tests"]))
         passed = self.code_runner.passed(jobs)
-        per: dict[str, list[float]] = {f"pass@{k}": [] for k in PASS_AT_KS if k <= n}
-        for j in range(len(examples)):
-            c = sum(passed[j * n : (j + 1) * n])
-            for k in PASS_AT_KS:
-                if k <= n:
-                    per[f"pass@{k}"].append(metrics.pass_at_k(n, c, k))
+        greedy_passed, sampled_passed = passed[: len(examples)], passed[len(examples) :]
+        per: dict[str, list[float]] = {"pass@1": [float(p) for p in greedy_passed]}
+        for k in SAMPLED_PASS_AT_KS:
+            if k <= n and n > 1:
+                per[f"pass@{k}"] = [
+                    metrics.pass_at_k(n, sum(sampled_passed[j * n : (j + 1) * n]), k)
+                    for j in range(len(examples))
+                ]
+        per["bpb"] = self._gold_bpb(
+            model, [(ex["prompt"], ex["canonical_solution"]) for ex in examples]
+        )
         return _result(
             task,
             per,
@@ -248,21 +349,45 @@ def aggregate(
         else np.full(resamples, r.value)
         for r in task_results
     }
+    # Per task and continuous metric: (value, bootstrap replicates of the mean).
+    continuous = {
+        (r.task, name): (
+            r.extra[name],
+            metrics.bootstrap_means(values, rng=rng, resamples=resamples),
+        )
+        for r in task_results
+        for name, values in sorted(r.example_metrics.items())
+        if values and name in r.extra
+    }
+
+    def mean_of(parts: list[tuple[float, np.ndarray]]) -> tuple[float, float, float]:
+        value = float(np.mean([v for v, _ in parts]))
+        reps = np.mean([r for _, r in parts], axis=0)
+        return value, float(np.quantile(reps, 0.025)), float(np.quantile(reps, 0.975))
 
     def make(
         name: str, members: list[TaskResult], parts: list[tuple[float, np.ndarray]], extra: dict
     ) -> TaskResult:
-        value = float(np.mean([v for v, _ in parts]))
-        reps = np.mean([r for _, r in parts], axis=0)
+        value, lo, hi = mean_of(parts)
+        intervals = {}
+        for metric in CONTINUOUS:
+            metric_parts = [
+                continuous[(m.task, metric)] for m in members if (m.task, metric) in continuous
+            ]
+            if metric_parts:
+                v, c_lo, c_hi = mean_of(metric_parts)
+                extra = {**extra, metric: v}
+                intervals[metric] = (c_lo, c_hi)
         return TaskResult(
             task=AGGREGATE_PREFIX + name,
             category=name,
             metric="mean",
             value=value,
-            ci_low=float(np.quantile(reps, 0.025)),
-            ci_high=float(np.quantile(reps, 0.975)),
+            ci_low=lo,
+            ci_high=hi,
             num_examples=sum(m.num_examples for m in members),
             extra=extra,
+            intervals=intervals,
         )
 
     out, category_parts = [], {}
@@ -285,15 +410,15 @@ def aggregate(
             )
         )
     if category_parts:
-        members = [r for r in task_results]
         out.append(
             make(
                 "total",
-                members,
+                [],  # the mean of the category scores; continuous metrics are per category
                 [p for _, p in category_parts.values()],
                 {cat: a.value for cat, (a, _) in category_parts.items()},
             )
         )
+        out[-1].num_examples = sum(r.num_examples for r in task_results)
     return out
 
 

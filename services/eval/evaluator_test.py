@@ -48,8 +48,21 @@ def test_a_random_tiny_model_gives_well_formed_results(ev):
         assert 0.0 <= r.ci_low <= r.value <= r.ci_high <= 1.0
         assert r.metric == tasks.TASKS[r.task].metric
     by_name = {r.task: r for r in results}
-    assert set(by_name["copa"].extra) == {"acc_norm", "acc_norm_bytes"}
-    assert set(by_name["triviaqa"].extra) == {"f1"}
+    assert set(by_name["copa"].extra) == {
+        "acc_norm",
+        "acc_norm_bytes",
+        "bpb",
+        "prob_correct",
+        "margin",
+    }
+    assert set(by_name["triviaqa"].extra) == {"f1", "bpb"}
+    assert set(by_name["humaneval"].extra) == {"num_samples", "bpb"}
+    for r in results:
+        # A random model spends several bits on every byte of the gold text.
+        assert r.extra["bpb"] > 1.0
+        lo, hi = r.intervals["bpb"]
+        assert lo <= r.extra["bpb"] <= hi
+    assert 0.0 < by_name["copa"].extra["prob_correct"] < 1.0
     # A random 2-layer model writes no working code and knows no trivia.
     assert by_name["humaneval"].value == 0.0
     assert by_name["triviaqa"].value == 0.0
@@ -118,3 +131,97 @@ def test_relative_change_against_a_baseline():
     assert change["arc_easy"] == pytest.approx(0.2)
     assert math.isnan(change["humaneval"])
     assert "copa" not in change
+
+
+class ScoresByChoice:
+    """A TextModel whose log-likelihood of a continuation is fixed per continuation."""
+
+    def __init__(self, logprobs: dict[str, float]):
+        self.logprobs = logprobs
+
+    def loglikelihood(self, requests):
+        return [(self.logprobs[cont], False) for _, cont in requests]
+
+
+def test_continuous_metrics_of_multiple_choice(ev, monkeypatch):
+    examples = [
+        {"id": "0", "context": "Q:", "choices": ["yes", "no"], "gold": 0},
+        {"id": "1", "context": "Q:", "choices": ["yes", "no"], "gold": 1},
+    ]
+    monkeypatch.setattr(ev, "examples", lambda task, limit=0: examples)
+    model = ScoresByChoice({" yes": math.log(0.3), " no": math.log(0.1)})
+    r = ev.evaluate_task(model, tasks.TASKS["boolq"])
+    assert r.value == 0.5  # acc: "yes" wins both
+    # Normalised over the choices: p(yes) = 0.75, p(no) = 0.25.
+    assert r.extra["prob_correct"] == pytest.approx((0.75 + 0.25) / 2)
+    assert r.extra["margin"] == pytest.approx((0.5 - 0.5) / 2)
+    # Bits per byte of the gold continuation, " yes" (4 bytes) and " no" (3 bytes).
+    want = (-math.log(0.3) / 4 + -math.log(0.1) / 3) / 2 / math.log(2)
+    assert r.extra["bpb"] == pytest.approx(want)
+    assert r.example_metrics["margin"] == pytest.approx([0.5, -0.5])
+    lo, hi = r.intervals["margin"]
+    assert lo == pytest.approx(-0.5) and hi == pytest.approx(0.5)
+
+
+def test_aggregates_carry_the_continuous_metrics_with_intervals():
+    a = TaskResult(
+        "arc_easy",
+        "nl_reasoning",
+        "acc",
+        0.5,
+        0,
+        1,
+        4,
+        extra={"bpb": 2.0, "prob_correct": 0.4},
+        scores=[1, 0, 1, 0],
+        example_metrics={"bpb": [1.0, 3.0, 1.0, 3.0], "prob_correct": [0.4] * 4},
+    )
+    b = TaskResult(
+        "copa",
+        "nl_reasoning",
+        "acc",
+        0.5,
+        0,
+        1,
+        2,
+        extra={"bpb": 1.0},
+        scores=[1, 0],
+        example_metrics={"bpb": [1.0, 1.0]},
+    )
+    h = TaskResult(
+        "humaneval",
+        "code",
+        "pass@1",
+        0.0,
+        0,
+        0,
+        2,
+        extra={"bpb": 0.5},
+        scores=[0, 0],
+        example_metrics={"bpb": [0.5, 0.5]},
+    )
+    aggs = {x.task.split("/")[1]: x for x in evaluator.aggregate([a, b, h], seed=1)}
+    nl = aggs["nl_reasoning"]
+    assert nl.extra["bpb"] == pytest.approx(1.5)
+    assert nl.extra["prob_correct"] == pytest.approx(0.4)  # the tasks that have it
+    lo, hi = nl.intervals["bpb"]
+    assert 1.0 <= lo < 1.5 < hi <= 2.0
+    assert aggs["code"].extra["bpb"] == pytest.approx(0.5)
+    assert aggs["nl_average"].extra["bpb"] == pytest.approx(1.5)
+    assert "bpb" not in aggs["total"].extra  # a mean over categories of scores only
+
+
+def test_the_scoring_fingerprint_covers_what_changes_a_score():
+    import dataclasses
+
+    task = tasks.TASKS["triviaqa"]
+    base = evaluator.scoring_fingerprint(task)
+    assert evaluator.scoring_fingerprint(task) == base
+    for change in (
+        {"stop": ("\n",)},
+        {"max_new_tokens": 16},
+        {"metric": "f1"},
+        {"convert": tasks.converters.convert_nq_open},
+    ):
+        assert evaluator.scoring_fingerprint(dataclasses.replace(task, **change)) != base, change
+    assert evaluator.scoring_fingerprint(tasks.TASKS["nq_open"]) != base

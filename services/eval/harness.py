@@ -6,7 +6,9 @@ database (results_db.py), trainer following (follow.py) and judging (judge.py).
 
 - `evaluate` scores one checkpoint and yields each task's result, then the aggregates.
   A task result already in the database for the same checkpoint and settings is reused
-  (checkpoints are immutable once committed, and scoring is seeded).
+  (checkpoints are immutable once committed, and scoring is seeded); the settings
+  include the task's `evaluator.scoring_fingerprint` (prompt format, stop strings,
+  token limits, scoring code), so a change to any of them scores the task afresh.
 - `follow_run` evaluates every committed checkpoint of a trainer run once: a checkpoint
   is marked done in the database only after all its tasks are stored, and a restarted
   service skips done checkpoints (their results are not streamed again) and resumes a
@@ -25,7 +27,6 @@ from typing import Callable, Iterator, Optional, Sequence
 from services.eval import (
     checkpoints,
     code_exec,
-    converters,
     errors,
     evaluator,
     follow,
@@ -130,12 +131,12 @@ class Harness:
 
     # ------------------------------------------------------------ evaluation
 
-    def _settings(self, limit: int, num_samples: int, seed: int) -> str:
+    def _settings(self, task: tasks_lib.Task, limit: int, num_samples: int, seed: int) -> str:
         return settings_key(
             limit=limit,
             num_samples=max(1, num_samples),
             seed=seed,
-            format=converters.FORMAT_VERSION,
+            scoring=evaluator.scoring_fingerprint(task),
             source=self.source,
         )
 
@@ -181,13 +182,13 @@ class Harness:
         # Load before the first yield so a missing checkpoint fails the call at once.
         loaded = loaded or self.models.get(uri)
         self.db.record_checkpoint(uri, loaded.step, loaded.lineage)
-        settings = self._settings(limit, num_samples, seed)
 
         def generate() -> Iterator[Scored]:
             results = []
             for task in task_list:
                 if should_stop():
                     return
+                settings = self._settings(task, limit, num_samples, seed)
                 result = self.db.get_result(uri, task.name, settings)
                 if result is None:
                     result = self.evaluator.evaluate_task(
@@ -223,7 +224,7 @@ class Harness:
             limit=limit,
             num_samples=num_samples,
             seed=seed,
-            format=converters.FORMAT_VERSION,
+            scoring=[evaluator.scoring_fingerprint(t) for t in task_list],
             source=self.source,
         )
         events = follow.follow_events(

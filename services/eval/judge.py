@@ -1,15 +1,23 @@
 """LLM-as-a-judge: pairwise win rate of model A's answers over model B's.
 
-Both models answer each prompt (greedy); the judge then sees every pair twice, A's
-answer first and B's answer first, and a pair counts as a win or a loss only when both
-orders agree (MT-Bench's rule against position bias), otherwise as a tie; ties count
-half (metrics.win_rate). The interval is a seeded bootstrap over prompts.
+Both models answer each prompt (greedy, stopping at end of document); the judge then
+sees every pair twice, A's answer first and B's answer first, and a pair counts as a
+win or a loss only when both orders agree (MT-Bench's rule against position bias),
+otherwise as a tie; ties count half (metrics.win_rate). The interval is a seeded
+bootstrap over prompts.
 
-Judges (each maps (question, first answer, second answer) to "first", "second" or
-"tie"):
+Verdicts follow FastChat's llm_judge (common.py run_judge_pair, show_result.py): the
+judgment is searched for "[[A]]", then "[[B]]", then "[[C]]" (the first of those
+present decides, wherever it stands); a judgment with none is an *error*, not a tie,
+and a pair with an error in either order is dropped from the win rate and counted
+(`Comparison.errors`). The judge may write 2,048 tokens, as FastChat allows GPT-4,
+so its explanation does not cut the verdict off.
+
+Judges (each maps (question, first answer, second answer) to "first", "second",
+"tie" or "error"):
 - `OpenAIJudge`: any OpenAI-compatible /v1/chat/completions endpoint, asked with
-  MT-Bench's pairwise prompt and parsed from its "[[A]]" / "[[B]]" / "[[C]]" verdict
-  (urllib only; the key comes from an environment variable).
+  MT-Bench's pairwise prompt and parsed as above (urllib only; the key comes from an
+  environment variable).
 - `LikelihoodJudge`: a local model prompted with a verdict template; it picks whichever
   of " A" and " B" it finds more likely as the next token.
 """
@@ -30,7 +38,8 @@ from typing import Protocol, Sequence
 from services.eval import errors, metrics
 from services.eval.lm import TextModel
 
-FIRST, SECOND, TIE = "first", "second", "tie"
+FIRST, SECOND, TIE, ERROR = "first", "second", "tie", "error"
+JUDGE_MAX_TOKENS = 2048  # FastChat's chat_completion_openai max_tokens for the judge
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 # How the compared base models are asked (they are not instruction-tuned).
@@ -69,16 +78,19 @@ LIKELIHOOD_TEMPLATE = (
 
 class Judge(Protocol):
     def judge(self, items: Sequence[tuple[str, str, str]]) -> list[str]:
-        """For each (question, first answer, second answer): FIRST, SECOND or TIE."""
+        """For each (question, first answer, second answer): FIRST, SECOND, TIE or ERROR."""
         ...
 
 
 def parse_verdict(text: str) -> str:
-    """MT-Bench's verdict tags; the last one wins, none (or garbled) is a tie."""
-    tags = re.findall(r"\[\[(A|B|C)\]\]", text)
-    if not tags:
+    """FastChat's "[[A]]" output format: [[A]] before [[B]] before [[C]], else ERROR."""
+    if "[[A]]" in text:
+        return FIRST
+    if "[[B]]" in text:
+        return SECOND
+    if "[[C]]" in text:
         return TIE
-    return {"A": FIRST, "B": SECOND, "C": TIE}[tags[-1]]
+    return ERROR
 
 
 @dataclasses.dataclass
@@ -91,7 +103,7 @@ class OpenAIJudge:
     timeout_s: float = 120.0
     retries: int = 3
     parallelism: int = 4
-    max_tokens: int = 512
+    max_tokens: int = JUDGE_MAX_TOKENS
 
     @classmethod
     def from_env(cls, base_url: str, model: str, api_key_env: str = "") -> "OpenAIJudge":
@@ -205,6 +217,8 @@ class Comparison:
     ci_low: float
     ci_high: float
     outcomes: list[str] = dataclasses.field(default_factory=list, repr=False)
+    # Prompts dropped because the judge gave no verdict in one order or both.
+    errors: int = 0
 
 
 def answers(
@@ -238,10 +252,15 @@ def judge_pairs(
     verdicts = judge.judge(items)
     to_model_a_first = {FIRST: "A", SECOND: "B", TIE: "tie"}
     to_model_b_first = {FIRST: "B", SECOND: "A", TIE: "tie"}
-    outcomes = [
-        metrics.pairwise_outcome(to_model_a_first[verdicts[i]], to_model_b_first[verdicts[n + i]])
-        for i in range(n)
-    ]
+    outcomes, errors_count = [], 0
+    for i in range(n):
+        v_a_first, v_b_first = verdicts[i], verdicts[n + i]
+        if ERROR in (v_a_first, v_b_first):
+            errors_count += 1  # FastChat drops the pair rather than calling it a tie
+            continue
+        outcomes.append(
+            metrics.pairwise_outcome(to_model_a_first[v_a_first], to_model_b_first[v_b_first])
+        )
     lo, hi = metrics.bootstrap_interval(
         [metrics.outcome_score(o) for o in outcomes], seed=seed, resamples=resamples
     )
@@ -254,6 +273,7 @@ def judge_pairs(
         ci_low=lo,
         ci_high=hi,
         outcomes=outcomes,
+        errors=errors_count,
     )
 
 

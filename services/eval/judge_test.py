@@ -32,6 +32,8 @@ class _ChatHandler(http.server.BaseHTTPRequestHandler):
         second = re.search(r"Assistant B's Answer\]\n(.*?)\n\[The End", user, re.S).group(1)
         if server.mode == "biased":
             verdict = "[[A]]"
+        elif server.mode == "garbled" and "GOOD four" in first + second:
+            verdict = "A is better"  # no verdict tag: an error, as FastChat's
         elif ("GOOD" in first) != ("GOOD" in second):
             verdict = "[[A]]" if "GOOD" in first else "[[B]]"
         else:
@@ -90,11 +92,30 @@ class Answers:
 QUESTIONS = ["How do I boil an egg?", "Name a colour.", "What is 2 + 2?", "Say hi."]
 
 
-def test_parse_verdict():
+def test_parse_verdict_as_fastchat():
     assert judge_lib.parse_verdict("blah [[A]]") == judge_lib.FIRST
-    assert judge_lib.parse_verdict("[[A]] no wait [[B]]") == judge_lib.SECOND
+    # FastChat tests "[[A]]" in the judgment first, then "[[B]]", then "[[C]]".
+    assert judge_lib.parse_verdict("[[A]] no wait [[B]]") == judge_lib.FIRST
+    assert judge_lib.parse_verdict("[[B]] or [[A]]") == judge_lib.FIRST
+    assert judge_lib.parse_verdict("[[C]] hmm [[B]]") == judge_lib.SECOND
     assert judge_lib.parse_verdict("[[C]]") == judge_lib.TIE
-    assert judge_lib.parse_verdict("I cannot decide") == judge_lib.TIE
+    # No verdict (or a garbled one) is an error, not a tie.
+    assert judge_lib.parse_verdict("I cannot decide") == judge_lib.ERROR
+    assert judge_lib.parse_verdict("[A]] [[a]] [[ B ]]") == judge_lib.ERROR
+
+
+def test_missing_verdicts_are_dropped_and_counted(chat_server):
+    chat_server.mode = "garbled"
+    judge = judge_lib.OpenAIJudge(chat_server.base_url, "judge-1")
+    model_a = Answers(["GOOD one", "GOOD two", "GOOD three", "GOOD four"])
+    model_b = Answers(["meh", "meh", "meh", "GOOD too"])
+    result = judge_lib.compare(model_a, model_b, QUESTIONS, judge, max_new_tokens=16)
+    # The 4th prompt's verdicts carry no tag: dropped, not a tie; 3 wins of 3 judged.
+    assert result.errors == 1
+    assert (result.wins, result.losses, result.ties, result.num_prompts) == (3, 0, 0, 4)
+    assert result.win_rate == 1.0
+    # The judge may write a full explanation before its verdict (FastChat: 2,048).
+    assert {b["max_tokens"] for _, _, b in chat_server.requests} == {2048}
 
 
 def test_openai_judge_win_rate_over_http(chat_server, monkeypatch):

@@ -7,7 +7,10 @@ The evaluation code asks two things of a model, both over text, both batched:
   as one string and the continuation's tokens are those after the context's own
   encoding, so BPE merges across the boundary match what the model saw in training.
 - `generate(prompts, max_new_tokens=, stop=, temperature=, top_p=, seed=)` -> the new
-  text of each prompt, cut before the first stop string.
+  text of each prompt, cut before the first stop string or the end-of-document token,
+  whichever comes first. Every training document ends in the tokenizer's EOS token, so
+  a trained model emits it where an answer ends; what follows it is the start of some
+  other document and never part of the answer.
 
 `TextModel` is that interface (tests use hand-built oracles that implement it);
 `LanguageModel` implements it with libs/model's KV-cache decoding and scoring.
@@ -53,6 +56,15 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 # Special tokens a tokenizer may use to start a document, in order of preference.
 _DOC_START_TOKENS = ("<|endoftext|>", "<eos>", "</s>", "<bos>", "<s>", "<|begin_of_text|>")
+# Special tokens a tokenizer may use to end a document (services/data appends "<eos>").
+_DOC_END_TOKENS = ("<eos>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>")
+
+
+def eos_token_id(tokenizer) -> int | None:
+    """The tokenizer's end-of-document token id, or None if it has none."""
+    return next(
+        (tid for tok in _DOC_END_TOKENS if (tid := tokenizer.token_to_id(tok)) is not None), None
+    )
 
 
 class LanguageModel:
@@ -63,10 +75,18 @@ class LanguageModel:
         context gets the tokenizer's end-of-text token (or 0) so the first
         continuation token has something to condition on.
     batch_size: rows per scoring forward pass and per generation call.
+    eos_id: the token that ends generation (besides the stop strings); default: the
+        tokenizer's end-of-document token (`eos_token_id`). -1: none.
     """
 
     def __init__(
-        self, model, tokenizer, *, prefix_token_id: int | None = None, batch_size: int = 16
+        self,
+        model,
+        tokenizer,
+        *,
+        prefix_token_id: int | None = None,
+        batch_size: int = 16,
+        eos_id: int | None = None,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size: must be positive, got {batch_size}")
@@ -80,6 +100,9 @@ class LanguageModel:
         self._lock = threading.Lock()
         self._fallback_start = next(
             (tid for tok in _DOC_START_TOKENS if (tid := tokenizer.token_to_id(tok)) is not None), 0
+        )
+        self.eos_id = (
+            eos_token_id(tokenizer) if eos_id is None else (eos_id if eos_id >= 0 else None)
         )
         if tokenizer.get_vocab_size() > self.cfg.vocab_size:
             raise ValueError(
@@ -156,6 +179,8 @@ class LanguageModel:
             ids = self._prefix() + self._encode(p)
             encoded.append((ids or [self._fallback_start])[-room:])
         stop_ids = [ids for s in stop if (ids := self._encode(s))]
+        if self.eos_id is not None:
+            stop_ids.append([self.eos_id])
         # Similar lengths together: a batch is padded to its longest prompt.
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         out: list[str] = [""] * len(prompts)
@@ -174,6 +199,10 @@ class LanguageModel:
                     rng=sub,
                 )
             for i, ids in zip(chunk, new_ids):
+                # decode.generate strips the stop sequence that ended a row, but an EOS
+                # inside a multi-token stop's window could remain: cut at the first.
+                if self.eos_id is not None and self.eos_id in ids:
+                    ids = ids[: ids.index(self.eos_id)]
                 # Token-level stops are an early exit only; the text is cut exactly here.
                 out[i] = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=False), stop)
         return out

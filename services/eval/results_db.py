@@ -2,11 +2,12 @@
 
 Tables:
     checkpoints  uri -> step and lineage (JSON), as the checkpoint reported them;
-    results      (uri, task, settings) -> the TaskResult (per-example scores kept so
-                 aggregates and their intervals can be recomputed); `settings` is the
-                 canonical JSON of what else decides the score (limit, samples, seed,
-                 task format version), so a cached score is reused only when it would
-                 be recomputed identically;
+    results      (uri, task, settings) -> the TaskResult (per-example headline scores
+                 and continuous metrics kept so aggregates and their intervals can be
+                 recomputed; every metric's interval); `settings` is the canonical
+                 JSON of what else decides the score (limit, samples, seed, source and
+                 the task's scoring fingerprint), so a cached score is reused only
+                 when it would be recomputed identically;
     followed     (run_id, settings, uri) -> what FollowRun did with a checkpoint
                  ("done" or "missing"), so a restarted service neither repeats nor skips.
 
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS results (
     extra TEXT NOT NULL,
     scores TEXT NOT NULL,
     created REAL NOT NULL,
+    intervals TEXT NOT NULL DEFAULT '{}',
+    example_metrics TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (uri, task, settings)
 );
 CREATE TABLE IF NOT EXISTS followed (
@@ -76,6 +79,13 @@ class ResultsDB:
             if path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+            # Databases written before the continuous metrics lack their columns.
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+            for column in ("intervals", "example_metrics"):
+                if column not in columns:
+                    self._conn.execute(
+                        f"ALTER TABLE results ADD COLUMN {column} TEXT NOT NULL DEFAULT '{{}}'"
+                    )
 
     def close(self) -> None:
         with self._lock:
@@ -103,7 +113,9 @@ class ResultsDB:
     def put_result(self, uri: str, settings: str, result: TaskResult) -> None:
         with self._lock, self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO results (uri, task, settings, category, metric, value, "
+                "ci_low, ci_high, num_examples, extra, scores, created, intervals, "
+                "example_metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     uri,
                     result.task,
@@ -117,6 +129,8 @@ class ResultsDB:
                     json.dumps(result.extra, sort_keys=True),
                     json.dumps(result.scores),
                     time.time(),
+                    json.dumps({k: list(v) for k, v in result.intervals.items()}, sort_keys=True),
+                    json.dumps(result.example_metrics, sort_keys=True),
                 ),
             )
 
@@ -124,7 +138,8 @@ class ResultsDB:
         with self._lock:
             row = self._conn.execute(
                 "SELECT task, category, metric, value, ci_low, ci_high, num_examples, extra, "
-                "scores FROM results WHERE uri = ? AND task = ? AND settings = ?",
+                "scores, intervals, example_metrics FROM results "
+                "WHERE uri = ? AND task = ? AND settings = ?",
                 (uri, task, settings),
             ).fetchone()
         return None if row is None else _to_result(row)
@@ -134,7 +149,8 @@ class ResultsDB:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT settings, task, category, metric, value, ci_low, ci_high, "
-                "num_examples, extra, scores FROM results WHERE uri = ? ORDER BY created",
+                "num_examples, extra, scores, intervals, example_metrics FROM results "
+                "WHERE uri = ? ORDER BY created",
                 (uri,),
             ).fetchall()
         return [(row[0], _to_result(row[1:])) for row in rows]
@@ -169,7 +185,7 @@ class ResultsDB:
 
 
 def _to_result(row) -> TaskResult:
-    task, category, metric, value, lo, hi, n, extra, scores = row
+    task, category, metric, value, lo, hi, n, extra, scores, intervals, example_metrics = row
     return TaskResult(
         task=task,
         category=category,
@@ -180,4 +196,6 @@ def _to_result(row) -> TaskResult:
         num_examples=n,
         extra=json.loads(extra),
         scores=json.loads(scores),
+        intervals={k: tuple(v) for k, v in json.loads(intervals).items()},
+        example_metrics=json.loads(example_metrics),
     )

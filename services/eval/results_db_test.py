@@ -13,8 +13,10 @@ def _result(task="copa", value=0.5):
         ci_low=0.25,
         ci_high=0.75,
         num_examples=4,
-        extra={"acc_norm": 0.5},
+        extra={"acc_norm": 0.5, "bpb": 1.5},
         scores=[1.0, 0.0, 1.0, 0.0],
+        intervals={"acc_norm": (0.0, 1.0), "bpb": (1.25, 1.75)},
+        example_metrics={"bpb": [1.0, 2.0, 1.5, 1.5]},
     )
 
 
@@ -39,6 +41,29 @@ def test_results_round_trip_and_persist(tmp_path):
     assert db.get_result("ck://1", "copa", settings_key(limit=5)) is None
     assert [(s, r.task) for s, r in db.results("ck://1")] == [(key, "copa")]
     assert db.checkpoint("ck://2") is None
+
+
+def test_a_database_from_before_the_continuous_metrics_is_upgraded(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "old.sqlite")
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE results (uri TEXT NOT NULL, task TEXT NOT NULL, settings TEXT NOT NULL,"
+        " category TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,"
+        " ci_low REAL NOT NULL, ci_high REAL NOT NULL, num_examples INTEGER NOT NULL,"
+        " extra TEXT NOT NULL, scores TEXT NOT NULL, created REAL NOT NULL,"
+        " PRIMARY KEY (uri, task, settings));"
+        "INSERT INTO results VALUES ('ck://1', 'copa', 's', 'nl_reasoning', 'acc', 0.5,"
+        " 0.25, 0.75, 4, '{}', '[1, 0, 1, 0]', 0);"
+    )
+    conn.commit()
+    conn.close()
+    db = ResultsDB(path)
+    old = db.get_result("ck://1", "copa", "s")
+    assert old.value == 0.5 and old.intervals == {} and old.example_metrics == {}
+    db.put_result("ck://1", "s2", _result())
+    assert db.get_result("ck://1", "copa", "s2") == _result()
 
 
 def test_followed_bookkeeping():

@@ -40,6 +40,10 @@ def _result_message(scored: Scored) -> eval_pb2.EvalResult:
         num_examples=r.num_examples,
         extra={k: float(v) for k, v in r.extra.items()},
         step=scored.step,
+        intervals={
+            k: eval_pb2.Interval(low=float(lo), high=float(hi))
+            for k, (lo, hi) in r.intervals.items()
+        },
     )
 
 
@@ -135,4 +139,5 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
             num_prompts=c.num_prompts,
             ci_low=c.ci_low,
             ci_high=c.ci_high,
+            errors=c.errors,
         )

@@ -105,7 +105,13 @@ def test_evaluate_streams_tasks_then_aggregates(service, registry):
         assert 0.0 <= r.ci_low <= r.value <= r.ci_high <= 1.0
     copa = results[0]
     assert (copa.category, copa.metric, copa.num_examples) == ("nl_reasoning", "acc", 4)
-    assert set(copa.extra) == {"acc_norm", "acc_norm_bytes"}
+    assert set(copa.extra) == {"acc_norm", "acc_norm_bytes", "bpb", "prob_correct", "margin"}
+    # Every continuous metric arrives with its bootstrap interval.
+    assert set(copa.intervals) == set(copa.extra)
+    for name in ("bpb", "prob_correct", "margin"):
+        assert copa.intervals[name].low <= copa.extra[name] <= copa.intervals[name].high
+    nl = results[names.index("aggregate/nl_reasoning")]
+    assert nl.extra["bpb"] > 0 and nl.intervals["bpb"].low <= nl.extra["bpb"]
     # Stored with the lineage; a second request is answered from the database.
     assert db.checkpoint("mem://tiny") == (42, {"run_id": "r", "phase": "init", "step": 42})
     assert {t for _, r in db.results("mem://tiny") for t in [r.task]} >= {"copa", "humaneval"}
@@ -185,7 +191,8 @@ def test_compare_with_a_checkpoint_judge(service):
         )
     )
     assert response.num_prompts == 2
-    assert response.wins + response.losses + response.ties == 2
+    assert response.errors == 0  # a likelihood judge always decides
+    assert response.wins + response.losses + response.ties + response.errors == 2
     assert 0.0 <= response.ci_low <= response.win_rate <= response.ci_high <= 1.0
 
 

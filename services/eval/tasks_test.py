@@ -106,11 +106,47 @@ def test_multiple_choice_conversions(loaded):
 
 def test_hellaswag_reads_the_derived_text(loaded):
     rows = loaded["hellaswag"]
-    assert rows[0]["context"] == "Roof shingle removal: A man is sitting on a roof. he"
+    # lm-eval's context: ctx_a + " " + ctx_b.capitalize() ("he" -> "He").
+    assert rows[0]["context"] == "Roof shingle removal: A man is sitting on a roof. He"
     assert rows[0]["choices"][rows[0]["gold"]] == "starts pulling up roofing on a roof."
     assert all(len(ex["choices"]) == 4 for ex in rows)
     # hellaswag/SOURCE.md's label distribution.
     assert collections.Counter(ex["gold"] for ex in rows) == {0: 2515, 1: 2485, 2: 2584, 3: 2458}
+
+
+def test_hellaswag_contexts_are_lm_evals(loaded):
+    rows = loaded["hellaswag"]
+    raw = list(converters.read_hellaswag(ROOT))
+    changed = [i for i, (r, ex) in enumerate(zip(raw, rows)) if r["query"] != ex["context"]]
+    # The 3,236 contexts ending mid-sentence, whose ctx_b the derived file left
+    # uncapitalised, and 2 whose bracketed link text lm-eval's preprocess drops.
+    assert len(changed) == 3238
+    assert sum(raw[i]["query"].lower() != rows[i]["context"].lower() for i in changed) == 2
+    assert rows[1]["context"] == (
+        "Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. The lady"
+    )
+    # str.capitalize as lm-eval applies it: the rest of ctx_b in lower case.
+    assert converters.hellaswag_local_context("X: He sat. the man hands Bob") == (
+        "X: He sat. The man hands bob"
+    )
+    # A context that ends a sentence had an empty ctx_b: unchanged.
+    assert converters.hellaswag_local_context("X: A man sits. He stands.") == (
+        "X: A man sits. He stands."
+    )
+    # lm-eval's preprocess: " [title]" -> ". ", other [tags] dropped, "  " -> " ".
+    assert converters.hellaswag_local_context("How to: Tie a knot [title] Pull [step] it.") == (
+        "How to: Tie a knot. Pull it."
+    )
+    # Local and hub rows of the same example now give the same context.
+    hub_row = {
+        "ind": 24,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "endings": raw[0]["endings"],
+        "label": "3",
+    }
+    assert converters.convert_hellaswag(hub_row, 0)["context"] == rows[0]["context"]
 
 
 def test_winogrande_partial_scoring(loaded):
@@ -145,6 +181,36 @@ def test_code_conversions(loaded):
     assert [ex["id"] for ex in mbpp[:1] + mbpp[-1:]] == ["mbpp/11", "mbpp/510"]
     assert mbpp[0]["code_prefix"] == "" and mbpp[0]["entry_point"] == "remove_Occ"
     assert mbpp[0]["prompt"].endswith('assert remove_Occ("PHP","P") == "H"\n[BEGIN]\n')
+
+
+def test_mbpp_is_three_shot_as_austin_et_al():
+    # The shots are task ids 2, 3, 4 exactly as in the benchmark file.
+    rows = {
+        r["task_id"]: r
+        for r in converters._jsonl(os.path.join(ROOT, "mbpp", "mbpp.jsonl"))
+        if r["task_id"] in (2, 3, 4)
+    }
+    for shot in converters.MBPP_FEWSHOT:
+        row = rows[shot["task_id"]]
+        assert (shot["text"], shot["code"], shot["test_list"]) == (
+            row["text"],
+            row["code"],
+            row["test_list"],
+        )
+    problem = next(converters.read_mbpp(ROOT))
+    prompt = converters.convert_mbpp(problem, 0)["prompt"]
+    # lm-eval's mbpp: doc_to_text + code + "\n[DONE]" per shot, "\n\n" between.
+    blocks = prompt.split("\n[DONE]\n\n")
+    assert len(blocks) == 4
+    assert blocks[0].startswith(
+        "You are an expert Python programmer, and here is your task: Write a function to "
+        "find the similar elements from the given two tuple lists. Your code should pass "
+        "these tests:\n\nassert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\n"
+    )
+    assert blocks[0].endswith("[BEGIN]\n" + rows[2]["code"])
+    assert blocks[2].endswith("[BEGIN]\n" + rows[4]["code"])
+    assert blocks[3] == converters.mbpp_question(problem)
+    assert prompt.count("[BEGIN]") == 4 and prompt.count("[DONE]") == 3
 
 
 def test_suites_and_resolution():
