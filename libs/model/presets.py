@@ -2,7 +2,9 @@
 
 `470m` and `2.8b` are the paper's sizes with its 256k vocabulary (exact shapes are not
 published; these land within 2% of the stated counts with tied embeddings and sequence
-length 8192). `tiny` is for tests; `small` is the CPU-trainable model: few, wide layers,
+length 8192), with the remat policy and loss chunks that fit their TPU v5e slices at the
+paper's 512 x 8192 batch (measured by `bazel run //services/trainer:compile`; see
+docs/scaling.md). `tiny` is for tests; `small` is the CPU-trainable model: few, wide layers,
 because small matrices waste a CPU. The trainer replaces vocab_size with its tokenizer's
 size (`dataclasses.replace(cfg, vocab_size=n)`), so the small presets carry a modest
 default vocabulary.
@@ -26,7 +28,7 @@ PRESETS: dict[str, ModelConfig] = {
         num_heads=16,
         d_ff=4096,
         max_seq_len=8192,
-        remat="full",
+        remat="save_dots",
         logits_chunk=1024,
     ),
     "2.8b": ModelConfig(
