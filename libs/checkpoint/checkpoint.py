@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from libs import storage
 from libs.model import model as model_lib
 from libs.model.config import ModelConfig
 
@@ -69,6 +70,14 @@ class Checkpoint:
         return Tokenizer.from_str(self.meta["tokenizer_json"])
 
 
+def _path(uri: str) -> epath.Path:
+    # epath loads gcsfs on its first gs:// path; the storage layer must load
+    # it first (see storage.prepare_gcs).
+    if storage.is_gcs(uri):
+        storage.prepare_gcs()
+    return epath.Path(uri)
+
+
 def _check_committed(path: epath.Path) -> None:
     if ocp.path.step.is_path_temporary(path):
         raise NotCommittedError(f"checkpoint {path}: a temporary directory, not committed")
@@ -85,7 +94,7 @@ def _check_committed(path: epath.Path) -> None:
 
 def read_meta(uri: str) -> dict:
     """The JSON metadata of a committed checkpoint."""
-    path = epath.Path(uri)
+    path = _path(uri)
     _check_committed(path)
     meta_dir = path / META
     try:
@@ -132,7 +141,7 @@ def load(uri: str) -> Checkpoint:
 
 def load_params(uri: str, config: ModelConfig, shardings: dict | None = None) -> dict:
     """The parameters (pure dict) of a committed checkpoint, placed by `shardings`."""
-    _check_committed(epath.Path(uri))
+    _check_committed(_path(uri))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(
@@ -149,7 +158,7 @@ def _local_sharding():
 def load_optimizer(uri: str, abstract_opt_state):
     """The optimizer state of a committed checkpoint, shaped and placed like
     `abstract_opt_state` (ShapeDtypeStructs with shardings)."""
-    _check_committed(epath.Path(uri))
+    _check_committed(_path(uri))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(epath.Path(uri) / OPT, abstract_opt_state)
@@ -166,7 +175,7 @@ class CheckpointWriter:
     """
 
     def __init__(self, directory: str, *, keep: int = 0, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        self.directory = _path(os.fspath(directory))
         self.directory.mkdir(parents=True, exist_ok=True)
         self._keep = keep
         self._manager = ocp.CheckpointManager(

@@ -1,0 +1,90 @@
+"""A Cloud Storage emulator for tests: gcp-storage-emulator as a child process.
+
+    with testing.gcs_emulator(bucket="bkt") as gcs:
+        gcs.env        # the variables that point every client at it
+        ...            # os.environ holds them for the duration
+
+The emulator serves the GCS JSON API on a free loopback port, in memory, with
+one bucket. The environment set here is what gcsfs, google-cloud-storage
+(STORAGE_EMULATOR_HOST, anonymous), and tensorstore (TENSORSTORE_GCS_HTTP_URL
+with a fake token) read; child processes started afterwards inherit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+
+_SERVE = """
+import sys, threading
+from gcp_storage_emulator.server import create_server
+server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket=sys.argv[2])
+server.start()
+print("emulator listening", flush=True)
+threading.Event().wait()
+"""
+
+
+@dataclasses.dataclass
+class Emulator:
+    address: str
+    bucket: str
+    env: dict[str, str]
+    process: subprocess.Popen
+
+    def uri(self, *parts: str) -> str:
+        return "gs://" + "/".join((self.bucket,) + parts)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str = "bkt", timeout: float = 60.0):
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(port), bucket],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None:
+                raise RuntimeError(f"the GCS emulator exited: {process.stdout.read()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the GCS emulator did not listen on {port} in {timeout}s")
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            "STORAGE_EMULATOR_HOST": url,
+            "TENSORSTORE_GCS_HTTP_URL": url,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+            "GOOGLE_CLOUD_PROJECT": "test",
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield Emulator(address=url, bucket=bucket, env=env, process=process)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        process.kill()
+        process.wait()
