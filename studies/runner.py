@@ -25,6 +25,7 @@ import time
 import grpc
 from google.protobuf import json_format
 
+from libs import storage
 from proto import eval_pb2, study_pb2, trainer_pb2
 from studies import plan as plan_lib
 from studies import report as report_lib
@@ -52,7 +53,25 @@ class JudgeOverride:
 
 
 def checkpoint_dir(study: study_pb2.Study, out_dir: str) -> str:
-    return study.checkpoint_dir or os.path.join(out_dir, "checkpoints")
+    return study.checkpoint_dir or storage.join(out_dir, "checkpoints")
+
+
+def write_report(study: study_pb2.Study, plan: Plan, state: State, out_dir: str) -> str:
+    """Writes report.md and its figures into `out_dir`; returns report.md's location.
+
+    The report module draws into a local directory; for a gs:// output it
+    draws into this machine's stand-in for it, then uploads the files."""
+    if not storage.is_gcs(out_dir):
+        return report_lib.write(study, plan, state, out_dir)
+    staging = os.path.join(storage.local_dir(out_dir), "report")
+    path = report_lib.write(study, plan, state, staging)
+    storage.upload_tree(
+        os.path.join(staging, report_lib.FIGURES), storage.join(out_dir, report_lib.FIGURES)
+    )
+    target = storage.join(out_dir, os.path.basename(path))
+    with open(path, "rb") as f:
+        storage.write_bytes(target, f.read())
+    return target
 
 
 class Runner:
@@ -136,7 +155,7 @@ class Runner:
             raise
         pool.shutdown(wait=True)
         self._judge_all(to_judge)
-        path = report_lib.write(study, plan, self.state, self.out_dir)
+        path = write_report(study, plan, self.state, self.out_dir)
         self.log(
             f"study {study.name}: trained {len(self.trained)}, reused {len(self.reused)}, "
             f"evaluated {len(self.evaluated)} phases in {time.monotonic() - started:.0f}s"
@@ -402,7 +421,10 @@ def _per_source(source_loss) -> str:
 
 def resolve_path(path: str) -> str:
     """A path given on the command line, relative to where the user ran
-    `bazel run` (which changes the working directory to the runfiles)."""
+    `bazel run` (which changes the working directory to the runfiles); a gs://
+    URI is taken as it is."""
+    if storage.is_gcs(path):
+        return path
     path = os.path.expanduser(path)
     if os.path.isabs(path):
         return path
@@ -452,26 +474,29 @@ def main(options: Options, log=log_to_stdout) -> int:
     if options.plan_only:
         log(plan_lib.describe(plan_lib.build(study)))
         return 0
-    os.makedirs(out_dir, exist_ok=True)
-    lock = open(os.path.join(out_dir, RUNNER_LOCK), "a")
+    storage.makedirs(out_dir)
+    # Locks and the eval service's per-task database are local files: for a
+    # gs:// output they live in this machine's stand-in directory for it (the
+    # lock then guards against a second runner on this machine only).
+    work_dir = storage.local_dir(out_dir)
+    lock = open(os.path.join(work_dir, RUNNER_LOCK), "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print(f"error: another runner is working in {out_dir}", file=sys.stderr)
         return 1
-    with open(os.path.join(out_dir, "study.textproto"), "w") as f:
-        f.write(text_format_of(study))
+    storage.write_text(storage.join(out_dir, "study.textproto"), text_format_of(study))
     if options.report_only:
-        runner = Runner(study, out_dir, Services(out_dir), log=log)
-        log(f"report: {report_lib.write(study, runner.plan, runner.state, out_dir)}")
+        runner = Runner(study, out_dir, Services(work_dir), log=log)
+        log(f"report: {write_report(study, runner.plan, runner.state, out_dir)}")
         return 0
     flags = {name: list(extra) for name, extra in options.service_flags.items()}
     eval_flags = flags.setdefault("eval", [])
     if not any(f.startswith("--results_db") for f in eval_flags):
         # Per-task results survive a killed evaluation, beside the study's state.
-        eval_flags.append(f"--results_db={os.path.join(out_dir, 'eval_results.sqlite')}")
+        eval_flags.append(f"--results_db={os.path.join(work_dir, 'eval_results.sqlite')}")
     services = Services(
-        out_dir, addresses=options.addresses, flags=flags, log=log, echo=options.echo_services
+        work_dir, addresses=options.addresses, flags=flags, log=log, echo=options.echo_services
     )
 
     def stop(signum, frame):

@@ -6,6 +6,8 @@ lineage, and its evaluation results; and the judge's win rates. It is
 rewritten atomically (temporary file, fsync, rename) after every finished
 step, so a runner killed at any moment leaves either the old or the new
 state, never half of one, and a runner started again skips what is recorded.
+The output directory is a local path or a gs:// URI: every read and write
+goes through libs/storage (on GCS an object is replaced whole, atomically).
 
 The loss curves of each run (the trainer's metrics events) go to
 `curves/<run_id>.jsonl` beside it; they are rewritten whole from the
@@ -15,10 +17,10 @@ trainer's replayed event log each time a run is watched.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
+
+from libs import storage
 
 FORMAT = "code_lab.study_state/1"
 STATE_FILE = "state.json"
@@ -28,12 +30,11 @@ CURVES_DIR = "curves"
 class State:
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
-        self.path = os.path.join(out_dir, STATE_FILE)
+        self.path = storage.join(out_dir, STATE_FILE)
         self._lock = threading.Lock()
         self.data = {"format": FORMAT, "phases": {}, "evals": {}, "judgements": {}, "sources": {}}
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                loaded = json.load(f)
+        if storage.exists(self.path):
+            loaded = json.loads(storage.read_text(self.path))
             if loaded.get("format") != FORMAT:
                 raise ValueError(f"{self.path}: unknown state format {loaded.get('format')!r}")
             self.data.update(loaded)
@@ -93,35 +94,18 @@ class State:
     # -- curves ----------------------------------------------------------------------
 
     def curves_path(self, run_id: str) -> str:
-        return os.path.join(self.out_dir, CURVES_DIR, f"{run_id}.jsonl")
+        return storage.join(self.out_dir, CURVES_DIR, f"{run_id}.jsonl")
 
     def write_curves(self, run_id: str, records: list[dict]) -> None:
-        _atomic_write(
+        storage.write_text(
             self.curves_path(run_id), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         )
 
     def read_curves(self, run_id: str) -> list[dict]:
         path = self.curves_path(run_id)
-        if not os.path.exists(path):
+        if not storage.exists(path):
             return []
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
     def _save(self) -> None:
-        _atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
-
-
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the state from other readers
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        storage.write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")

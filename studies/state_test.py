@@ -38,3 +38,18 @@ def test_an_unknown_format_is_refused(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"format": "other/9"}))
     with pytest.raises(ValueError, match="unknown state format"):
         state_lib.State(str(tmp_path))
+
+
+def test_state_on_gcs_survives_a_new_process():
+    from libs import storage
+    from libs.storage import testing
+
+    with testing.gcs_emulator(bucket="studies") as gcs:
+        out = gcs.uri("micro")
+        s = state_lib.State(out)
+        s.finish_phase("fp1", {"checkpoint_uri": "gs://studies/c/1"})
+        s.write_curves("r1", [{"step": 1, "loss": 2.0}])
+        again = state_lib.State(out)
+        assert again.phase("fp1")["checkpoint_uri"] == "gs://studies/c/1"
+        assert again.read_curves("r1") == [{"step": 1, "loss": 2.0}]
+        assert storage.listdir(out) == ["curves", "state.json"]
