@@ -1,9 +1,15 @@
 """Evaluation throughput on this machine: scoring, generation and sandboxed programs.
 
 - multiple choice: HellaSwag examples/s through LanguageModel.loglikelihood (4 requests
-  an example), and the scoring forward pass's MFU: real (unpadded) tokens/s times the
-  forward FLOPs per token (libs/model's training FLOPs / 3) over the matmul peak
-  measured in this same process; the padding the length buckets add is reported beside;
+  an example), twice in the same process: packed and length-bucketed (scoring.py, what
+  the evaluator uses) and through libs/model's padded batches (`packed=False`: rows of
+  one request padded to a power-of-two length, full logits), with the ratio; and the
+  padded path's MFU: real (unpadded) tokens/s times the forward FLOPs per token
+  (libs/model's training FLOPs / 3) over the matmul peak measured in this same
+  process, with the padding its length buckets add;
+- continuous metrics: the evaluator's HellaSwag acc_norm, gold BPB, normalised gold
+  probability and margin with their bootstrap intervals (a random model: near chance,
+  BPB near log2 of the vocabulary per token);
 - generation: new tokens/s of greedy TriviaQA answers (KV-cache decoding);
 - code: MBPP reference programs/s through the sandbox (run_many, one per CPU).
 
@@ -75,11 +81,18 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def bench_multiple_choice(lm: LanguageModel, examples: list[dict], peak: float) -> dict:
-    requests = [r for ex in examples for r in evaluator.mc_requests(ex)]
+def _mc_seconds(lm: LanguageModel, requests: list[tuple[str, str]]) -> float:
     lm.loglikelihood(requests[: 4 * lm.batch_size])  # compile the common buckets
     lm.loglikelihood(requests)  # and the rest
     _, seconds = _timed(lambda: lm.loglikelihood(requests))
+    return seconds
+
+
+def bench_multiple_choice(lm: LanguageModel, examples: list[dict], peak: float) -> dict:
+    requests = [r for ex in examples for r in evaluator.mc_requests(ex)]
+    padded_lm = LanguageModel(lm.model, lm.tokenizer, batch_size=lm.batch_size, packed=False)
+    packed_s = _mc_seconds(lm, requests)
+    padded_s = _mc_seconds(padded_lm, requests)
     cfg = lm.cfg
     lengths = [min(sum(map(len, lm.encode_pair(c, x))) - 1, cfg.max_seq_len) for c, x in requests]
     tokens = sum(lengths)
@@ -88,12 +101,23 @@ def bench_multiple_choice(lm: LanguageModel, examples: list[dict], peak: float) 
     forward_flops = flops.flops_per_token(cfg, max(1, round(mean_len))) / 3
     padded = sum(_padded_rows(lengths, lm.batch_size, cfg.max_seq_len))
     return {
-        "mc_examples_per_s": len(examples) / seconds,
-        "mc_tokens_per_s": tokens / seconds,
-        "mc_mfu": tokens / seconds * forward_flops / peak,
-        "mc_padding_fraction": 1 - tokens / padded,
+        "mc_examples_per_s": len(examples) / packed_s,
+        "mc_examples_per_s_padded": len(examples) / padded_s,
+        "mc_packed_speedup": padded_s / packed_s,
+        "mc_tokens_per_s": tokens / packed_s,
+        "mc_padded_mfu": tokens / padded_s * forward_flops / peak,
+        "mc_padded_padding_fraction": 1 - tokens / padded,
         "mc_mean_tokens": mean_len,
     }
+
+
+def continuous_metrics(lm: LanguageModel, ev: evaluator.Evaluator, limit: int) -> dict:
+    r = ev.evaluate_task(lm, tasks.TASKS["hellaswag"], limit=limit)
+    out = {f"hellaswag_{r.metric}": r.value, f"hellaswag_{r.metric}_ci": [r.ci_low, r.ci_high]}
+    for name in evaluator.CONTINUOUS:
+        out[f"hellaswag_{name}"] = r.extra[name]
+        out[f"hellaswag_{name}_ci"] = list(r.intervals[name])
+    return out
 
 
 def _padded_rows(lengths, batch_size, max_len):
@@ -148,9 +172,23 @@ def main(argv):
     }
     figures.update(bench_multiple_choice(lm, examples("hellaswag", FLAGS.mc_examples), peak))
     print(
-        f"multiple choice: {figures['mc_examples_per_s']:.1f} HellaSwag examples/s, "
-        f"{figures['mc_tokens_per_s']:.0f} tokens/s, MFU {figures['mc_mfu']:.3f} "
-        f"(padding {figures['mc_padding_fraction']:.0%}; peak {peak / 1e9:.0f} GFLOP/s)",
+        f"multiple choice: {figures['mc_examples_per_s']:.1f} HellaSwag examples/s packed and "
+        f"bucketed ({figures['mc_tokens_per_s']:.0f} tokens/s), "
+        f"{figures['mc_examples_per_s_padded']:.1f} in padded batches "
+        f"(MFU {figures['mc_padded_mfu']:.3f}, padding {figures['mc_padded_padding_fraction']:.0%}; "
+        f"peak {peak / 1e9:.0f} GFLOP/s): {figures['mc_packed_speedup']:.2f}x",
+        flush=True,
+    )
+    ev = evaluator.Evaluator(benchmarks_dir=benchmarks_dir, cache_dir=cache_dir)
+    figures.update(continuous_metrics(lm, ev, FLAGS.mc_examples))
+    print(
+        "continuous metrics (HellaSwag, random model): "
+        + ", ".join(
+            f"{name} {figures['hellaswag_' + name]:.3f} "
+            f"[{figures['hellaswag_' + name + '_ci'][0]:.3f}, "
+            f"{figures['hellaswag_' + name + '_ci'][1]:.3f}]"
+            for name in ("acc_norm", *evaluator.CONTINUOUS)
+        ),
         flush=True,
     )
     prompts = [ex["prompt"] for ex in examples("triviaqa", FLAGS.gen_prompts)]

@@ -29,16 +29,22 @@ flags.DEFINE_integer("seed", 0, "Seed of sampling and of the bootstrap intervals
 flags.DEFINE_string("baseline", "", "Checkpoint URI to report the relative change against.")
 
 
+def _continuous(r: evaluator.TaskResult, name: str) -> str:
+    return f"{r.extra[name]:.3f}" if name in r.extra else "-"
+
+
 def format_table(rows: list[evaluator.TaskResult], baseline: dict[str, float]) -> str:
+    """One line per task and aggregate: the headline with its interval, then the
+    continuous metrics (bits per byte of the gold text, probability of the gold choice)."""
     lines = [
         f"{'task':<28}{'category':<17}{'metric':<13}{'value':>8}  {'95% CI':<17}"
-        f"{'n':>7}" + ("  vs baseline" if baseline else "")
+        f"{'n':>7}{'bpb':>8}{'p(gold)':>9}" + ("  vs baseline" if baseline else "")
     ]
     for r in rows:
         ci = f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
         line = (
             f"{r.task:<28}{r.category:<17}{r.metric:<13}{r.value:>8.4f}  {ci:<17}"
-            f"{r.num_examples:>7}"
+            f"{r.num_examples:>7}{_continuous(r, 'bpb'):>8}{_continuous(r, 'prob_correct'):>9}"
         )
         if baseline:
             change = baseline.get(r.task, math.nan)

@@ -28,7 +28,9 @@ def test_cli_prints_the_table_with_baseline(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("task"))
-    assert "vs baseline" in lines[header]
+    assert "vs baseline" in lines[header] and "bpb" in lines[header]
+    copa = lines[header + 1].split()
+    assert float(copa[copa.index("3") + 1]) > 0  # the gold choices' bits per byte
     rows = [line.split()[0] for line in lines[header + 1 :]]
     assert rows == [
         "copa",

@@ -13,7 +13,8 @@ The evaluation code asks two things of a model, both over text, both batched:
   other document and never part of the answer.
 
 `TextModel` is that interface (tests use hand-built oracles that implement it);
-`LanguageModel` implements it with libs/model's KV-cache decoding and scoring.
+`LanguageModel` implements it with libs/model's KV-cache decoding and this package's
+packed scorer (scoring.py; `packed=False` scores with libs/model's padded batches).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Protocol, Sequence
 import jax
 
 from libs.model import decode
+from services.eval import scoring
 
 
 class TextModel(Protocol):
@@ -77,6 +79,9 @@ class LanguageModel:
     batch_size: rows per scoring forward pass and per generation call.
     eos_id: the token that ends generation (besides the stop strings); default: the
         tokenizer's end-of-document token (`eos_token_id`). -1: none.
+    packed: score with scoring.score_packed (batch_size x max_seq_len tokens a forward
+        pass); False: libs/model's decode.score_continuations (batch_size rows padded to
+        a power-of-two length), the slower path the bench compares against.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class LanguageModel:
         prefix_token_id: int | None = None,
         batch_size: int = 16,
         eos_id: int | None = None,
+        packed: bool = True,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size: must be positive, got {batch_size}")
@@ -95,6 +101,7 @@ class LanguageModel:
         self.cfg = model.cfg
         self.batch_size = batch_size
         self.prefix_token_id = prefix_token_id
+        self.packed = packed
         # One request at a time per model: nnx.jit traverses (and writes back) the shared
         # module graph, which concurrent service threads must not do together.
         self._lock = threading.Lock()
@@ -151,9 +158,16 @@ class LanguageModel:
             continuations.append(cont[-self.max_length :])
             empty.append(continuation == "")
         with self._lock:
-            scored = decode.score_continuations(
-                self.model, contexts, continuations, batch_size=self.batch_size
-            )
+            if self.packed:
+                scored = scoring.score_packed(
+                    self.model,
+                    list(zip(contexts, continuations)),
+                    tokens_per_call=self.batch_size * self.max_length,
+                )
+            else:
+                scored = decode.score_continuations(
+                    self.model, contexts, continuations, batch_size=self.batch_size
+                )
         return [(0.0, True) if e else (lp, greedy) for (lp, _n, greedy), e in zip(scored, empty)]
 
     def generate(

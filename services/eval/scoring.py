@@ -1,0 +1,175 @@
+"""Log-likelihood of many (context, continuation) token pairs: packed, bucketed scoring.
+
+`score_packed` is what the evaluator uses; `score_each` is its reference, one pair per
+forward pass and nothing shared, which the tests hold the fast path equal to.
+
+How `score_packed` saves work over padding every pair of a batch to the longest:
+
+- packing: pairs are laid end to end in rows of `row_len` tokens (first fit, longest
+  first), each pair its own segment, so attention never crosses pairs and positions
+  restart at each pair (the model's `document_positions`); a row holds several short
+  pairs instead of one pair and padding;
+- continuation positions only: the output projection and the softmax over the
+  vocabulary, most of a small model's FLOPs, run only at the positions that predict a
+  continuation token, gathered from the final hidden states, not at every position;
+- length bucketing: row length, rows per call, gathered positions and pairs per call
+  are each rounded up to a few bucket sizes, so one evaluation compiles a handful of
+  programs and reuses them.
+
+A pair longer than the model's window keeps its continuation and the end of its
+context, as libs/model's `score_continuations` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Pair = tuple[Sequence[int], Sequence[int]]  # (context token ids, continuation token ids)
+
+
+def _pow2(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    inputs: list[int]  # the model's input tokens: (context + continuation)[:-1], windowed
+    targets: list[int]  # the next token at each input position
+    n_cont: int  # the last n_cont targets are the continuation
+
+
+def _items(model, pairs: Sequence[Pair]) -> list[_Item]:
+    max_len = model.cfg.max_seq_len
+    items = []
+    for i, (ctx, cont) in enumerate(pairs):
+        if not ctx or not cont:
+            raise ValueError(f"pairs[{i}]: context and continuation must not be empty")
+        if len(cont) > max_len:
+            raise ValueError(f"pairs[{i}]: {len(cont)} continuation tokens exceed {max_len}")
+        seq = [int(t) for t in ctx] + [int(t) for t in cont]
+        bad = [t for t in seq if not 0 <= t < model.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"pairs[{i}]: token ids {bad[:5]} outside the vocabulary")
+        items.append(_Item(seq[:-1][-max_len:], seq[1:][-max_len:], len(cont)))
+    return items
+
+
+@nnx.jit
+def _score_rows(model, tokens_bt, segment_ids_bt, flat_pos_n, targets_n, pair_n, valid_n, pairs_r):
+    # pairs_r only carries the static number of pair slots (its shape).
+    b, t = tokens_bt.shape
+    h_btd, _ = model.hidden(tokens_bt, segment_ids_bt=segment_ids_bt)
+    h_nd = h_btd.reshape(b * t, -1)[flat_pos_n]
+    logits_nv = model.logits(h_nd[None])[0]
+    logprobs_nv = jax.nn.log_softmax(logits_nv, axis=-1)
+    lp_n = jnp.take_along_axis(logprobs_nv, targets_n[:, None], axis=-1)[:, 0] * valid_n
+    missed_n = ((jnp.argmax(logits_nv, axis=-1) != targets_n) & (valid_n > 0)).astype(jnp.int32)
+    r = pairs_r.shape[0]
+    return (
+        jax.ops.segment_sum(lp_n, pair_n, num_segments=r),
+        jax.ops.segment_sum(missed_n, pair_n, num_segments=r) == 0,
+    )
+
+
+def _pack(items: list[_Item], row_len: int) -> list[list[int]]:
+    """Rows of item indices, first fit by decreasing length (each row <= row_len)."""
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].inputs))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(items[i].inputs)
+        for r, left in enumerate(room):
+            if n <= left:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(row_len - n)
+    return rows
+
+
+def score_packed(
+    model, pairs: Sequence[Pair], *, tokens_per_call: int = 8192
+) -> list[tuple[float, int, bool]]:
+    """(sum of log p(continuation | context), continuation tokens, whether greedy) per
+    pair, as libs/model's `score_continuations` gives them, computed packed (module
+    docstring). `tokens_per_call` bounds rows x row length of one forward pass."""
+    if not pairs:
+        return []
+    items = _items(model, pairs)
+    max_len = model.cfg.max_seq_len
+    longest = max(len(it.inputs) for it in items)
+    # Row length: the longest pair's bucket, at least 128 so that short pairs share rows.
+    row_len = min(max_len, _pow2(longest, 128))
+    rows = _pack(items, row_len)
+    rows_per_call = max(1, tokens_per_call // row_len)
+    results: list = [None] * len(items)
+    for first in range(0, len(rows), rows_per_call):
+        call_rows = rows[first : first + rows_per_call]
+        b = _pow2(len(call_rows))
+        tokens_bt = np.zeros((b, row_len), np.int32)
+        segment_ids_bt = np.zeros((b, row_len), np.int32)
+        flat_pos, targets, pair_of, slots = [], [], [], []
+        for r, row in enumerate(call_rows):
+            at = 0
+            for seg, i in enumerate(row, start=1):
+                it = items[i]
+                n = len(it.inputs)
+                tokens_bt[r, at : at + n] = it.inputs
+                segment_ids_bt[r, at : at + n] = seg
+                first_cont = at + n - it.n_cont
+                flat_pos.extend(r * row_len + p for p in range(first_cont, at + n))
+                targets.extend(it.targets[n - it.n_cont :])
+                pair_of.extend([len(slots)] * it.n_cont)
+                slots.append(i)
+                at += n
+        n_pos = _pow2(len(flat_pos), 64)
+        n_pairs = _pow2(len(slots), 8)
+        pad = n_pos - len(flat_pos)
+        sums_r, greedy_r = _score_rows(
+            model,
+            tokens_bt,
+            segment_ids_bt,
+            np.asarray(flat_pos + [0] * pad, np.int32),
+            np.asarray(targets + [0] * pad, np.int32),
+            np.asarray(pair_of + [n_pairs - 1] * pad, np.int32),
+            np.asarray([1.0] * len(flat_pos) + [0.0] * pad, np.float32),
+            np.zeros((n_pairs,), np.int32),
+        )
+        sums_r, greedy_r = np.asarray(sums_r), np.asarray(greedy_r)
+        for slot, i in enumerate(slots):
+            results[i] = (float(sums_r[slot]), items[i].n_cont, bool(greedy_r[slot]))
+    return results
+
+
+@nnx.jit
+def _score_one(model, tokens_1t, targets_1t, mask_1t):
+    logits_1tv = model(tokens_1t)
+    logprobs_1tv = jax.nn.log_softmax(logits_1tv, axis=-1)
+    lp_1t = jnp.take_along_axis(logprobs_1tv, targets_1t[..., None], axis=-1)[..., 0]
+    greedy_1t = (jnp.argmax(logits_1tv, axis=-1) == targets_1t) | (mask_1t == 0)
+    return jnp.sum(lp_1t * mask_1t), jnp.all(greedy_1t)
+
+
+def score_each(model, pairs: Sequence[Pair]) -> list[tuple[float, int, bool]]:
+    """The reference: each pair alone in one unpadded row, full logits (slow)."""
+    out = []
+    for it in _items(model, pairs):
+        n = len(it.inputs)
+        mask = np.zeros((1, n), np.float32)
+        mask[0, n - it.n_cont :] = 1
+        lp, greedy = _score_one(
+            model,
+            np.asarray([it.inputs], np.int32),
+            np.asarray([it.targets], np.int32),
+            mask,
+        )
+        out.append((float(lp), it.n_cont, bool(greedy)))
+    return out
