@@ -26,16 +26,15 @@ import grpc
 from google.protobuf import json_format
 
 from libs import storage
+from libs.serving import credentials as credentials_lib
 from proto import eval_pb2, study_pb2, trainer_pb2
 from studies import plan as plan_lib
 from studies import report as report_lib
 from studies import spec as spec_lib
+from studies.backends import Backend, LocalBackend, PhaseFailed, PhaseJob, PhaseResult
 from studies.plan import Plan, PlannedPhase
 from studies.services import Services
 from studies.state import State
-
-# Seconds between progress lines of a training phase.
-PROGRESS_EVERY_S = 15.0
 
 
 class StudyRunError(RuntimeError):
@@ -84,6 +83,9 @@ class Runner:
         log=print,
         judge: JudgeOverride | None = None,
         parallel_eval: bool = True,
+        backend: Backend | None = None,
+        hosts: int = 1,
+        data_addresses: list[str] | None = None,
     ):
         self.study = study
         self.out_dir = out_dir
@@ -91,6 +93,9 @@ class Runner:
         self.log = log
         self.judge_override = judge or JudgeOverride()
         self.parallel_eval = parallel_eval
+        self._backend = backend
+        self.hosts = hosts
+        self.data_addresses = list(data_addresses or [])
         self.plan: Plan = plan_lib.build(study)
         self.state = State(out_dir)
         # What this invocation did, for the summary and for tests.
@@ -118,30 +123,66 @@ class Runner:
         # Start what is needed from this thread: a service's parent-death
         # signal is tied to the thread that started it.
         if to_train:
-            self.services.address("trainer")
+            if self._backend is None or isinstance(self._backend, LocalBackend):
+                self.services.address("trainer")
             self.services.address("data")
             self.state.set_sources(self.services.source_kinds())
         if to_eval or to_judge:
             self.services.address("eval")
+        labels = {
+            p.fingerprint: f"[{i + 1}/{len(plan.phases)}] {p.name}"
+            for i, p in enumerate(plan.phases)
+        }
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
         evaluations = []
+
+        def evaluate(p):
+            if self.state.evaluation(p.fingerprint, settings) is not None:
+                return
+            if self.parallel_eval:
+                evaluations.append(pool.submit(self._evaluate, p, labels[p.fingerprint]))
+            else:
+                self._evaluate(p, labels[p.fingerprint])
+
+        backend = self.backend() if to_train else None
+        pending = []
+        for p in plan.phases:
+            if self.state.phase(p.fingerprint) is None:
+                pending.append(p)
+            else:
+                self.reused.append(p.name)
+                self.log(
+                    f"{labels[p.fingerprint]}: finished before, reused "
+                    f"({self.state.phase(p.fingerprint)['checkpoint_uri']})"
+                )
+                evaluate(p)
+        running: dict[concurrent.futures.Future, PlannedPhase] = {}
         try:
-            for i, p in enumerate(plan.phases):
-                label = f"[{i + 1}/{len(plan.phases)}] {p.name}"
-                if self.state.phase(p.fingerprint) is None:
-                    self._train(p, label)
-                    self.trained.append(p.name)
-                else:
-                    self.reused.append(p.name)
-                    self.log(
-                        f"{label}: finished before, reused "
-                        f"({self.state.phase(p.fingerprint)['checkpoint_uri']})"
+            while pending or running:
+                # Every phase whose parent's final checkpoint is committed, in
+                # plan order, up to what the backend offers.
+                for p in list(pending):
+                    if len(running) >= backend.capacity:
+                        break
+                    if p.parent is None or self.state.phase(p.parent) is not None:
+                        pending.remove(p)
+                        running[self._submit(backend, p, labels[p.fingerprint])] = p
+                if not running:
+                    raise StudyRunError(
+                        f"{pending[0].name}: its parent phase is neither trained nor planned"
                     )
-                if self.state.evaluation(p.fingerprint, settings) is None:
-                    if self.parallel_eval:
-                        evaluations.append(pool.submit(self._evaluate, p, label))
-                    else:
-                        self._evaluate(p, label)
+                finished, _ = concurrent.futures.wait(
+                    running, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in finished:
+                    p = running.pop(future)
+                    try:
+                        result = future.result()
+                    except PhaseFailed as e:
+                        raise StudyRunError(str(e)) from None
+                    self._record(p, labels[p.fingerprint], result)
+                    self.trained.append(p.name)
+                    evaluate(p)
                 # A failed evaluation stops the study at once, not after training.
                 for f in evaluations:
                     if f.done():
@@ -149,8 +190,11 @@ class Runner:
             for f in evaluations:
                 f.result()
         except BaseException:
-            # Stopping: do not wait for an evaluation in flight; it ends when
-            # its service is stopped.
+            # Stopping: cancel the phases in flight (each resumes from its last
+            # committed checkpoint) and do not wait for an evaluation; it ends
+            # when its service is stopped.
+            for p in running.values():
+                backend.cancel(p.run_id)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
@@ -165,7 +209,20 @@ class Runner:
 
     # -- training --------------------------------------------------------------------
 
-    def _train(self, p: PlannedPhase, label: str) -> None:
+    def backend(self) -> Backend:
+        """The backend phases train on (made on first use: the local one
+        reaches the trainer service through Services)."""
+        if self._backend is None:
+            steps = {p.run_id: p.steps for p in self.plan.phases}
+            self._backend = LocalBackend(
+                self.services.trainer,
+                logs=lambda: self.services.logs("trainer"),
+                log=self.log,
+                total_steps=lambda job: steps.get(job.run_id, 0),
+            )
+        return self._backend
+
+    def job(self, p: PlannedPhase) -> PhaseJob:
         parent_uri = ""
         if p.parent is not None:
             parent_uri = self.state.phase(p.parent)["checkpoint_uri"]
@@ -176,64 +233,23 @@ class Runner:
             data_address=self.services.address("data"),
             checkpoint_dir=checkpoint_dir(self.study, self.out_dir),
         )
-        trainer = self.services.trainer()
-        started = time.monotonic()
-        try:
-            response = trainer.StartRun(trainer_pb2.StartRunRequest(spec=run_spec), timeout=600)
-            how = "resumed from its last checkpoint" if response.resumed else "started"
-        except grpc.RpcError as e:
-            if "already running" not in (e.details() or ""):
-                raise StudyRunError(
-                    f"{p.name}: the trainer refused run {p.run_id}: {e.code().name} {e.details()}"
-                ) from None
-            how = "already running in the trainer, watching it"
+        if len(self.data_addresses) > 1:
+            # Replicas: trainer process i reads replica i mod R.
+            run_spec.ClearField("data_address")
+            run_spec.data_addresses[:] = self.data_addresses
+        return PhaseJob(name=p.name, spec=run_spec, hosts=self.hosts)
+
+    def _submit(self, backend: Backend, p: PlannedPhase, label: str) -> concurrent.futures.Future:
         self.log(
-            f"{label}: run {p.run_id} {how}: {p.steps:,} steps, {p.tokens:,} tokens, "
-            f"mixture {_mixture_words(p)}"
+            f"{label}: run {p.run_id}: {p.steps:,} steps, {p.tokens:,} tokens, "
+            f"mixture {_mixture_words(p)}" + (f", {self.hosts} hosts" if self.hosts > 1 else "")
         )
-        metrics: dict[tuple[str, int], dict] = {}
-        final, status = None, None
-        last_print = time.monotonic()
-        try:
-            for event in trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id=p.run_id)):
-                kind = event.WhichOneof("event")
-                if kind == "metrics":
-                    m = event.metrics
-                    metrics[(m.phase, m.step)] = {
-                        "step": m.step,
-                        "phase": m.phase,
-                        "loss": m.loss,
-                        "source_loss": dict(m.source_loss),
-                        "tokens_seen": m.tokens_seen,
-                        "learning_rate": m.learning_rate,
-                        "tokens_per_second": m.tokens_per_second,
-                    }
-                    if time.monotonic() - last_print > PROGRESS_EVERY_S:
-                        last_print = time.monotonic()
-                        self.log(
-                            f"{label}: step {m.step}/{p.steps} loss {m.loss:.3f} "
-                            f"({_per_source(m.source_loss)}) "
-                            f"{m.tokens_per_second / 1e3:.1f}k tok/s"
-                        )
-                elif kind == "checkpoint" and event.checkpoint.phase_end:
-                    final = event.checkpoint
-                elif kind == "status":
-                    status = event.status
-        except grpc.RpcError as e:
-            raise StudyRunError(
-                f"{p.name}: lost the trainer while watching run {p.run_id}: "
-                f"{e.code().name} {e.details()}; run the study again to resume"
-                f"\n{self.services.logs('trainer')}"
-            ) from None
-        if status is None or status.state != trainer_pb2.SUCCEEDED or final is None:
-            state = trainer_pb2.RunState.Name(status.state) if status else "unknown"
-            raise StudyRunError(
-                f"{p.name}: run {p.run_id} ended {state}"
-                f"{': ' + status.error if status and status.error else ''}"
-                f"\n{self.services.logs('trainer')}"
-            )
-        records = sorted(metrics.values(), key=lambda r: r["step"])
+        return backend.submit(self.job(p))
+
+    def _record(self, p: PlannedPhase, label: str, result: PhaseResult) -> None:
+        records = result.metrics
         self.state.write_curves(p.run_id, records)
+        final = result.final
         lineage = final.lineage
         last = records[-1] if records else {}
         self.state.finish_phase(
@@ -248,12 +264,18 @@ class Runner:
                 "parent_uri": lineage.parent_uri,
                 "final_loss": last.get("loss"),
                 "final_source_loss": last.get("source_loss", {}),
-                "train_seconds": time.monotonic() - started,
+                "train_seconds": result.finished_at - result.started_at,
+                "started_at": result.started_at,
+                "trained_at": result.finished_at,
+                "attempts": result.attempts,
+                "preemptions": result.preemptions,
+                "failures": result.failures,
             },
         )
         self.log(
-            f"{label}: trained in {time.monotonic() - started:.0f}s, final loss "
-            f"{last.get('loss', float('nan')):.3f} -> {final.uri}"
+            f"{label}: trained in {result.finished_at - result.started_at:.0f}s"
+            + (f" ({result.attempts} attempts)" if result.attempts > 1 else "")
+            + f", final loss {last.get('loss', float('nan')):.3f} -> {final.uri}"
         )
 
     # -- evaluation ------------------------------------------------------------------
@@ -415,10 +437,6 @@ def _mixture_words(p: PlannedPhase) -> str:
     return (p.mixture.name + ": " if p.mixture.name else "") + " | ".join(stages)
 
 
-def _per_source(source_loss) -> str:
-    return " ".join(f"{k} {v:.2f}" for k, v in sorted(source_loss.items()))
-
-
 def resolve_path(path: str) -> str:
     """A path given on the command line, relative to where the user ran
     `bazel run` (which changes the working directory to the runfiles); a gs://
@@ -451,6 +469,11 @@ class Options:
     plan_only: bool = False
     parallel_eval: bool = True
     echo_services: bool = False
+    # The data service's bearer token and CA certificate, as files; passed on
+    # to the trainer services the runner starts (given by address, a trainer
+    # must have been started with them: --data_auth_token_file, --data_tls_ca).
+    data_auth_token_file: str = ""
+    data_tls_ca: str = ""
 
 
 RUNNER_LOCK = "runner.lock"
@@ -491,12 +514,32 @@ def main(options: Options, log=log_to_stdout) -> int:
         log(f"report: {write_report(study, runner.plan, runner.state, out_dir)}")
         return 0
     flags = {name: list(extra) for name, extra in options.service_flags.items()}
+    try:
+        data_credentials = credentials_lib.load(
+            options.data_auth_token_file,
+            options.data_tls_ca,
+            token_flag="data_auth_token_file",
+            ca_flag="data_tls_ca",
+        )
+    except credentials_lib.CredentialsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainer_flags = flags.setdefault("trainer", [])
+    if options.data_auth_token_file:
+        trainer_flags.append(f"--data_auth_token_file={resolve_path(options.data_auth_token_file)}")
+    if options.data_tls_ca:
+        trainer_flags.append(f"--data_tls_ca={resolve_path(options.data_tls_ca)}")
     eval_flags = flags.setdefault("eval", [])
     if not any(f.startswith("--results_db") for f in eval_flags):
         # Per-task results survive a killed evaluation, beside the study's state.
         eval_flags.append(f"--results_db={os.path.join(work_dir, 'eval_results.sqlite')}")
     services = Services(
-        work_dir, addresses=options.addresses, flags=flags, log=log, echo=options.echo_services
+        work_dir,
+        addresses=options.addresses,
+        flags=flags,
+        log=log,
+        echo=options.echo_services,
+        data_credentials=data_credentials,
     )
 
     def stop(signum, frame):

@@ -48,6 +48,14 @@ flags.DEFINE_bool("report_only", False, "Rewrite the report from recorded result
 flags.DEFINE_bool("plan_only", False, "Print the plan (trainings, budgets, sharing) and exit.")
 flags.DEFINE_bool("parallel_eval", True, "Evaluate a finished phase while the next one trains.")
 flags.DEFINE_bool("echo_services", False, "Echo the services' own output.")
+flags.DEFINE_string(
+    "data_auth_token_file",
+    "",
+    "File holding the data service's bearer token; the runner and its trainers send it.",
+)
+flags.DEFINE_string(
+    "data_tls_ca", "", "PEM CA certificate of the data service's TLS certificate; enables TLS."
+)
 flags.mark_flag_as_required("spec")
 
 
@@ -77,6 +85,8 @@ def main(argv):
         plan_only=FLAGS.plan_only,
         parallel_eval=FLAGS.parallel_eval,
         echo_services=FLAGS.echo_services,
+        data_auth_token_file=FLAGS.data_auth_token_file,
+        data_tls_ca=FLAGS.data_tls_ca,
     )
     sys.exit(runner.main(options))
 

@@ -21,6 +21,7 @@ import grpc
 
 from libs.serving import process
 from libs.serving import server as serving
+from libs.serving.credentials import ClientCredentials
 from proto import data_pb2, data_pb2_grpc, eval_pb2_grpc, trainer_pb2_grpc
 
 LOCK_FILE = "services.lock"
@@ -76,8 +77,12 @@ class Services:
         flags: dict[str, list[str]] | None = None,
         log=print,
         echo: bool = False,
+        data_credentials: ClientCredentials = ClientCredentials(),
     ):
         self._out_dir = out_dir
+        # The runner's own calls to the data service (ListSources) carry the
+        # token and use TLS as the trainer's do.
+        self._data_credentials = data_credentials
         self._addresses = {k: v for k, v in (addresses or {}).items() if v}
         self._flags = flags or {}
         self._log = log
@@ -93,9 +98,17 @@ class Services:
         with self._lock:
             service = self._service(name)
             if service.channel is None:
-                service.channel = grpc.insecure_channel(
-                    service.address, options=serving.channel_options()
-                )
+                roots = self._data_credentials.root_certificates if name == "data" else None
+                if roots is not None:
+                    service.channel = grpc.secure_channel(
+                        service.address,
+                        grpc.ssl_channel_credentials(root_certificates=roots),
+                        options=serving.channel_options(),
+                    )
+                else:
+                    service.channel = grpc.insecure_channel(
+                        service.address, options=serving.channel_options()
+                    )
             return service.channel
 
     def data(self) -> data_pb2_grpc.DataServiceStub:
@@ -108,7 +121,12 @@ class Services:
         return eval_pb2_grpc.EvalServiceStub(self.channel("eval"))
 
     def source_kinds(self) -> dict[str, str]:
-        response = self.data().ListSources(data_pb2.ListSourcesRequest(), timeout=120)
+        token = self._data_credentials.token
+        response = self.data().ListSources(
+            data_pb2.ListSourcesRequest(),
+            timeout=120,
+            metadata=(("authorization", f"Bearer {token}"),) if token else None,
+        )
         return {s.name: s.kind for s in response.sources}
 
     def _service(self, name: str) -> Service:

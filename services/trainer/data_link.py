@@ -1,18 +1,47 @@
 """The trainer's side of the data service: always through its gRPC API.
 
 With no address, a local data service process is started (and stopped with
-the run). Mixture checks are the data service's verdict, turned into
-SpecErrors that name the RunSpec field. Batches arrive through the data
-client's prefetching stream, which reconnects and resumes at the next step
-when the data service restarts.
+the run). With several addresses (RunSpec.data_addresses: replicas serving
+the same corpus), process i of the run reads replica i mod R; since a batch
+is a pure function of the request, every replica serves the same bytes.
+The data service's bearer token and CA certificate (ClientCredentials) go
+with every call. Mixture checks are the data service's verdict, turned into
+SpecErrors that name the RunSpec field; a refused token is a
+DataAuthError, said plainly. Batches arrive through the data client's
+prefetching stream, which reconnects and resumes at the next step when the
+data service restarts.
 """
 
 from __future__ import annotations
 
 import grpc
 
+from libs.serving.credentials import ClientCredentials
 from services.data import client as data_client
 from services.trainer import spec as spec_lib
+
+
+class DataAuthError(RuntimeError):
+    """The data service refused the trainer's credentials (UNAUTHENTICATED)."""
+
+
+def addresses_of(spec) -> list[str]:
+    """The data-service replicas of a spec; [] means start a local service."""
+    replicas = list(spec.data_addresses)
+    for i, address in enumerate(replicas):
+        if not address.strip():
+            raise spec_lib.SpecError(f"data_addresses[{i}]", "empty address")
+    if spec.data_address and replicas and spec.data_address not in replicas:
+        raise spec_lib.SpecError(
+            "data_address",
+            f"{spec.data_address!r} is not one of data_addresses; give one or the other",
+        )
+    return replicas or ([spec.data_address] if spec.data_address else [])
+
+
+def replica_for(addresses: list[str], process_index: int) -> str:
+    """Process i reads replica i mod R."""
+    return addresses[process_index % len(addresses)]
 
 
 class DataLink:
@@ -26,10 +55,15 @@ class DataLink:
         seq_len: int = 256,
         shard_index: int = 0,
         num_shards: int = 1,
+        credentials: ClientCredentials = ClientCredentials(),
+        field: str = "data_address",
     ):
         self.address = address
         self._process = owned_process
-        self._client = data_client.DataClient(address)
+        client_args = dict(
+            auth_token=credentials.token, root_certificates=credentials.root_certificates
+        )
+        self._client = data_client.DataClient(address, **client_args)
         self._request = dict(
             global_batch_size=global_batch_size,
             seq_len=seq_len,
@@ -39,13 +73,25 @@ class DataLink:
         self._seed = seed
         # A spec naming a dead address should fail in seconds, not after the
         # streaming client's two minutes of reconnecting.
-        probe = data_client.DataClient(address, retry=data_client.RetryPolicy(give_up_s=10))
+        probe = data_client.DataClient(
+            address, retry=data_client.RetryPolicy(give_up_s=10), **client_args
+        )
         try:
             sources = probe.list_sources(timeout=10)
         except grpc.RpcError as e:
             self.close()
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise DataAuthError(
+                    f"UNAUTHENTICATED: the data service at {address} refused the trainer "
+                    f"({e.details()}); "
+                    + (
+                        "its token is not the one the service expects"
+                        if credentials.token
+                        else "give the trainer the service's token with --data_auth_token_file"
+                    )
+                ) from None
             raise spec_lib.SpecError(
-                "data_address",
+                field,
                 f"cannot reach data service at {address}: {e.code().name} {e.details()}",
             ) from None
         finally:
@@ -91,12 +137,19 @@ def connect(
     shard_index: int = 0,
     num_shards: int = 1,
     echo: bool = True,
+    credentials: ClientCredentials = ClientCredentials(),
 ) -> DataLink:
-    """Opens the data side of `spec`: its data_address, or a local service
+    """Opens the data side of `spec` for process `shard_index` of `num_shards`:
+    its replica of data_addresses (or data_address), or a local service
     serving the default corpus (built on first use)."""
     owned = None
-    address = spec.data_address
-    if not address:
+    addresses = addresses_of(spec)
+    field = "data_addresses" if spec.data_addresses else "data_address"
+    if addresses:
+        address = replica_for(addresses, shard_index)
+        if spec.data_addresses:
+            field = f"data_addresses[{addresses.index(address)}]"
+    else:
         try:
             owned = data_client.start_local_server(
                 extra_args=data_flags or (), timeout=900, echo=echo
@@ -114,4 +167,6 @@ def connect(
         seq_len=spec.seq_len,
         shard_index=shard_index,
         num_shards=num_shards,
+        credentials=credentials,
+        field=field,
     )

@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 from google.protobuf import text_format
 
+from libs.serving import credentials as credentials_lib
 from libs.serving import server as serving
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer import data_link
@@ -27,10 +28,23 @@ flags.DEFINE_string("run_spec", DEFAULT_SPEC, "RunSpec text proto to train.")
 flags.DEFINE_string("preset", None, "Override the spec's model preset (tiny, small, 470m, 2.8b).")
 flags.DEFINE_string("run_id", None, "Override the spec's run_id.")
 flags.DEFINE_string("data_address", None, "host:port of a data service; default: start one.")
-flags.DEFINE_string("checkpoint_dir", None, "Override the spec's checkpoint_dir.")
+flags.DEFINE_list(
+    "data_addresses",
+    None,
+    "Comma-separated host:port replicas of the data service (process i reads replica i mod R).",
+)
+flags.DEFINE_string("checkpoint_dir", None, "Override the spec's checkpoint_dir (path or gs://).")
 flags.DEFINE_string("mesh", None, "Device mesh as data,fsdp,tensor (e.g. 1,8,1).")
 flags.DEFINE_bool("serve", False, "Serve TrainerService instead of training one spec.")
 flags.DEFINE_multi_string("data_flag", [], "Flag passed to a locally started data service.")
+flags.DEFINE_string(
+    "data_auth_token_file",
+    None,
+    "File holding the data service's bearer token (sent on every call).",
+)
+flags.DEFINE_string(
+    "data_tls_ca", None, "PEM CA certificate of the data service's TLS certificate; enables TLS."
+)
 flags.DEFINE_bool(
     "distributed",
     False,
@@ -57,6 +71,9 @@ def _spec_from_flags() -> trainer_pb2.RunSpec:
     for name in ("preset", "run_id", "data_address", "checkpoint_dir"):
         if FLAGS[name].value is not None:
             setattr(spec, name, FLAGS[name].value)
+    if FLAGS.data_addresses:
+        spec.ClearField("data_address")
+        spec.data_addresses[:] = FLAGS.data_addresses
     if FLAGS.mesh:
         try:
             data, fsdp, tensor = (int(x) for x in FLAGS.mesh.split(","))
@@ -66,15 +83,29 @@ def _spec_from_flags() -> trainer_pb2.RunSpec:
     return spec
 
 
+def _credentials() -> credentials_lib.ClientCredentials:
+    try:
+        return credentials_lib.load(
+            FLAGS.data_auth_token_file,
+            FLAGS.data_tls_ca,
+            token_flag="data_auth_token_file",
+            ca_flag="data_tls_ca",
+        )
+    except credentials_lib.CredentialsError as e:
+        raise app.UsageError(str(e))
+
+
 def _connect(spec):
     import jax
 
-    # Each process pulls its own shard of every global batch.
+    # Each process pulls its own shard of every global batch, from replica
+    # process_index mod R when the spec lists several.
     return data_link.connect(
         spec,
         data_flags=FLAGS.data_flag,
         shard_index=jax.process_index(),
         num_shards=jax.process_count(),
+        credentials=_credentials(),
     )
 
 
@@ -94,6 +125,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _credentials()  # a bad credentials flag fails at start, not at the first run
     if FLAGS.distributed:
         _init_distributed()
     if FLAGS.serve:
@@ -111,6 +143,8 @@ def main(argv):
         run_id, resumed = runs.start(spec)
     except SpecError as e:
         sys.exit(f"error: spec.{e}")
+    except data_link.DataAuthError as e:
+        sys.exit(f"error: {e}")
     print(
         f"run {run_id}: {'resumed from its last checkpoint' if resumed else 'started'}", flush=True
     )

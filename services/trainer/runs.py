@@ -4,13 +4,13 @@ events, list them, stop one. What the TrainerService serves, without gRPC."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import traceback
 from typing import Callable, Iterator
 
 import jax
 
+from libs import storage
 from proto import trainer_pb2
 from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
@@ -59,9 +59,10 @@ class Runs:
         except Exception:
             link.close()
             raise
-        run_dir = os.path.join(spec.checkpoint_dir, spec.run_id)
-        os.makedirs(run_dir, exist_ok=True)
-        events = EventLog(spec.run_id, os.path.join(run_dir, "events.jsonl"))
+        # checkpoint_dir may be a gs:// URI: the run directory goes through storage.
+        run_dir = storage.join(spec.checkpoint_dir, spec.run_id)
+        storage.makedirs(run_dir)
+        events = EventLog(spec.run_id, storage.join(run_dir, "events.jsonl"))
         run = _Run(spec=spec, events=events, stop=threading.Event())
         trainer = Trainer(
             spec,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from proto import trainer_pb2, trainer_pb2_grpc
+from services.trainer.data_link import DataAuthError
 from services.trainer.runs import RunNotFound, Runs
 from services.trainer.spec import SpecError
 
@@ -19,6 +20,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         except SpecError as e:
             code = grpc.StatusCode.NOT_FOUND if e.not_found else grpc.StatusCode.INVALID_ARGUMENT
             context.abort(code, f"spec.{e}")
+        except DataAuthError as e:
+            # The trainer's credentials for the data service, not the caller's.
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
         return trainer_pb2.StartRunResponse(run_id=run_id, resumed=resumed)
 
     def WatchRun(self, request, context):
