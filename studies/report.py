@@ -11,6 +11,10 @@ a service. Sections, after the paper:
   its predicted best code fraction, and its error on a held-out arm;
 - cooldown: each model before and after each cooldown;
 - judge win rates against the baseline;
+- continuous metrics (../shared/DESIGN.md "Small-scale signal"): per category the
+  bits per byte of the gold answers, the probability of the correct choice
+  normalised over the choices and its margin, and the bits per byte of every data
+  source's held-out documents, each with its bootstrap interval;
 - per-source training loss curves;
 - the bootstrap 95% intervals of every score;
 - what ran: run ids, steps, tokens, seconds, checkpoints.
@@ -65,6 +69,7 @@ class Row:
     record: dict | None  # the finished phase, or None
     scores: dict[str, Score]  # category -> score; empty when not evaluated
     tasks: list[dict]  # per-task EvalResults
+    aggregates: dict[str, dict]  # category -> the aggregate EvalResult (extra, intervals)
     tokens: dict[str, int] | None  # text / code / other over the chain
     eval_seconds: float | None
 
@@ -83,7 +88,7 @@ def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:
         planned = plan.by_ref[name]
         record = state.phase(planned.fingerprint)
         evaluation = state.evaluation(planned.fingerprint, settings)
-        scores, tasks = {}, []
+        scores, tasks, aggregates = {}, [], {}
         if evaluation:
             for r in evaluation["results"]:
                 if r["task"].startswith("aggregate/"):
@@ -92,6 +97,7 @@ def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:
                         r.get("ci_low", r["value"]),
                         r.get("ci_high", r["value"]),
                     )
+                    aggregates[r["task"].removeprefix("aggregate/")] = r
                 else:
                     tasks.append(r)
         rows.append(
@@ -103,6 +109,7 @@ def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:
                 record=record,
                 scores=scores,
                 tasks=tasks,
+                aggregates=aggregates,
                 tokens=_chain_tokens(plan, state, planned, kinds),
                 eval_seconds=evaluation.get("eval_seconds") if evaluation else None,
             )
@@ -182,6 +189,7 @@ def write(study: study_pb2.Study, plan: Plan, state: State, out_dir: str) -> str
     lines += _headline_section(study, plan, rows, last_rows, baseline, surfaces)
     if study.HasField("judge"):
         lines += _win_rate_section(state, figures)
+    lines += _continuous_section(rows)
     lines += _loss_section(plan, state, figures)
     lines += _intervals_section(rows)
     lines += _provenance_section(plan, state, rows)
@@ -705,6 +713,82 @@ def _loss_section(plan: Plan, state: State, figures: str) -> list[str]:
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     _save(fig, os.path.join(figures, "loss_curves.png"), tight=False)
     return lines + ["![Per-source training loss](figures/loss_curves.png)", ""]
+
+
+# ---------------------------------------------------------------- continuous metrics
+
+# (category, metric in the aggregate's extra, column title, format)
+CONTINUOUS_COLUMNS = [
+    ("nl_reasoning", "bpb", "NL reasoning BPB", "{:.3f}"),
+    ("nl_reasoning", "prob_correct", "NL reasoning p(gold)", "{:.3f}"),
+    ("nl_reasoning", "margin", "NL reasoning margin", "{:+.3f}"),
+    ("world_knowledge", "bpb", "World knowledge BPB", "{:.3f}"),
+    ("code", "bpb", "Code BPB", "{:.3f}"),
+]
+HELDOUT_TASK = "heldout_bpb"  # services/eval's per-source held-out bits per byte
+
+
+def _metric_cell(result: dict | None, name: str, fmt: str) -> str:
+    """ "v [lo, hi]" of a metric in an EvalResult dict's extra and intervals."""
+    if not result or name not in result.get("extra", {}):
+        return "—"
+    value = result["extra"][name]
+    interval = result.get("intervals", {}).get(name)
+    if interval is None:
+        return fmt.format(value)
+    # Proto3 JSON leaves out zeros.
+    lo, hi = interval.get("low", 0.0), interval.get("high", 0.0)
+    return f"{fmt.format(value)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def _continuous_section(rows: list[Row]) -> list[str]:
+    evaluated = [r for r in rows if r.owner and r.aggregates]
+    if not evaluated:
+        return []
+    columns = [
+        c
+        for c in CONTINUOUS_COLUMNS
+        if any(c[1] in r.aggregates.get(c[0], {}).get("extra", {}) for r in evaluated)
+    ]
+    lines = ["## Continuous metrics", ""]
+    if columns:
+        body = [
+            [r.ref]
+            + [_metric_cell(r.aggregates.get(cat), name, fmt) for cat, name, _, fmt in columns]
+            for r in evaluated
+        ]
+        lines += _table(["Arm/phase"] + [title for _, _, title, _ in columns], body)
+        lines += [
+            "",
+            "Means over each category's tasks of the per-example bits per byte of the gold "
+            "answer (negative log-likelihood / UTF-8 bytes / ln 2; code: the canonical "
+            "solution), the gold choice's probability normalised over the choices, and its "
+            "margin over the best wrong choice, with bootstrap 95% intervals. Lower BPB and "
+            "higher p(gold) are better; unlike accuracy they move at sizes where every "
+            "benchmark sits at chance.",
+            "",
+        ]
+    heldout = {
+        r.ref: next((t for t in r.tasks if t["task"] == HELDOUT_TASK), None) for r in evaluated
+    }
+    sources = sorted({s for t in heldout.values() if t for s in t.get("intervals", {})})
+    if sources:
+        body = [
+            [ref] + [_metric_cell(t, s, "{:.3f}") for s in sources]
+            for ref, t in heldout.items()
+            if t
+        ]
+        lines += ["### Held-out bits per byte by source", ""]
+        lines += _table(["Arm/phase"] + [f"`{s}`" for s in sources], body)
+        lines += [
+            "",
+            "Bits per byte of each data source's held-out documents (chosen by content "
+            "hash, never served by any mixture), Paloma-style: a model's loss on each "
+            "domain, comparable across tokenizers, with a bootstrap 95% interval over "
+            "documents.",
+            "",
+        ]
+    return lines
 
 
 # ---------------------------------------------------------------- intervals, provenance

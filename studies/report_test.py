@@ -41,6 +41,8 @@ def _scores(study, p, salt):
     }
     values["nl_average"] = (values["nl_reasoning"] + values["world_knowledge"]) / 2
     values["total"] = sum(values[c] for c in ("nl_reasoning", "world_knowledge", "code")) / 3
+    # Continuous metrics as EvalResult JSON carries them (proto3 JSON drops zeros).
+    bpb = 2.0 - share
     results = [
         {
             "task": "copa",
@@ -49,7 +51,14 @@ def _scores(study, p, salt):
             "ci_low": 0.0,
             "ci_high": 1.0,
             "num_examples": 25,
-        }
+        },
+        {
+            "task": "heldout_bpb",
+            "category": "heldout",
+            "value": 1.5,
+            "extra": {"text": 1.25, "code": 1.75 - share},
+            "intervals": {"text": {"low": 1.2, "high": 1.3}, "code": {"high": 2.0}},
+        },
     ]
     for name, v in values.items():
         results.append(
@@ -60,6 +69,12 @@ def _scores(study, p, salt):
                 "ci_low": v - 0.05,
                 "ci_high": v + 0.05,
                 "num_examples": 100,
+                "extra": {"bpb": bpb, "prob_correct": 0.3, "margin": -0.25},
+                "intervals": {
+                    "bpb": {"low": bpb - 0.1, "high": bpb + 0.1},
+                    "prob_correct": {"low": 0.25, "high": 0.35},
+                    "margin": {"low": -0.5},
+                },
             }
         )
     return results
@@ -166,6 +181,19 @@ def test_report_from_recorded_results(tmp_path, tiny):
     assert "## Win rates" in text
     assert "| code-to-text/continue | text-only/continue | 60.0 |" in text
     assert "## Bootstrap 95% intervals" in text
+
+    # Continuous metrics and held-out BPB, each with its interval.
+    continuous = _table_rows(text, "## Continuous metrics")
+    header = text.split("## Continuous metrics", 1)[1].splitlines()[2]
+    assert "NL reasoning BPB" in header and "Code BPB" in header
+    text_only = next(r for r in continuous if r.startswith("| text-only/init |"))
+    assert "| 2.000 [1.900, 2.100] | 0.300 [0.250, 0.350] | -0.250 [-0.500, +0.000] |" in (
+        text_only
+    )
+    heldout = _table_rows(text, "### Held-out bits per byte by source")
+    assert "`code`" in text.split("### Held-out bits per byte by source", 1)[1].splitlines()[2]
+    code100 = next(r for r in heldout if r.startswith("| code100/init |"))
+    assert "| 0.750 [0.000, 2.000] | 1.250 [1.200, 1.300] |" in code100
     relative = _table_rows(text, "## Relative change")
     sweep_row = next(r for r in relative if r.startswith("| code25/init |"))
     assert "| text-only/init |" in sweep_row  # a 200B arm against the 200B baseline

@@ -6,6 +6,17 @@ Layout of a corpus directory:
     tokenizer.json                the byte-level BPE (HF `tokenizers` format)
     sources/<name>/tokens.u32     every document's tokens + <eos>, back to back
     sources/<name>/offsets.i64    num_documents + 1 offsets into tokens.u32
+    sources/<name>/heldout.jsonl  the source's held-out documents, {"text": ...} a line
+
+Held-out slice: a document whose content hash falls in the lowest
+`heldout_per_mille` thousandths (sha256 of its UTF-8 text, first 8 bytes,
+mod 1000) is held out: never encoded into tokens.u32, so no mixture can serve
+it, and kept as text (up to `heldout_max_documents` of them) for per-domain
+evaluation (bits per byte per source, as Paloma). The choice depends on the
+text alone, so it is the same in every build and for every mixture; the
+manifest records the rule and, per source, how many documents it held out and
+kept. Held-out documents are chosen after deduplication and decontamination
+and are kept out of the tokenizer's training sample.
 
 Storage: one flat little-endian uint32 token array and one int64 offsets
 array per source, read through numpy memory maps. Why: the mixture reader
@@ -52,7 +63,7 @@ TOKENIZER = "tokenizer.json"
 TOKEN_DTYPE = np.dtype("<u4")
 OFFSET_DTYPE = np.dtype("<i8")
 # Bump when the default catalogue or build changes, so cached corpora rebuild.
-DEFAULT_RECIPE = "default/v3"
+DEFAULT_RECIPE = "default/v4"  # v4: a held-out slice per source
 
 
 def default_corpus_dir() -> str:
@@ -148,6 +159,15 @@ class Corpus:
         off = self.offsets(name)
         return self.tokens(name)[off[i] : off[i + 1]]
 
+    def heldout(self, name: str) -> list[str]:
+        """The source's held-out documents (never served), as text; [] for a
+        corpus built without a held-out slice."""
+        entry = next(s for s in self.manifest["sources"] if s["name"] == name)
+        if "heldout" not in entry:
+            return []
+        with open(os.path.join(self.path, entry["heldout"]["file"]), encoding="utf-8") as f:
+            return [json.loads(line)["text"] for line in f if line.strip()]
+
     def tokenizer_json(self) -> str:
         """The tokenizer as HF `tokenizers` JSON ("" if the corpus has none)."""
         path = os.path.join(self.path, self.manifest["tokenizer"].get("file", TOKENIZER))
@@ -185,6 +205,10 @@ class BuildConfig:
         streamed a second time beyond it.
     recipe: a label stored in the manifest (ensure_default_corpus uses it
         to decide whether a cached corpus is current).
+    heldout_per_mille: thousandths of each source's documents held out (by
+        content hash, see the module docstring); 0: none.
+    heldout_max_documents: held-out documents kept as text per source (the
+        rest are still never served).
     """
 
     vocab_size: int = 8192
@@ -196,6 +220,28 @@ class BuildConfig:
     chars_per_token: float = 6.0
     memory_chars: int = 256_000_000
     recipe: str = ""
+    heldout_per_mille: int = 10
+    heldout_max_documents: int = 256
+
+    def __post_init__(self):
+        if not 0 <= self.heldout_per_mille < 1000:
+            raise ValueError(
+                f"heldout_per_mille: must be in [0, 1000), got {self.heldout_per_mille}"
+            )
+        if self.heldout_max_documents < 0:
+            raise ValueError(
+                f"heldout_max_documents: must be >= 0, got {self.heldout_max_documents}"
+            )
+
+
+HELDOUT_FILE = "heldout.jsonl"
+HELDOUT_RULE = "sha256(utf-8 text)[:8] big-endian mod 1000 < heldout_per_mille"
+
+
+def is_heldout(text: str, per_mille: int) -> bool:
+    """Whether a document belongs to its source's held-out slice (module docstring)."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % 1000 < per_mille
 
 
 def _dedup(texts: Iterable[str], seen: set, counts: dict) -> Iterator[str]:
@@ -249,11 +295,15 @@ def build(
         collected: dict[str, list[str]] = {}
         restream: set[str] = set()
         drops: dict[str, dict] = {}
+        heldout: dict[str, list[str]] = {}
         for spec in specs:
             t = time.monotonic()
             enough = spec.max_tokens * config.chars_per_token if spec.max_tokens else math.inf
             docs, size = [], 0
-            for text in _clean_stream(spec, report, drops.setdefault(spec.name, {})):
+            heldout[spec.name] = []
+            for text in _clean_stream(
+                spec, report, drops.setdefault(spec.name, {}), config, heldout[spec.name]
+            ):
                 docs.append(text)
                 size += len(text)
                 if size >= enough:
@@ -297,8 +347,10 @@ def build(
             if spec.name in restream:
                 report.sources.pop(spec.name, None)
                 drops[spec.name] = {}
-                docs = _clean_stream(spec, report, drops[spec.name])
+                heldout[spec.name] = []
+                docs = _clean_stream(spec, report, drops[spec.name], config, heldout[spec.name])
             entry = _write_source(spec, docs, tok, tmp, drops[spec.name])
+            entry["heldout"] = _write_heldout(spec, heldout.pop(spec.name), tmp, drops[spec.name])
             if spec.name in report.sources:
                 entry["dropped"]["contaminated"] = report.sources[spec.name].dropped
             if spec.inputs and any(i.reader == "synthetic_python" for i in spec.inputs):
@@ -323,6 +375,11 @@ def build(
                 "type": "byte-level BPE (HF tokenizers)",
             },
             "sources": entries,
+            "heldout": {
+                "rule": HELDOUT_RULE,
+                "per_mille": config.heldout_per_mille,
+                "max_documents": config.heldout_max_documents,
+            },
             "decontamination": decontamination,
             "build": {
                 "recipe": config.recipe,
@@ -360,11 +417,39 @@ def corpus_id(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def _clean_stream(spec, report: decontam.Report, drops: dict) -> Iterator[str]:
-    """The source's documents without exact duplicates and contaminated ones."""
-    return decontam.iter_clean(
+def _clean_stream(
+    spec, report: decontam.Report, drops: dict, config: BuildConfig, heldout: list[str]
+) -> Iterator[str]:
+    """The source's documents without exact duplicates, contaminated ones and the
+    held-out slice; held-out documents are appended to `heldout` (up to the
+    config's maximum) and counted in drops["heldout"]."""
+    clean = decontam.iter_clean(
         report, spec.name, _dedup(sources_lib.iter_source(spec), set(), drops)
     )
+    for text in clean:
+        if config.heldout_per_mille and is_heldout(text, config.heldout_per_mille):
+            drops["heldout"] = drops.get("heldout", 0) + 1
+            if len(heldout) < config.heldout_max_documents:
+                heldout.append(text)
+            continue
+        yield text
+
+
+def _write_heldout(spec, texts: list[str], root: str, drops: dict) -> dict:
+    rel = os.path.join("sources", spec.name, HELDOUT_FILE)
+    digest = hashlib.sha256()
+    with open(os.path.join(root, rel), "w", encoding="utf-8") as f:
+        for text in texts:
+            line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+            f.write(line)
+            digest.update(line.encode("utf-8", "surrogatepass"))
+    return {
+        "file": rel,
+        "num_documents": len(texts),  # kept as text
+        "num_held_out": drops.get("heldout", 0),  # never served (kept or not)
+        "num_bytes": sum(len(t.encode("utf-8", "surrogatepass")) for t in texts),
+        "content_hash": digest.hexdigest(),
+    }
 
 
 def _batches(it: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -169,3 +169,42 @@ def test_sources_larger_than_memory_are_streamed_twice(built, tmp_path):
         (s["num_documents"], s["dropped"]) for s in manifest["sources"]
     ]
     assert again["decontamination"]["sources"] == manifest["decontamination"]["sources"]
+
+
+def test_each_source_holds_out_a_slice_no_mixture_serves(built, tmp_path):
+    root, specs, config, _, _ = built
+    import dataclasses
+
+    config = dataclasses.replace(config, heldout_per_mille=250)
+    m = corpus.build(specs, str(tmp_path / "held"), config, log=lambda s: None)
+    c = corpus.Corpus(str(tmp_path / "held"))
+    assert m["heldout"]["per_mille"] == 250 and "sha256" in m["heldout"]["rule"]
+    tok = c.tokenizer()
+    held_total = 0
+    for s in c.sources:
+        entry = next(e for e in m["sources"] if e["name"] == s.name)
+        held = c.heldout(s.name)
+        assert entry["heldout"]["num_documents"] == len(held) == entry["heldout"]["num_held_out"]
+        assert entry["heldout"]["num_bytes"] == sum(len(t.encode()) for t in held)
+        # Chosen by content alone, and never among the served documents.
+        assert all(corpus.is_heldout(t, 250) for t in held)
+        served = {tok.decode(c.document(s.name, i)[:-1].tolist()) for i in range(s.num_documents)}
+        assert not served & set(held)
+        assert not any(corpus.is_heldout(t, 250) for t in served)
+        held_total += len(held)
+    assert held_total > 0
+    # The same slice in every build; a larger fraction keeps a superset of documents.
+    again = corpus.build(specs, str(tmp_path / "again"), config, log=lambda s: None)
+    assert [e["heldout"] for e in again["sources"]] == [e["heldout"] for e in m["sources"]]
+    more = corpus.build(
+        specs,
+        str(tmp_path / "more"),
+        dataclasses.replace(config, heldout_per_mille=500),
+        log=lambda s: None,
+    )
+    wider = corpus.Corpus(str(tmp_path / "more"))
+    for s in c.sources:
+        assert set(c.heldout(s.name)) <= set(wider.heldout(s.name))
+    assert more["corpus_id"] != m["corpus_id"]
+    with pytest.raises(ValueError, match="heldout_per_mille"):
+        corpus.BuildConfig(heldout_per_mille=1000)
