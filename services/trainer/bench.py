@@ -4,7 +4,14 @@ For each preset a short run is trained through the real path (a local data
 service process over gRPC, the Trainer loop with its metrics and
 checkpoints); tokens/s comes from the loop's own logging intervals after the
 first (which holds compilation), and MFU from libs.model.flops against the
-matmul peak measured in this process. The last line is one JSON object.
+matmul peak measured in this process (and, with --nominal_peak_tflops, against
+a datasheet peak). The attention kernel is the platform's (splash on TPU, the
+Pallas flash kernel on GPU, XLA on CPU). The last line is one JSON object.
+
+On a GPU, the paper's 470m at sequence 8192:
+
+    bazel run //services/trainer:bench -- --presets=470m --seq_len=8192 --batch=8 \
+        --microbatches=2 --dtype=bfloat16 --steps=20 --nominal_peak_tflops=989
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")
 flags.DEFINE_integer("batch", 8, "Sequences per step.")
 flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 flags.DEFINE_string("data_address", "", "Data service; default: start a local one.")
+flags.DEFINE_integer("microbatches", 1, "Gradient-accumulation microbatches a step.")
+flags.DEFINE_float(
+    "nominal_peak_tflops",
+    0.0,
+    "Also report MFU against this datasheet peak (e.g. 989 for an H100/H200 in bfloat16 "
+    "dense); 0: only against the measured peak.",
+)
 
 
 def _spec(preset: str, checkpoint_dir: str) -> trainer_pb2.RunSpec:
@@ -54,6 +68,7 @@ def _spec(preset: str, checkpoint_dir: str) -> trainer_pb2.RunSpec:
             checkpoint_dir=checkpoint_dir,
             checkpoint_every_steps=10 * steps,
             log_every_steps=max(steps // 8, 1),
+            microbatches=FLAGS.microbatches,
             data_address=FLAGS.data_address,
             phases=[
                 trainer_pb2.Phase(
@@ -82,6 +97,7 @@ def main(argv):
         "dtype": FLAGS.dtype,
         "seq_len": FLAGS.seq_len,
         "batch": FLAGS.batch,
+        "microbatches": FLAGS.microbatches,
     }
     with tempfile.TemporaryDirectory() as tmp:
         for preset in FLAGS.presets:
@@ -112,6 +128,15 @@ def main(argv):
             )
             figures[f"{preset}_tokens_per_s"] = round(tps)
             figures[f"{preset}_mfu"] = round(mfu, 4)
+            figures[f"{preset}_attention"] = trainer.config.attention
+            if FLAGS.nominal_peak_tflops > 0:
+                nominal = flops.mfu(
+                    tps, trainer.config, FLAGS.seq_len, FLAGS.nominal_peak_tflops * 1e12
+                )
+                print(
+                    f"        MFU {nominal:.3f} against a nominal {FLAGS.nominal_peak_tflops:g} TFLOP/s"
+                )
+                figures[f"{preset}_mfu_nominal"] = round(nominal, 4)
     figures["matmul_peak_gflops"] = round(peak / 1e9, 1)
     print(json.dumps(figures))
 
