@@ -86,6 +86,7 @@ def main(argv):
         cache_dir=flag_defs.cache_dir(),
         source=FLAGS.task_source,
         code_runner=code_exec.CodeRunner(parallelism=flag_defs.sandbox_parallelism()),
+        heldout_corpus_dir=flag_defs.heldout_corpus_dir(),
     )
     try:
         results = _score(harness, FLAGS.checkpoint)

@@ -37,6 +37,14 @@ flags.DEFINE_integer(
     "sandbox_parallelism", 0, "Generated programs run at once in the sandbox (0: one per CPU)."
 )
 
+flags.DEFINE_string(
+    "heldout_corpus_dir",
+    "default",
+    "Corpus (services/data) whose held-out slice suite evaluations score as per-source "
+    "bits per byte; 'default': $CODE_LAB_HELDOUT_CORPUS_DIR or the data service's default "
+    "corpus; '': none. A corpus without a held-out slice is ignored.",
+)
+
 FLAGS = flags.FLAGS
 
 
@@ -54,3 +62,11 @@ def sandbox_parallelism() -> Optional[int]:
 
 def results_db() -> str:
     return os.path.expanduser(FLAGS.results_db)
+
+
+def heldout_corpus_dir() -> str:
+    if FLAGS.heldout_corpus_dir == "default":
+        from services.eval import heldout
+
+        return heldout.default_corpus_dir()
+    return FLAGS.heldout_corpus_dir

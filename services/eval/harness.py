@@ -9,6 +9,10 @@ database (results_db.py), trainer following (follow.py) and judging (judge.py).
   (checkpoints are immutable once committed, and scoring is seeded); the settings
   include the task's `evaluator.scoring_fingerprint` (prompt format, stop strings,
   token limits, scoring code), so a change to any of them scores the task afresh.
+- with a corpus that holds a held-out slice (`heldout_corpus_dir`), a suite evaluation
+  also scores the per-source held-out bits per byte (heldout.py; task "heldout_bpb",
+  which a request may also name among its tasks), after the tasks and before the
+  aggregates, stored like a task under the corpus's held-out fingerprint.
 - `follow_run` evaluates every committed checkpoint of a trainer run once: a checkpoint
   is marked done in the database only after all its tasks are stored, and a restarted
   service skips done checkpoints (their results are not streamed again) and resumes a
@@ -30,6 +34,7 @@ from services.eval import (
     errors,
     evaluator,
     follow,
+    heldout,
     judge as judge_lib,
     tasks as tasks_lib,
 )
@@ -77,6 +82,8 @@ class Harness:
 
     loader: URI -> LoadedCheckpoint (default: libs/checkpoint); tests pass in-memory ones.
     source: task data from "local" files or the Hugging Face "hub".
+    heldout_corpus_dir: a services/data corpus whose held-out slice suite evaluations
+        score (heldout.py); "" or a corpus without one: none.
     """
 
     def __init__(
@@ -92,8 +99,14 @@ class Harness:
         bootstrap_resamples: int = 1000,
         trainer_connect_timeout_s: float = 10.0,
         source: str = "local",
+        heldout_corpus_dir: str = "",
     ):
         self.benchmarks_dir = benchmarks_dir
+        self.heldout_corpus_dir = (
+            heldout_corpus_dir
+            if heldout_corpus_dir and heldout.has_slice(heldout_corpus_dir)
+            else ""
+        )
         self.db = results_db
         self.models = checkpoints.ModelCache(loader, capacity=max_loaded_models)
         self.evaluator = evaluator.Evaluator(
@@ -158,7 +171,16 @@ class Harness:
             )
         if not checkpoint_uri:
             raise errors.InvalidArgument("checkpoint_uri", "checkpoint_uri: required")
-        task_list, limit = self.resolve(suite, task_names, limit)
+        named_heldout = heldout.TASK in task_names
+        if named_heldout and not self.heldout_corpus_dir:
+            raise errors.NotFound(
+                "tasks", f"tasks: {heldout.TASK!r} needs a corpus with a held-out slice"
+            )
+        task_names = [t for t in task_names if t != heldout.TASK]
+        if named_heldout and not task_names:
+            task_list, limit = [], limit
+        else:
+            task_list, limit = self.resolve(suite, task_names, limit)
         return self._evaluate(
             checkpoint_uri,
             task_list,
@@ -166,6 +188,7 @@ class Harness:
             num_samples=max(1, num_samples),
             seed=seed,
             should_stop=should_stop,
+            with_heldout=bool(self.heldout_corpus_dir) and (named_heldout or not task_names),
         )
 
     def _evaluate(
@@ -178,6 +201,7 @@ class Harness:
         seed,
         should_stop,
         loaded: Optional[checkpoints.LoadedCheckpoint] = None,
+        with_heldout: bool = False,
     ) -> Iterator[Scored]:
         # Load before the first yield so a missing checkpoint fails the call at once.
         loaded = loaded or self.models.get(uri)
@@ -197,10 +221,30 @@ class Harness:
                     self.db.put_result(uri, settings, result)
                 results.append(result)
                 yield Scored(uri, loaded.step, result)
+            if with_heldout and not should_stop():
+                yield Scored(uri, loaded.step, self._heldout(uri, loaded, limit, seed))
             for agg in evaluator.aggregate(results, seed=seed, resamples=self.bootstrap_resamples):
                 yield Scored(uri, loaded.step, agg)
 
         return generate()
+
+    def _heldout(self, uri, loaded, limit: int, seed: int) -> evaluator.TaskResult:
+        settings = settings_key(
+            limit=limit,
+            seed=seed,
+            heldout=heldout.fingerprint(self.heldout_corpus_dir),
+            scoring=heldout.scoring_fingerprint(),
+        )
+        result = self.db.get_result(uri, heldout.TASK, settings)
+        if result is None:
+            result = heldout.evaluate(
+                loaded.model,
+                heldout.load(self.heldout_corpus_dir, limit),
+                seed=seed,
+                resamples=self.bootstrap_resamples,
+            )
+            self.db.put_result(uri, settings, result)
+        return result
 
     # ------------------------------------------------------------ FollowRun
 
@@ -270,6 +314,7 @@ class Harness:
                     seed=seed,
                     should_stop=lambda: cancellation.cancelled,
                     loaded=loaded,
+                    with_heldout=bool(self.heldout_corpus_dir) and not task_names,
                 ):
                     yield scored
                 if cancellation.cancelled:

@@ -6,6 +6,10 @@ The evaluation code asks two things of a model, both over text, both batched:
   context), is_greedy)], tokenised the lm-evaluation-harness way: the pair is encoded
   as one string and the continuation's tokens are those after the context's own
   encoding, so BPE merges across the boundary match what the model saw in training.
+- `loglikelihood_rolling(texts)` -> the log-likelihood of each whole text as a
+  document (lm-eval's loglikelihood_rolling): disjoint windows of the context length,
+  the first token conditioned on the end-of-document token that precedes every
+  document in training;
 - `generate(prompts, max_new_tokens=, stop=, temperature=, top_p=, seed=)` -> the new
   text of each prompt, cut before the first stop string or the end-of-document token,
   whichever comes first. Every training document ends in the tokenizer's EOS token, so
@@ -32,6 +36,8 @@ class TextModel(Protocol):
     """What the evaluator needs of a model."""
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]: ...
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]: ...
 
     def generate(
         self,
@@ -169,6 +175,31 @@ class LanguageModel:
                     self.model, contexts, continuations, batch_size=self.batch_size
                 )
         return [(0.0, True) if e else (lp, greedy) for (lp, _n, greedy), e in zip(scored, empty)]
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        """Sum of log p(token) over every token of each text, scored as a document."""
+        start = self.eos_id if self.eos_id is not None else self._fallback_start
+        width = self.max_length
+        pairs, owner = [], []
+        for i, text in enumerate(texts):
+            ids = self._encode(text)
+            # lm-eval's rolling windows (context_len 1, made disjoint): window k predicts
+            # ids[k*width:(k+1)*width], no token twice; a full window conditions on the
+            # token before it, the last (shorter) one on as many earlier tokens as fit.
+            for first in range(0, len(ids), width):
+                end = min(first + width, len(ids))
+                ctx = ids[end - width - 1 : first] if first else (self._prefix() or [start])
+                pairs.append((ctx, ids[first:end]))
+                owner.append(i)
+        totals = [0.0] * len(texts)
+        if pairs:
+            with self._lock:
+                scored = scoring.score_packed(
+                    self.model, pairs, tokens_per_call=self.batch_size * self.max_length
+                )
+            for i, (lp, _n, _greedy) in zip(owner, scored):
+                totals[i] += lp
+        return totals
 
     def generate(
         self,

@@ -44,6 +44,7 @@ def main(argv):
         cache_dir=flag_defs.cache_dir(),
         source=FLAGS.task_source,
         code_runner=code_exec.CodeRunner(parallelism=flag_defs.sandbox_parallelism()),
+        heldout_corpus_dir=flag_defs.heldout_corpus_dir(),
         default_judge=JudgeSpec(
             openai_base_url=FLAGS.judge_base_url,
             openai_model=FLAGS.judge_model,
