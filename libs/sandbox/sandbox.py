@@ -7,8 +7,10 @@ memory), the cleanup of every process the program started, and the pass
 evidence for `run_tests`. The eval service (pass@k on HumanEval/MBPP) and the
 data service (keep a synthetic problem only if its tests pass) both use it.
 
-How one run is built (all of it needs root on the host; nothing is installed
-beyond Debian's `bubblewrap` and `util-linux`):
+How one run is built (running it needs root on the host; nothing is installed
+beyond Debian's `bubblewrap` and `util-linux`). `_command_line` writes this
+whole command line as a pure function of a `_Launch` (tools, pool uid, limits,
+fds, argv), so the policy is read in one place and tested without root:
 
     bwrap  --ro-bind / /  --dev /dev  --proc /proc                 (fresh, per run)
            --tmpfs /tmp (size-capped, holds the work dir /tmp/work)
@@ -539,6 +541,111 @@ class _Raw:
     killed_for: str = ""  # "timeout" | "output_limit" | "memory" | ""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    """What the command line of one run is built from.
+
+    bwrap, setpriv, prlimit: the tools' paths on the host.
+    uid: the run's pool uid (never root, never an account's).
+    limits: the run's Limits.
+    seccomp_fd: an fd holding the seccomp filter (raw sock_filter) for bwrap.
+    status_fd: where bwrap writes its JSON status (the sandbox's pid 1).
+    files: (path under the work dir, fd holding its content), copied in read-only.
+    argv: the command run inside, after every privilege is dropped.
+    """
+
+    bwrap: str
+    setpriv: str
+    prlimit: str
+    uid: int
+    limits: Limits
+    seccomp_fd: int
+    status_fd: int
+    files: tuple[tuple[str, int], ...]
+    argv: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        last = UID_BASE + UID_SLOTS - 1
+        if isinstance(self.uid, bool) or not isinstance(self.uid, int):
+            raise ValueError(f"_Launch.uid must be an int, got {self.uid!r}")
+        # Outside the pool the uid could be root or a real account's, whose
+        # files, processes and RLIMIT_NPROC count the program would share.
+        if not UID_BASE <= self.uid <= last:
+            raise ValueError(
+                f"_Launch.uid must be a pool uid in [{UID_BASE}, {last}], got {self.uid}"
+            )
+        for name in ("seccomp_fd", "status_fd"):
+            fd = getattr(self, name)
+            if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+                raise ValueError(f"_Launch.{name} must be an fd (int >= 0), got {fd!r}")
+        for i, (path, fd) in enumerate(self.files):
+            parts = path.split("/") if isinstance(path, str) else [""]
+            # bwrap resolves ".." and follows "/": either would copy a file out of the work dir.
+            if any(part in ("", ".", "..") for part in parts):
+                raise ValueError(
+                    f"_Launch.files[{i}] must be a relative path inside the work dir, got {path!r}"
+                )
+            if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+                raise ValueError(f"_Launch.files[{i}] must hold an fd (int >= 0), got {fd!r}")
+        if not self.argv or not all(isinstance(a, str) for a in self.argv):
+            raise ValueError(f"_Launch.argv must be a non-empty sequence of str, got {self.argv!r}")
+
+
+def _command_line(launch: _Launch) -> list[str]:
+    """The whole command line of one run: bwrap (namespaces, mounts, seccomp,
+    capabilities), then setpriv (the pool uid), then prlimit (the rlimits),
+    then the program. A pure function of `launch`, so the policy can be read
+    and tested in one place without root."""
+    limits, uid = launch.limits, launch.uid
+    tmp = str(limits.max_tmp_bytes)
+    bwrap = [
+        ["--ro-bind", "/", "/"],
+        ["--dev", "/dev"],
+        ["--proc", "/proc"],
+        ["--perms", "1777", "--size", tmp, "--tmpfs", "/tmp"],
+        ["--perms", "0777", "--dir", _WORK_DIR],
+        ["--perms", "1777", "--size", tmp, "--tmpfs", "/dev/shm"],
+        *(["--perms", "0444", "--file", str(fd), f"{_WORK_DIR}/{p}"] for p, fd in launch.files),
+        ["--chdir", _WORK_DIR],
+        [
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ],
+        ["--hostname", "sandbox"],
+        ["--die-with-parent", "--new-session"],
+        # setpriv needs these two to switch uid; the switch then clears them.
+        ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"],
+        ["--seccomp", str(launch.seccomp_fd)],
+        ["--json-status-fd", str(launch.status_fd)],
+    ]
+    setpriv = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
+    prlimit = [
+        f"--as={limits.memory_mb << 20}",
+        f"--cpu={math.ceil(limits.timeout_s) + 1}",
+        f"--fsize={limits.max_file_bytes}",
+        f"--nproc={limits.max_processes}",
+        "--nofile=1024",
+        # 1, not 0: a core limit of 0 does not stop a piped core_pattern
+        # handler (which runs as root on the host); 1 stops both kinds.
+        "--core=1",
+    ]
+    return [
+        launch.bwrap,
+        *(arg for group in bwrap for arg in group),
+        "--",
+        launch.setpriv,
+        *setpriv,
+        "--",
+        launch.prlimit,
+        *prlimit,
+        "--",
+        *launch.argv,
+    ]
+
+
 def _execute(argv: list[str], *, files: dict[str, bytes], stdin: bytes, limits: Limits) -> _Raw:
     """Run `argv` (the interpreter command line) in a fresh sandbox.
 
@@ -554,80 +661,26 @@ def _execute(argv: list[str], *, files: dict[str, bytes], stdin: bytes, limits: 
         to_close.append(seccomp_fd)
         status_r, status_w = os.pipe()
         to_close += [status_r, status_w]
-        tmp = str(limits.max_tmp_bytes)
-        cmd = [
-            tools.bwrap,
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--perms",
-            "1777",
-            "--size",
-            tmp,
-            "--tmpfs",
-            "/tmp",
-            "--perms",
-            "0777",
-            "--dir",
-            _WORK_DIR,
-            "--perms",
-            "1777",
-            "--size",
-            tmp,
-            "--tmpfs",
-            "/dev/shm",
-        ]
         pass_fds = [seccomp_fd, status_w]
+        file_fds = []
         for name, content in files.items():
             fd = _memfd(name, content)
             to_close.append(fd)
             pass_fds.append(fd)
-            cmd += ["--perms", "0444", "--file", str(fd), f"{_WORK_DIR}/{name}"]
-        cmd += [
-            "--chdir",
-            _WORK_DIR,
-            "--unshare-net",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--hostname",
-            "sandbox",
-            "--die-with-parent",
-            "--new-session",
-            # setpriv needs these two to switch uid; the switch then clears them.
-            "--cap-drop",
-            "ALL",
-            "--cap-add",
-            "CAP_SETUID",
-            "--cap-add",
-            "CAP_SETGID",
-            "--seccomp",
-            str(seccomp_fd),
-            "--json-status-fd",
-            str(status_w),
-            "--",
-            tools.setpriv,
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            "--no-new-privs",
-            "--",
-            tools.prlimit,
-            f"--as={limits.memory_mb << 20}",
-            f"--cpu={math.ceil(limits.timeout_s) + 1}",
-            f"--fsize={limits.max_file_bytes}",
-            f"--nproc={limits.max_processes}",
-            "--nofile=1024",
-            # 1, not 0: a core limit of 0 does not stop a piped core_pattern
-            # handler (which runs as root on the host); 1 stops both kinds.
-            "--core=1",
-            "--",
-        ] + argv
+            file_fds.append((name, fd))
+        cmd = _command_line(
+            _Launch(
+                bwrap=tools.bwrap,
+                setpriv=tools.setpriv,
+                prlimit=tools.prlimit,
+                uid=uid,
+                limits=limits,
+                seccomp_fd=seccomp_fd,
+                status_fd=status_w,
+                files=tuple(file_fds),
+                argv=tuple(argv),
+            )
+        )
         start = time.monotonic()
         try:
             proc = subprocess.Popen(

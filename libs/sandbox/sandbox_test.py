@@ -4,6 +4,7 @@ Needs root, bubblewrap and util-linux (as the library does); every test that
 starts a sandbox is skipped with the library's own message when they are absent.
 """
 
+import ast
 import os
 import re
 import socket
@@ -235,6 +236,25 @@ def test_run_program_stdin_exit_code_and_work_dir():
     assert r.status == "failed" and r.exit_code == 3
     assert r.stdout == "/tmp/work abab True\n"
     assert sb.run_program("print('hi')", limits=FAST).passed
+
+
+@needs_sandbox
+def test_the_sandbox_runs_the_command_line_that_command_line_builds(monkeypatch):
+    built = []
+    build = sb._command_line
+
+    def recording(launch):
+        built.append(build(launch))
+        return built[-1]
+
+    monkeypatch.setattr(sb, "_command_line", recording)
+    # The sandbox's pid 1 is bwrap's own init, so its cmdline is bwrap's argv.
+    src = "print(open('/proc/1/cmdline', 'rb').read().split(b'\\0')[:-1])"
+    r = sb.run_program(src, limits=FAST)
+    assert r.passed, r
+    assert len(built) == 1
+    assert ast.literal_eval(r.stdout) == [a.encode() for a in built[0]]
+    assert built[0][-4:] == ["--", sb.INTERPRETER, "-I", "main.py"]
 
 
 @needs_sandbox
