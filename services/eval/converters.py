@@ -37,7 +37,8 @@ from typing import Iterator
 
 # Bumped whenever a converter's output changes, so cached conversions are redone.
 # 2: lm-eval's HellaSwag context (ctx_b capitalised) for the local file; MBPP 3-shot.
-FORMAT_VERSION = 2
+# 3: COPA choices as lm-eval's (a leading space); local HellaSwag rows in the hub schema.
+FORMAT_VERSION = 3
 
 
 def _jsonl(path: str) -> Iterator[dict]:
@@ -140,7 +141,11 @@ def convert_copa(row: dict, i: int) -> dict:
         "id": str(row.get("idx", i)),
         # "The man turned on the faucet." -> "The man turned on the faucet therefore"
         "context": row["premise"].strip()[:-1] + f" {connector}",
-        "choices": [lower_first(row["choice1"]), lower_first(row["choice2"])],
+        # lm-eval's doc_to_choice puts a space before each choice and its multiple-choice
+        # requests add the target delimiter " " as well: the scored continuation is
+        # "  " + choice, and acc_norm counts the leading space. Kept so that COPA scores
+        # agree with lm-eval's exactly (agreement_test).
+        "choices": [" " + lower_first(row["choice1"]), " " + lower_first(row["choice2"])],
         "gold": int(row["label"]),
     }
 
@@ -190,29 +195,33 @@ def _hellaswag_preprocess(text: str) -> str:
 _HELLASWAG_CTX_B = re.compile(r"(?:^|(?<=[.!?]) )([^.!?]*[^.!? ])$")
 
 
-def hellaswag_local_context(query: str) -> str:
-    """lm-eval's HellaSwag context rebuilt from the derived file's query line.
+def split_hellaswag_query(query: str) -> dict:
+    """The hub fields (activity_label, ctx_a, ctx_b) of a derived file's query line.
 
-    lm-eval builds `preprocess(activity_label + ": " + ctx_a + " " +
-    ctx_b.capitalize())`; the derived file holds `activity_label + ": " + ctx_a + " "
-    + ctx_b` with ctx_b as written (lower case in about a third of the contexts). The
-    split is gone, so ctx_b is taken to be the trailing fragment after the last
-    sentence end when the context ends mid-sentence (3,236 of the 10,042 contexts),
-    and str.capitalize'd as lm-eval does; a context that ends a sentence had an
-    empty ctx_b. Then lm-eval's preprocessing (idempotent on text already cleaned).
+    The derived file holds `activity_label + ": " + ctx_a + " " + ctx_b`, ctx_b as
+    written (lower case in about a third of the contexts), where lm-eval builds its
+    context from the parts, ctx_b capitalised. The split is gone, so ctx_b is taken to
+    be the trailing fragment after the last sentence end when the context ends
+    mid-sentence (3,243 of the 10,042 contexts, 3,236 of them in lower case), and
+    empty when it ends a sentence.
     """
     label, sep, ctx = query.partition(": ")
     if not sep:
         label, ctx = "", query
     match = _HELLASWAG_CTX_B.search(ctx)
-    if match:
-        ctx = ctx[: match.start(1)] + match.group(1).capitalize()
-    return _hellaswag_preprocess(f"{label}: {ctx}" if sep else ctx)
+    if match is None:
+        return {"activity_label": label, "ctx_a": ctx, "ctx_b": ""}
+    return {
+        "activity_label": label,
+        "ctx_a": ctx[: match.start(1)].rstrip(" "),
+        "ctx_b": match.group(1),
+    }
 
 
 def read_hellaswag(root: str) -> Iterator[dict]:
     # The derived text file: 6 lines per task (query, gold label, 4 endings), already
-    # preprocessed close to lm-eval's preprocessing (see hellaswag/SOURCE.md).
+    # preprocessed close to lm-eval's preprocessing (see hellaswag/SOURCE.md), read
+    # back into the hub's schema so that one converter (lm-eval's) serves both.
     path = os.path.join(root, "hellaswag", "hellaswag_val_full.txt.bz2")
     with bz2.open(path, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -221,21 +230,21 @@ def read_hellaswag(root: str) -> Iterator[dict]:
     if len(lines) % 6:
         raise ValueError(f"{path}: {len(lines)} lines is not a multiple of 6")
     for k in range(0, len(lines), 6):
-        yield {"query": lines[k], "label": int(lines[k + 1]), "endings": lines[k + 2 : k + 6]}
+        yield {
+            "ind": k // 6,
+            **split_hellaswag_query(lines[k]),
+            "endings": lines[k + 2 : k + 6],
+            "label": lines[k + 1],
+        }
 
 
 def convert_hellaswag(row: dict, i: int) -> dict:
-    if "query" in row:  # the derived local file
-        context = hellaswag_local_context(row["query"])
-        endings = [_hellaswag_preprocess(e) for e in row["endings"]]
-    else:  # hub rows (Rowan/hellaswag)
-        ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
-        context = _hellaswag_preprocess(row["activity_label"] + ": " + ctx)
-        endings = [_hellaswag_preprocess(e) for e in row["endings"]]
+    # lm-eval's process_docs (tasks/hellaswag/utils.py).
+    ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
     return {
         "id": str(row.get("ind", i)),
-        "context": context,
-        "choices": endings,
+        "context": _hellaswag_preprocess(row["activity_label"] + ": " + ctx),
+        "choices": [_hellaswag_preprocess(e) for e in row["endings"]],
         "gold": int(row["label"]),
     }
 

@@ -11,6 +11,10 @@ Loading goes raw rows -> converter -> one cached JSONL file in our task format -
 cached under `cache_dir` keyed by the source files' sizes and mtimes and
 `converters.FORMAT_VERSION`.
 
+Every task says how it stands to lm-evaluation-harness (`Task.lm_eval`): the eight
+multiple-choice tasks with local data agree with lm-eval's own configs (agreement.py,
+agreement_test); the others say why they differ.
+
 Tasks without data here: SciQ and StoryCloze are registered but *available* only when
 their files exist under the benchmarks directory (`sciq/test.json`,
 `storycloze/cloze_test_val__spring2016.csv`); suites skip unavailable tasks. QuAC is the
@@ -65,6 +69,10 @@ class Task:
     max_new_tokens: int = 0
     stop: tuple[str, ...] = ()
     description: str = ""
+    # How the task stands to lm-evaluation-harness's implementation of it: "agrees"
+    # (agreement_test checks requests, log-likelihoods and accuracy against lm-eval's
+    # own config on the same rows), or why we differ on purpose.
+    lm_eval: str = ""
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
@@ -96,6 +104,7 @@ _TASK_LIST = [
         2376,
         HubSource("allenai/ai2_arc", "ARC-Easy", "test"),
         description="ARC-Easy test",
+        lm_eval="agrees (agreement_test)",
     ),
     Task(
         "boolq",
@@ -108,6 +117,7 @@ _TASK_LIST = [
         3270,
         HubSource("aps/super_glue", "boolq", "validation"),
         description="BoolQ validation",
+        lm_eval="agrees (agreement_test)",
     ),
     Task(
         "piqa",
@@ -120,6 +130,7 @@ _TASK_LIST = [
         1838,
         HubSource("ybisk/piqa", None, "validation"),
         description="PIQA validation",
+        lm_eval="agrees (agreement_test)",
     ),
     Task(
         "sciq",
@@ -132,6 +143,7 @@ _TASK_LIST = [
         1000,
         HubSource("allenai/sciq", None, "test"),
         description="SciQ test (no local data)",
+        lm_eval="same prompt as lm-eval's sciq; no local data to check against",
     ),
     Task(
         "social_iqa",
@@ -144,6 +156,7 @@ _TASK_LIST = [
         1954,
         HubSource("allenai/social_i_qa", None, "validation"),
         description="Social IQa dev",
+        lm_eval="agrees (agreement_test)",
     ),
     Task(
         "quac",
@@ -158,6 +171,7 @@ _TASK_LIST = [
         max_new_tokens=48,
         stop=("\n",),
         description="QuAC, MosaicML's derived 1,000-turn generative subset; token F1",
+        lm_eval="lm-eval has no QuAC task; this is MosaicML's generative subset, scored by SQuAD token F1",
     ),
     Task(
         "cb",
@@ -170,6 +184,7 @@ _TASK_LIST = [
         56,
         HubSource("aps/super_glue", "cb", "validation"),
         description="CommitmentBank validation",
+        lm_eval="agrees (agreement_test)",
     ),
     Task(
         "copa",
@@ -182,6 +197,7 @@ _TASK_LIST = [
         100,
         HubSource("aps/super_glue", "copa", "validation"),
         description="COPA validation",
+        lm_eval="agrees (agreement_test), including lm-eval's leading space before each choice",
     ),
     Task(
         "storycloze",
@@ -194,6 +210,7 @@ _TASK_LIST = [
         1871,
         None,
         description="StoryCloze 2016 val (no local data)",
+        lm_eval="same prompt as lm-eval's storycloze_2016; no local data to check against",
     ),
     Task(
         "hellaswag",
@@ -206,6 +223,7 @@ _TASK_LIST = [
         10042,
         HubSource("Rowan/hellaswag", None, "validation"),
         description="HellaSwag validation (derived text format)",
+        lm_eval="agrees (agreement_test) on the local rows; the derived file lost the ctx_a/ctx_b split, which converters.split_hellaswag_query recovers before lm-eval's preprocessing",
     ),
     Task(
         "winogrande",
@@ -218,6 +236,7 @@ _TASK_LIST = [
         1267,
         HubSource("allenai/winogrande", "winogrande_xl", "validation"),
         description="WinoGrande 1.1 dev, partial scoring",
+        lm_eval="agrees (agreement_test)",
     ),
     Task(
         "triviaqa",
@@ -232,6 +251,7 @@ _TASK_LIST = [
         max_new_tokens=32,
         stop=_KNOWLEDGE_STOP,
         description="TriviaQA unfiltered dev",
+        lm_eval="lm-eval's triviaqa prompt and until; scored by SQuAD exact match over the aliases (lm-eval's exact_match after its own normalisation filters)",
     ),
     Task(
         "nq_open",
@@ -246,6 +266,7 @@ _TASK_LIST = [
         max_new_tokens=32,
         stop=_KNOWLEDGE_STOP,
         description="NaturalQuestions-Open dev",
+        lm_eval="lm-eval's nq_open prompt and until; scored by SQuAD exact match over the answers",
     ),
     Task(
         "humaneval",
@@ -260,6 +281,7 @@ _TASK_LIST = [
         max_new_tokens=384,
         stop=_HUMANEVAL_STOP,
         description="HumanEval (Python)",
+        lm_eval="Chen et al.'s prompt and stop strings; pass@1 from the greedy completion, run in our sandbox rather than lm-eval's code_eval",
     ),
     Task(
         "mbpp",
@@ -274,6 +296,7 @@ _TASK_LIST = [
         max_new_tokens=384,
         stop=("[DONE]",),
         description="MBPP test (task_id 11-510)",
+        lm_eval="lm-eval's mbpp 3-shot prompt and [DONE] stop; pass@1 from the greedy completion in our sandbox",
     ),
 ]
 

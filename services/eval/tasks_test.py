@@ -1,5 +1,6 @@
 """The registry and every converter against the real benchmark files."""
 
+import bz2
 import collections
 import os
 
@@ -92,7 +93,8 @@ def test_multiple_choice_conversions(loaded):
     assert cb["choices"][cb["gold"]] == "False"  # contradiction
     copa = loaded["copa"][0]
     assert copa["context"] == "The man turned on the faucet therefore"
-    assert copa["choices"] == ["the toilet filled with water.", "water flowed from the spout."]
+    # lm-eval's COPA choices carry a leading space (scored after the " " delimiter).
+    assert copa["choices"] == [" the toilet filled with water.", " water flowed from the spout."]
     assert copa["gold"] == 1
     piqa = loaded["piqa"]
     assert [ex["gold"] for ex in piqa[:3]] == [0, 1, 1]  # valid-labels.lst
@@ -114,30 +116,40 @@ def test_hellaswag_reads_the_derived_text(loaded):
     assert collections.Counter(ex["gold"] for ex in rows) == {0: 2515, 1: 2485, 2: 2584, 3: 2458}
 
 
+def _query(row):
+    # The derived file's query line, as written.
+    return row["activity_label"] + ": " + (row["ctx_a"] + " " + row["ctx_b"]).strip()
+
+
 def test_hellaswag_contexts_are_lm_evals(loaded):
     rows = loaded["hellaswag"]
     raw = list(converters.read_hellaswag(ROOT))
-    changed = [i for i, (r, ex) in enumerate(zip(raw, rows)) if r["query"] != ex["context"]]
+    lines = bz2.open(os.path.join(ROOT, "hellaswag", "hellaswag_val_full.txt.bz2"), "rt").read()
+    queries = lines.split("\n")[0::6][: len(raw)]
+    # Split into the hub's fields and joined back, every query is what the file says.
+    assert [_query(r) for r in raw] == queries
+    changed = [i for i, (q, ex) in enumerate(zip(queries, rows)) if q != ex["context"]]
     # The 3,236 contexts ending mid-sentence, whose ctx_b the derived file left
     # uncapitalised, and 2 whose bracketed link text lm-eval's preprocess drops.
     assert len(changed) == 3238
-    assert sum(raw[i]["query"].lower() != rows[i]["context"].lower() for i in changed) == 2
+    assert sum(queries[i].lower() != rows[i]["context"].lower() for i in changed) == 2
+    assert sum(bool(r["ctx_b"]) for r in raw) == 3243  # 7 already capitalised
     assert rows[1]["context"] == (
         "Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. The lady"
     )
+    assert converters.split_hellaswag_query("X: He sat. the man hands Bob") == {
+        "activity_label": "X",
+        "ctx_a": "He sat.",
+        "ctx_b": "the man hands Bob",
+    }
     # str.capitalize as lm-eval applies it: the rest of ctx_b in lower case.
-    assert converters.hellaswag_local_context("X: He sat. the man hands Bob") == (
+    row = {**converters.split_hellaswag_query("X: He sat. the man hands Bob"), "label": "0"}
+    assert converters.convert_hellaswag({**row, "endings": ["e"] * 4}, 0)["context"] == (
         "X: He sat. The man hands bob"
     )
-    # A context that ends a sentence had an empty ctx_b: unchanged.
-    assert converters.hellaswag_local_context("X: A man sits. He stands.") == (
-        "X: A man sits. He stands."
-    )
-    # lm-eval's preprocess: " [title]" -> ". ", other [tags] dropped, "  " -> " ".
-    assert converters.hellaswag_local_context("How to: Tie a knot [title] Pull [step] it.") == (
-        "How to: Tie a knot. Pull it."
-    )
-    # Local and hub rows of the same example now give the same context.
+    # A context that ends a sentence had an empty ctx_b.
+    assert converters.split_hellaswag_query("X: A man sits. He stands.")["ctx_b"] == ""
+    # Local and hub rows of the same example give the same context.
     hub_row = {
         "ind": 24,
         "activity_label": "Roof shingle removal",
@@ -282,3 +294,12 @@ def test_hub_rows_convert_like_local_rows():
         "answer": {"value": "Paris", "aliases": ["Paris", "Paree"]},
     }
     assert converters.convert_triviaqa(hub_tqa, 0)["answers"] == ["Paris", "Paree"]
+
+
+def test_every_task_says_how_it_stands_to_lm_eval():
+    from services.eval import lm_eval_harness
+
+    for task in tasks.TASKS.values():
+        assert task.lm_eval, task.name
+    agreeing = {t.name for t in tasks.TASKS.values() if t.lm_eval.startswith("agrees")}
+    assert agreeing == set(lm_eval_harness.LM_EVAL_TASKS)
