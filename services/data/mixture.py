@@ -63,7 +63,10 @@ MAX_SEQ_LEN = 1 << 20
 MAX_SHARD_TOKENS = 1 << 22  # 512 x 8192, the paper's whole global batch
 # Token counts are int64; steps whose token offset would not fit are refused.
 MAX_TOKEN_OFFSET = 1 << 62
-MAX_SOURCES = 255  # source_ids are uint8
+# A source id travels as one uint8 (data.proto: source_ids, run_sources) indexing
+# the batch's source_names, so a mixture can name as many sources as a uint8 has
+# values. The trainer sizes its per-source loss slots by this.
+MAX_SOURCES = np.iinfo(np.uint8).max + 1
 
 
 class SpecError(ValueError):
@@ -203,11 +206,16 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
         raise SpecError(
             "mixture.max_epochs", f"must be a finite number >= 0 (0: no cap), got {me!r}"
         )
-    if len(mixture.source_names()) > MAX_SOURCES:
-        raise SpecError(
-            "mixture.stages",
-            f"at most {MAX_SOURCES} distinct sources, got {len(mixture.source_names())}",
-        )
+    named: set[str] = set()
+    for i, stage in enumerate(mixture.stages):
+        for j, sw in enumerate(stage.weights):
+            named.add(sw.source)
+            if len(named) > MAX_SOURCES:
+                raise SpecError(
+                    f"mixture.stages[{i}].weights[{j}].source",
+                    f"{sw.source!r} is distinct source number {len(named)}; a mixture may "
+                    f"name at most {MAX_SOURCES} (source ids are uint8)",
+                )
     previous = 0
     last = len(mixture.stages) - 1
     for i, stage in enumerate(mixture.stages):

@@ -336,6 +336,50 @@ def test_invalid_geometry_names_the_field(corpus, geometry, field):
     assert e.value.field == field
 
 
+def test_a_mixture_over_the_source_limit_is_refused_naming_the_weight():
+    names = [f"s{k:03d}" for k in range(mixture.MAX_SOURCES + 1)]
+    available = dict.fromkeys(names, 10)
+    flat = Mixture.of(dict.fromkeys(names, 1.0))
+    with pytest.raises(mixture.SpecError) as e:
+        mixture.validate(flat, available)
+    field = f"mixture.stages[0].weights[{mixture.MAX_SOURCES}].source"
+    assert e.value.field == field and str(e.value).startswith(field + ": ")
+    # Sources count once however many stages name them: the one too many is
+    # the first new name past the limit, here in the second stage.
+    first, rest = names[:200], names[200:]
+    staged = Mixture.staged(
+        [(100, dict.fromkeys(first, 1.0)), (0, dict.fromkeys(first[:10] + rest, 1.0))]
+    )
+    with pytest.raises(mixture.SpecError) as e:
+        mixture.validate(staged, available)
+    assert e.value.field == f"mixture.stages[1].weights[{10 + len(rest) - 1}].source"
+    # One fewer new name: exactly MAX_SOURCES over the two stages, accepted.
+    mixture.validate(
+        Mixture.staged(
+            [(100, dict.fromkeys(first, 1.0)), (0, dict.fromkeys(first[:10] + rest[:-1], 1.0))]
+        ),
+        available,
+    )
+    mixture.validate(Mixture.of(dict.fromkeys(names[:-1], 1.0)), available)
+
+
+def test_a_mixture_at_the_source_limit_is_served_with_uint8_ids(tmp_path):
+    # Every source's tokens are 1000 + its index, so a token says its source.
+    names = [f"s{k:03d}" for k in range(mixture.MAX_SOURCES)]
+    corpus = testing.write_token_corpus(
+        str(tmp_path), {n: [[1000 + k] * 3] for k, n in enumerate(names)}
+    )
+    at_limit = Mixture.of(dict.fromkeys(names, 1.0))
+    b = mixture.BatchReader(corpus, at_limit, seed=0, global_batch_size=4, seq_len=128).batch(0)
+    assert b.source_names == tuple(names)
+    assert b.source_ids.dtype == np.uint8
+    counts = np.bincount(b.source_ids.ravel(), minlength=mixture.MAX_SOURCES)
+    assert counts.tolist() == [2] * mixture.MAX_SOURCES
+    real = b.tokens != testing.EOS
+    assert (b.tokens[real] - 1000 == b.source_ids[real]).all()
+    assert b.tokens[b.source_ids == 255].tolist() == [1255, 1255]
+
+
 def test_mixture_json_and_text_forms():
     m = Mixture.staged(
         [(100, {"text": 0.9, "code": 0.1}), (0, {"text": 0.5, "code": 0.5})], name="x", max_epochs=3
