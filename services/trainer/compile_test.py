@@ -53,12 +53,12 @@ def test_a_step_that_does_not_fit_exits_non_zero():
     assert figures["bytes_per_chip"] > figures["hbm_bytes_per_chip"]
 
 
-@pytest.mark.parametrize("spec", ["470m"])
-def test_the_paper_scale_study_spec_fits_its_slice_with_headroom(spec):
-    """The 470m study as written (mesh, microbatches, remat) on v5e-16 at 512 x 8192."""
+@pytest.mark.parametrize("spec,topology", [("470m", "v5e-16"), ("2.8b", "v5e-64")])
+def test_the_paper_scale_study_specs_fit_their_slices_with_headroom(spec, topology):
+    """Each paper-scale study as written (mesh, microbatches, remat), 512 x 8192."""
     rc, figures, out = _compile(
         f"--spec={os.path.join(REPO, 'studies', 'specs', spec + '.textproto')}",
-        "--topology=v5e-16",
+        f"--topology={topology}",
         "--min_headroom=0.1",
     )
     assert rc == 0, out

@@ -68,12 +68,7 @@ def make_optimizer(opt) -> optax.GradientTransformation:
     )
     if opt.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw)
-    return optax.chain(optax.identity(), adamw)
-
-
-def _set_lr(opt_state, lr):
-    opt_state[1].hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-    return opt_state
+    return adamw
 
 
 def split_microbatches(x_bt: jax.Array, k: int) -> jax.Array:
@@ -130,7 +125,7 @@ def train_step(params, opt_state, batch, lr, *, graphdef, tx, microbatches: int)
     count = jnp.maximum(mask.sum(), 1.0)
     loss = total / count
     grads = jax.tree.map(lambda g: g / count, grads)
-    opt_state = _set_lr(opt_state, lr)
+    opt_state = optax.tree_utils.tree_set(opt_state, learning_rate=jnp.asarray(lr, jnp.float32))
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     sources = batch["source_ids"].reshape(-1).astype(jnp.int32)
@@ -139,6 +134,10 @@ def train_step(params, opt_state, batch, lr, *, graphdef, tx, microbatches: int)
         "grad_norm": optax.tree.norm(grads),
         "source_loss_sum": jax.ops.segment_sum(per_token_bt.reshape(-1), sources, MAX_SOURCES),
         "source_count": jax.ops.segment_sum(mask.reshape(-1), sources, MAX_SOURCES),
+        # Tokens of documents (not padding) per source, for the run's position.
+        "source_tokens": jax.ops.segment_sum(
+            (batch["segment_ids"].reshape(-1) > 0).astype(jnp.int32), sources, MAX_SOURCES
+        ),
     }
     return params, opt_state, metrics
 

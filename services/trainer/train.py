@@ -6,6 +6,11 @@ parent checkpoint's weights with a fresh optimizer, or the previous phase's
 state), its own learning-rate schedule and its own mixture; the data position
 is the (phase, step) pair, since the data service's batches are a pure
 function of it. Checkpoints carry the lineage: parent, phase, tokens per source.
+
+The loop itself only steps (step.py's jitted program) and runs its hooks: logging
+metrics to the sinks (sinks.py), checkpointing, and reporting committed checkpoints,
+each with a cadence in steps and always at a phase's end. Metrics and token counts are
+summed on device and read back only when a hook needs them.
 """
 
 from __future__ import annotations
@@ -20,36 +25,43 @@ from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from libs.checkpoint import checkpoint
-from jax.experimental import multihost_utils
-
 from libs.model import attention, flops, presets, sharding
 from proto import trainer_pb2
+from services.data.batch import Batch
 from services.trainer import schedules
 from services.trainer.events import EventLog
+from services.trainer.sinks import Sink, default_sinks, to_json
 from services.trainer.spec import steps_of
 from services.trainer.step import BATCH_FIELDS, StepProgram
 
+# (phase index, phase, first step within the phase) -> that phase's batches: the data
+# client's Batch (services/data/batch.py), of which the loop reads BATCH_FIELDS and
+# source_names.
+BatchSource = Callable[[int, trainer_pb2.Phase, int], Iterator[Batch]]
+
 
 @dataclasses.dataclass
-class Batch:
-    """The fields of a batch the loop reads: numpy arrays of shape [batch, seq_len]
-    (see data.proto). services.data.batch.Batch, which the data client yields, has
-    them all, so data service batches are used as they arrive."""
+class Hook:
+    """Something the loop does after every `every` steps and after a phase's last step."""
 
-    tokens: np.ndarray
-    targets: np.ndarray
-    segment_ids: np.ndarray
-    positions: np.ndarray
-    loss_mask: np.ndarray
-    source_ids: np.ndarray
-    source_names: list[str]
+    name: str
+    every: int
+    run: Callable[["StepContext"], None]
 
 
-# (phase index, phase, first step within the phase) -> that phase's batches.
-BatchSource = Callable[[int, trainer_pb2.Phase, int], Iterator[Batch]]
+@dataclasses.dataclass
+class StepContext:
+    """What a hook sees after a step."""
+
+    pos: "Position"
+    phase: trainer_pb2.Phase
+    params: object
+    opt_state: object
+    lr: float
+    source_names: tuple[str, ...]
+    phase_end: bool
 
 
 @dataclasses.dataclass
@@ -137,13 +149,26 @@ class Trainer:
         self._abstract_params = self.program.abstract_params
         self._abstract_opt = self.program.abstract_opt
         self._step_fn = self.program.jitted()
-        self._phase_end_steps: set[int] = set()
-        self._metrics_file = (
-            open(os.path.join(self.run_dir, "metrics.jsonl"), "a") if self.primary else None
+        tokens_per_step = spec.global_batch_size * spec.seq_len
+        self.sinks: list[Sink] = (
+            default_sinks(self.run_dir, events, console=console, tokens_per_step=tokens_per_step)
+            if self.primary
+            else []
         )
-        self._tb = None
+        self.hooks = [
+            Hook("log", spec.log_every_steps, self._log_interval),
+            Hook("checkpoint", spec.checkpoint_every_steps, self._checkpoint),
+            Hook("committed", 1, lambda ctx: self._emit_committed(self.writer.committed())),
+        ]
         self._peak = peak_flops
         self.final_source_loss: dict[str, float] = {}
+        # Summed on device since they were last read: step metrics for the log interval,
+        # tokens per source for the position.
+        self._interval = None
+        self._interval_start = time.perf_counter()
+        self._interval_tokens = 0
+        self._unread_tokens = None
+        self._source_names: tuple[str, ...] = ()
 
     # -- phases ----------------------------------------------------------------------
 
@@ -223,17 +248,15 @@ class Trainer:
             pos.last_lr = float(schedule(num_steps - 1))
         self._emit_committed(self.writer.wait())
         self._status(state, pos)
-        if self._metrics_file:
-            self._metrics_file.close()
-        if self._tb:
-            self._tb.close()
+        for sink in self.sinks:
+            sink.close()
         self.writer.close()
         return state
 
     def _run_phase(self, pos, phase, num_steps, schedule, params, opt_state, total_steps):
         batches = self._batches(pos.phase_index, phase, pos.phase_step)
-        interval_start, interval_tokens = time.perf_counter(), 0
-        interval = None  # metrics summed over the logging interval, on device
+        self._total_steps = total_steps
+        self._interval_start, self._interval_tokens, self._interval = time.perf_counter(), 0, None
         while pos.phase_step < num_steps:
             if self.stop_event.is_set():
                 if pos.last_uri != self.writer.uri(pos.step):  # not saved at this step yet
@@ -250,39 +273,43 @@ class Trainer:
             }
             with jax.set_mesh(self.mesh):
                 params, opt_state, metrics = self._step_fn(params, opt_state, arrays, lr)
+            tokens = metrics.pop("source_tokens")
+            self._source_names = tuple(batch.source_names)
             metrics["steps"] = 1
-            interval = metrics if interval is None else jax.tree.map(jnp.add, interval, metrics)
+            self._interval = _add(self._interval, metrics)
+            self._unread_tokens = _add(self._unread_tokens, tokens)
+            self._interval_tokens += batch.tokens.size * jax.process_count()
             pos.step += 1
             pos.phase_step += 1
             pos.last_lr = lr
-            counts = np.bincount(
-                batch.source_ids[batch.segment_ids > 0].ravel(), minlength=len(batch.source_names)
+            ctx = StepContext(
+                pos,
+                phase,
+                params,
+                opt_state,
+                lr,
+                tuple(batch.source_names),
+                phase_end=pos.phase_step == num_steps,
             )
-            if jax.process_count() > 1:
-                counts = multihost_utils.process_allgather(counts).sum(axis=0)
-            for name, count in zip(batch.source_names, counts):
-                if count:
-                    pos.tokens_per_source[name] = pos.tokens_per_source.get(name, 0) + int(count)
-            real_tokens = int(counts.sum())
-            pos.tokens_seen += real_tokens
-            interval_tokens += batch.tokens.size * jax.process_count()
-            phase_end = pos.phase_step == num_steps
-            if pos.step % self.spec.log_every_steps == 0 or phase_end:
-                elapsed = time.perf_counter() - interval_start
-                self._log_metrics(
-                    pos,
-                    phase,
-                    jax.device_get(interval),
-                    batch.source_names,
-                    lr,
-                    interval_tokens / max(elapsed, 1e-9),
-                    total_steps,
-                )
-                interval_start, interval_tokens, interval = time.perf_counter(), 0, None
-            if pos.step % self.spec.checkpoint_every_steps == 0 or phase_end:
-                self._save(pos, params, opt_state, phase_end=phase_end)
-            self._emit_committed(self.writer.committed())
+            for hook in self.hooks:
+                if ctx.phase_end or pos.step % hook.every == 0:
+                    hook.run(ctx)
         return params, opt_state, False
+
+    def _read_tokens(self, pos: Position, source_names) -> None:
+        """Add the tokens counted on device since the last read to the position."""
+        if self._unread_tokens is None:
+            return
+        counts = jax.device_get(self._unread_tokens)
+        self._unread_tokens = None
+        for name, count in zip(source_names, counts):
+            if count:
+                pos.tokens_per_source[name] = pos.tokens_per_source.get(name, 0) + int(count)
+        pos.tokens_seen += int(counts.sum())
+
+    def _checkpoint(self, ctx: StepContext) -> None:
+        self._read_tokens(ctx.pos, ctx.source_names)
+        self._save(ctx.pos, ctx.params, ctx.opt_state, phase_end=ctx.phase_end)
 
     # -- checkpoints, metrics, events -----------------------------------------------
 
@@ -301,6 +328,9 @@ class Trainer:
         }
 
     def _save(self, pos: Position, params, opt_state, *, phase_end: bool) -> None:
+        # A stop between two reads: the tokens of the steps since belong in this save.
+        if self._unread_tokens is not None:
+            self._read_tokens(pos, self._source_names)
         jax.block_until_ready(params)
         pos.last_uri = self.writer.uri(pos.step)
         meta = {
@@ -311,10 +341,8 @@ class Trainer:
             "lineage": self._lineage(pos),
             "position": dataclasses.asdict(pos),
             "tokenizer_json": self._tokenizer_json,
-            "run_spec": json.loads(_to_json(self.spec)),
+            "run_spec": json.loads(to_json(self.spec)),
         }
-        if phase_end:
-            self._phase_end_steps.add(pos.step)
         self.writer.save(pos.step, params, opt_state, meta, protect=phase_end)
 
     def _emit_committed(self, committed) -> None:
@@ -330,61 +358,35 @@ class Trainer:
             )
             self._log(f"checkpoint committed: step {step} -> {uri}")
 
-    def _log_metrics(self, pos, phase, metrics, source_names, lr, tokens_per_s, total_steps):
+    def _log_interval(self, ctx: StepContext) -> None:
+        """Metrics of the steps since the last log, to every sink."""
+        self._read_tokens(ctx.pos, ctx.source_names)
+        elapsed = time.perf_counter() - self._interval_start
+        tokens_per_s = self._interval_tokens / max(elapsed, 1e-9)
+        metrics = jax.device_get(self._interval)
+        self._interval_start, self._interval_tokens, self._interval = time.perf_counter(), 0, None
         if not self.primary:
             return
         source_loss = {
             name: float(metrics["source_loss_sum"][i] / metrics["source_count"][i])
-            for i, name in enumerate(source_names)
+            for i, name in enumerate(ctx.source_names)
             if metrics["source_count"][i] > 0
         }
         self.final_source_loss.update(source_loss)
-        mfu = flops.mfu(tokens_per_s, self.config, self.spec.seq_len, self._peak)
         steps = metrics["steps"]  # loss and gradient norm are means over the interval
         record = trainer_pb2.Metrics(
-            step=pos.step,
-            phase=phase.name,
+            step=ctx.pos.step,
+            phase=ctx.phase.name,
             loss=float(metrics["loss"] / steps),
             source_loss=source_loss,
             tokens_per_second=tokens_per_s,
-            mfu=mfu,
-            learning_rate=lr,
+            mfu=flops.mfu(tokens_per_s, self.config, self.spec.seq_len, self._peak),
+            learning_rate=ctx.lr,
             grad_norm=float(metrics["grad_norm"] / steps),
-            tokens_seen=pos.tokens_seen,
+            tokens_seen=ctx.pos.tokens_seen,
         )
-        self.events.append(metrics=record)
-        self._metrics_file.write(_to_json(record) + "\n")
-        self._metrics_file.flush()
-        self._tensorboard(record)
-        if self._console:
-            per_source = " ".join(f"{k}={v:.3f}" for k, v in sorted(source_loss.items()))
-            remaining_s = (
-                (total_steps - pos.step)
-                * self.spec.global_batch_size
-                * self.spec.seq_len
-                / max(tokens_per_s, 1e-9)
-            )
-            print(
-                f"{_progress_bar(pos.step, total_steps)} eta {_duration(remaining_s)} "
-                f"{phase.name:<10} loss {record.loss:.4f} "
-                f"({per_source}) lr {lr:.2e} gnorm {record.grad_norm:.2f} "
-                f"{tokens_per_s / 1e3:.1f}k tok/s MFU {mfu:.2f}",
-                flush=True,
-            )
-
-    def _tensorboard(self, record: trainer_pb2.Metrics) -> None:
-        if self._tb is None:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
-        step = record.step
-        self._tb.add_scalar("loss/all", record.loss, step)
-        for name, value in record.source_loss.items():
-            self._tb.add_scalar(f"loss/{name}", value, step)
-        self._tb.add_scalar("train/learning_rate", record.learning_rate, step)
-        self._tb.add_scalar("train/grad_norm", record.grad_norm, step)
-        self._tb.add_scalar("perf/tokens_per_second", record.tokens_per_second, step)
-        self._tb.add_scalar("perf/mfu", record.mfu, step)
+        for sink in self.sinks:
+            sink.write(record, step=ctx.pos.step, total_steps=self._total_steps)
 
     def _status(self, state, pos: Position) -> None:
         if not self.primary:
@@ -405,18 +407,6 @@ class Trainer:
             print(text, file=sys.stdout, flush=True)
 
 
-def _progress_bar(step: int, total: int, width: int = 20) -> str:
-    """`[######--------------]  123/440` for a console line."""
-    done = int(width * step / max(total, 1))
-    return f"[{'#' * done}{'-' * (width - done)}] {step:>5}/{total}"
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
-
-
-def _to_json(message) -> str:
-    from google.protobuf import json_format
-
-    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+def _add(total, new):
+    """Elementwise sum of two trees of device arrays (None: nothing yet)."""
+    return new if total is None else jax.tree.map(jnp.add, total, new)

@@ -22,7 +22,9 @@ import pytest
 from proto import data_pb2, trainer_pb2
 from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
-from services.trainer.train import Batch, Trainer
+from services.data.batch import Batch
+from services.trainer.step import BATCH_FIELDS
+from services.trainer.train import Trainer
 
 VOCAB = 512
 S = trainer_pb2.LRSchedule
@@ -35,13 +37,8 @@ def synthetic_batches(
     shard i of n holds rows [i*batch/n, (i+1)*batch/n) of it."""
     rows = slice(shard * batch // num_shards, (shard + 1) * batch // num_shards)
     for full in _global_batches(phase_index, start_step, batch, seq_len):
-        yield Batch(
-            **{
-                f.name: (
-                    getattr(full, f.name)[rows] if f.name != "source_names" else full.source_names
-                )
-                for f in dataclasses.fields(Batch)
-            }
+        yield dataclasses.replace(
+            full, shard_index=shard, **{name: getattr(full, name)[rows] for name in BATCH_FIELDS}
         )
 
 
@@ -57,6 +54,11 @@ def _global_batches(phase_index, start_step, batch, seq_len):
         mask = np.ones((batch, seq_len), np.uint8)
         mask[:, seq_len // 2 - 1] = 0  # no target across the document boundary
         yield Batch(
+            step=step,
+            shard_index=0,
+            tokens_before=step * batch * seq_len,
+            stage=0,
+            epochs=(0.0, 0.0),
             tokens=seq[:, :-1].astype(np.int32),
             targets=seq[:, 1:].astype(np.int32),
             segment_ids=segment.astype(np.int32),
@@ -65,7 +67,7 @@ def _global_batches(phase_index, start_step, batch, seq_len):
             source_ids=(np.arange(batch)[:, None] % 2 * np.ones((1, seq_len), np.int64)).astype(
                 np.uint8
             ),
-            source_names=["text", "code"],
+            source_names=("text", "code"),
         )
         step += 1
 
@@ -211,7 +213,7 @@ def test_bad_specs_name_the_field(tmp_path):
         with pytest.raises(spec_lib.SpecError) as err:
             spec_lib.validate(spec)
         assert err.value.field == field, (field, str(err.value))
-    assert spec_lib.SpecError  # the not-found flag marks a missing parent:
+    # The not-found flag marks a missing parent:
     spec = trainer_pb2.RunSpec()
     spec.CopyFrom(good)
     spec.phases[1].init_checkpoint = str(tmp_path / "none" / "3")
