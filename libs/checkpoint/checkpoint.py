@@ -60,7 +60,7 @@ class Checkpoint:
 
     @property
     def lineage(self) -> dict:
-        return self.meta.get("lineage", {})
+        return lineage(self.meta)
 
     @property
     def tokenizer(self):
@@ -68,6 +68,27 @@ class Checkpoint:
         from tokenizers import Tokenizer
 
         return Tokenizer.from_str(self.meta["tokenizer_json"])
+
+
+def lineage(meta: dict) -> dict:
+    """Where a checkpoint's weights came from (the fields of trainer.proto's Lineage),
+    derived from its one resumable record: the run's position and its RunSpec."""
+    if "position" not in meta or "run_spec" not in meta:
+        return dict(meta.get("lineage", {}))  # a checkpoint written with a separate copy
+    pos, spec = meta["position"], meta["run_spec"]
+    phases = spec.get("phases", [])
+    phase = phases[min(pos["phase_index"], len(phases) - 1)]["name"] if phases else ""
+    return {
+        "run_id": spec.get("run_id", ""),
+        "phase": phase,
+        "parent_uri": pos["parent_uri"],
+        "step": pos["step"],
+        "phase_step": pos["phase_step"],
+        "tokens_per_source": dict(pos["tokens_per_source"]),
+        "tokens_seen": pos["tokens_seen"],
+        "phases_done": list(pos["phases_done"]),
+        "preset": spec.get("preset", ""),
+    }
 
 
 def _path(uri: str) -> epath.Path:

@@ -169,6 +169,7 @@ class Trainer:
         self._interval_tokens = 0
         self._unread_tokens = None
         self._source_names: tuple[str, ...] = ()
+        self._unreported: dict[int, dict] = {}  # step -> record of a save not yet committed
 
     # -- phases ----------------------------------------------------------------------
 
@@ -313,44 +314,29 @@ class Trainer:
 
     # -- checkpoints, metrics, events -----------------------------------------------
 
-    def _lineage(self, pos: Position) -> dict:
-        phase = self.spec.phases[min(pos.phase_index, len(self.spec.phases) - 1)]
-        return {
-            "run_id": self.spec.run_id,
-            "phase": phase.name,
-            "parent_uri": pos.parent_uri,
-            "step": pos.step,
-            "phase_step": pos.phase_step,
-            "tokens_per_source": dict(pos.tokens_per_source),
-            "tokens_seen": pos.tokens_seen,
-            "phases_done": list(pos.phases_done),
-            "preset": self.spec.preset,
-        }
-
     def _save(self, pos: Position, params, opt_state, *, phase_end: bool) -> None:
         # A stop between two reads: the tokens of the steps since belong in this save.
         if self._unread_tokens is not None:
             self._read_tokens(pos, self._source_names)
         jax.block_until_ready(params)
         pos.last_uri = self.writer.uri(pos.step)
+        # One resumable record; the lineage is derived from it (checkpoint.lineage).
         meta = {
-            "step": pos.step,
+            "position": dataclasses.asdict(pos),
             "phase_end": phase_end,
             "model_config": self.config.portable().to_dict(),
-            "preset": self.spec.preset,
-            "lineage": self._lineage(pos),
-            "position": dataclasses.asdict(pos),
             "tokenizer_json": self._tokenizer_json,
             "run_spec": json.loads(to_json(self.spec)),
         }
+        self._unreported[pos.step] = meta
         self.writer.save(pos.step, params, opt_state, meta, protect=phase_end)
 
     def _emit_committed(self, committed) -> None:
-        if not self.primary:
-            return
         for step, uri in committed:
-            meta = checkpoint.read_meta(uri)
-            lineage = trainer_pb2.Lineage(**meta["lineage"])
+            meta = self._unreported.pop(step)
+            if not self.primary:
+                continue
+            lineage = trainer_pb2.Lineage(**checkpoint.lineage(meta))
             self.events.append(
                 checkpoint=trainer_pb2.CheckpointCommitted(
                     step=step, uri=uri, lineage=lineage, phase_end=bool(meta.get("phase_end"))

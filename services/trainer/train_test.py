@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from libs.checkpoint import checkpoint
 from proto import data_pb2, trainer_pb2
 from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
@@ -168,6 +169,10 @@ def test_phases_lineage_and_loss_goes_down(tmp_path):
     assert ckpts[-1].lineage.parent_uri == ckpts[2].uri
     assert ckpts[-1].lineage.tokens_seen == 9 * 4 * 32
     assert dict(ckpts[-1].lineage.tokens_per_source) == {"text": 9 * 2 * 32, "code": 9 * 2 * 32}
+    # One resumable record on disk; the lineage the event carried is derived from it.
+    meta = checkpoint.read_meta(ckpts[-1].uri)
+    assert not {"lineage", "step", "preset"} & set(meta)
+    assert trainer_pb2.Lineage(**checkpoint.lineage(meta)) == ckpts[-1].lineage
     metrics = [e.metrics for e in events if e.WhichOneof("event") == "metrics"]
     assert metrics[-1].learning_rate == pytest.approx(1e-6)
     assert metrics[-1].loss < metrics[0].loss
