@@ -133,10 +133,11 @@ def make_spec(checkpoint_dir, run_id="r", phases=None, **kw):
     return spec_lib.with_defaults(spec)
 
 
-def train(spec, stop=None, shard=0, num_shards=1):
+def train(spec, stop=None, shard=0, num_shards=1, batches=None):
+    """Runs `spec` to its end (or `stop`); its events, replayed from earlier runs too."""
     os.makedirs(spec.checkpoint_dir, exist_ok=True)
     events = EventLog(spec.run_id, os.path.join(spec.checkpoint_dir, spec.run_id + ".events"))
-    batches = functools.partial(synthetic_batches, shard=shard, num_shards=num_shards)
+    batches = batches or functools.partial(synthetic_batches, shard=shard, num_shards=num_shards)
     trainer = Trainer(
         spec,
         batches=batches,
@@ -316,29 +317,19 @@ def test_microbatched_run_equals_whole_batches_and_resumes_in_place(tmp_path):
                 stop.set()
             yield batch
 
-    events = EventLog(spec.run_id)
-    trainer = Trainer(
-        spec,
-        batches=stopping_batches,
-        vocab_size=VOCAB,
-        tokenizer_json="{}",
-        events=events,
-        stop=stop,
-        console=False,
-        peak_flops=1e11,
-    )
-    assert trainer.run() == trainer_pb2.STOPPED
-    state, resumed = train(spec)
+    state, _ = train(spec, stop=stop, batches=stopping_batches)
+    assert state == trainer_pb2.STOPPED
+    state, events = train(spec)  # the stopped run's events, then the resumed run's
     assert state == trainer_pb2.SUCCEEDED
-    first = _metrics(resumed)[0]
-    assert first.step == steps_before_stop + 1  # resumed where it stopped
-    by_step = {m.step: m for m in _metrics(events.events()) + _metrics(resumed)}
+    steps = [m.step for m in _metrics(events)]
+    assert steps == list(range(1, 10))  # resumed at step 5: no step ran twice or was skipped
+    by_step = {m.step: m for m in _metrics(events)}
     for m in _metrics(whole):
         got = by_step[m.step]
         assert got.loss == pytest.approx(m.loss, rel=1e-5), m.step
         assert dict(got.source_loss) == pytest.approx(dict(m.source_loss), rel=1e-5)
         assert got.tokens_seen == m.tokens_seen
-    last = [e.checkpoint for e in resumed if e.WhichOneof("event") == "checkpoint"][-1]
+    last = [e.checkpoint for e in events if e.WhichOneof("event") == "checkpoint"][-1]
     assert dict(last.lineage.tokens_per_source) == {"text": 9 * 2 * 32, "code": 9 * 2 * 32}
 
 
