@@ -12,9 +12,9 @@ How `score_packed` saves work over padding every pair of a batch to the longest:
 - continuation positions only: the output projection and the softmax over the
   vocabulary, most of a small model's FLOPs, run only at the positions that predict a
   continuation token, gathered from the final hidden states, not at every position;
-- length bucketing: row length, rows per call, gathered positions and pairs per call
-  are each rounded up to a few bucket sizes, so one evaluation compiles a handful of
-  programs and reuses them.
+- length bucketing: row length, rows per call and pairs per call are rounded up to
+  powers of two, the gathered positions to a finer geometric series (1.25x), so one
+  evaluation compiles a handful of programs and reuses them.
 
 A pair longer than the model's window keeps its continuation and the end of its
 context, as libs/model's `score_continuations` does.
@@ -35,6 +35,16 @@ Pair = tuple[Sequence[int], Sequence[int]]  # (context token ids, continuation t
 
 def _pow2(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _fine_bucket(n: int, align: int = 64) -> int:
+    """n rounded up to a bucket of a geometric series of ratio 1.25 (multiples of
+    `align`): at most a quarter wasted, where powers of two waste up to half, and
+    still few distinct sizes (shapes to compile)."""
+    bucket = align
+    while bucket < n:
+        bucket = -(-int(bucket * 1.25) // align) * align
+    return bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +140,8 @@ def score_packed(
                 pair_of.extend([len(slots)] * it.n_cont)
                 slots.append(i)
                 at += n
-        n_pos = _pow2(len(flat_pos), 64)
+        # The gathered positions decide the output projection's cost: a fine bucket.
+        n_pos = _fine_bucket(len(flat_pos))
         n_pairs = _pow2(len(slots), 8)
         pad = n_pos - len(flat_pos)
         sums_r, greedy_r = _score_rows(
