@@ -226,7 +226,7 @@ class LocalBackend(Backend):
 
     def cancel(self, run_id: str) -> None:
         try:
-            self._stub().StopRun(trainer_pb2.StopRunRequest(run_id=run_id), timeout=120)
+            self._stub().StopRun(trainer_pb2.StopRunRequest(run_id=run_id), timeout=60)
         except grpc.RpcError:
             pass  # the trainer is gone already: nothing left to stop
 

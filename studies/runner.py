@@ -2,15 +2,18 @@
 judges win rates, and writes the report.
 
 The three services are separate processes reached over gRPC (studies/
-services.py starts them, or uses running ones). Trainings run one at a time
-in dependency order (the plan's order); each finished phase is evaluated on
-a worker thread while the next one trains. Every finished step is recorded
-in the output directory's state file (studies/state.py) before the next
-begins, so a runner stopped at any point (SIGTERM, SIGKILL, a crash) and
-started again skips what is done; a half-trained phase resumes from the
+services.py starts them, or uses running ones). Trainings go to a backend
+(studies/backends.py): the local trainer service, one at a time, or gangs on
+a Ray cluster, as many at once as it has slices. Each phase is submitted as
+soon as its parent's final checkpoint is recorded, and each finished phase
+is evaluated on a worker thread while others train. Every finished step is
+recorded in the output directory's state file (studies/state.py) before the
+next begins, so a runner stopped at any point (SIGTERM, SIGKILL, a crash)
+and started again skips what is done; a half-trained phase resumes from the
 trainer's last committed checkpoint, because its run id and checkpoint
 directory are the same, and a half-evaluated one reuses the tasks the eval
-service already stored.
+service already stored. The output directory may be a gs:// URI
+(libs/storage).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class Runner:
         parallel_eval: bool = True,
         backend: Backend | None = None,
         hosts: int = 1,
-        data_addresses: list[str] | None = None,
+        data_replicas: list[str] | None = None,
     ):
         self.study = study
         self.out_dir = out_dir
@@ -95,7 +98,8 @@ class Runner:
         self.parallel_eval = parallel_eval
         self._backend = backend
         self.hosts = hosts
-        self.data_addresses = list(data_addresses or [])
+        # Further data services serving the same corpus as services' "data".
+        self.data_replicas = list(data_replicas or [])
         self.plan: Plan = plan_lib.build(study)
         self.state = State(out_dir)
         # What this invocation did, for the summary and for tests.
@@ -233,10 +237,10 @@ class Runner:
             data_address=self.services.address("data"),
             checkpoint_dir=checkpoint_dir(self.study, self.out_dir),
         )
-        if len(self.data_addresses) > 1:
+        if self.data_replicas:
             # Replicas: trainer process i reads replica i mod R.
             run_spec.ClearField("data_address")
-            run_spec.data_addresses[:] = self.data_addresses
+            run_spec.data_addresses[:] = [self.services.address("data")] + self.data_replicas
         return PhaseJob(name=p.name, spec=run_spec, hosts=self.hosts)
 
     def _submit(self, backend: Backend, p: PlannedPhase, label: str) -> concurrent.futures.Future:
@@ -474,6 +478,18 @@ class Options:
     # must have been started with them: --data_auth_token_file, --data_tls_ca).
     data_auth_token_file: str = ""
     data_tls_ca: str = ""
+    # Where phases train: "local" (the trainer service) or "ray" (gangs on a
+    # Ray cluster; see studies/backends_ray.py and docs/cluster.md).
+    backend: str = "local"
+    ray_address: str = ""  # "": start a local Ray cluster with ray_slices slices
+    ray_slices: int = 1
+    slice_resource: str = "code_lab_slice"
+    tpu_topology: str = ""  # with tpu_version: a gang is one TPU slice's hosts
+    tpu_version: str = ""
+    hosts_per_phase: int = 1
+    data_replicas: list = dataclasses.field(default_factory=list)  # more data services
+    max_failures: int = 2
+    max_preemptions: int = 20
 
 
 RUNNER_LOCK = "runner.lock"
@@ -542,6 +558,12 @@ def main(options: Options, log=log_to_stdout) -> int:
         data_credentials=data_credentials,
     )
 
+    try:
+        backend = make_backend(options, trainer_flags, log)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
     def stop(signum, frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -554,6 +576,9 @@ def main(options: Options, log=log_to_stdout) -> int:
             log=log,
             judge=options.judge,
             parallel_eval=options.parallel_eval,
+            backend=backend,
+            hosts=options.hosts_per_phase,
+            data_replicas=options.data_replicas,
         ).run()
         return 0
     except KeyboardInterrupt as e:
@@ -563,7 +588,50 @@ def main(options: Options, log=log_to_stdout) -> int:
         log(f"error: {e}")
         return 1
     finally:
+        if backend is not None:
+            backend.close()
         services.close()
+
+
+def make_backend(options: Options, trainer_flags: list[str], log) -> Backend | None:
+    """The backend the options name (None: the local one, made by the Runner).
+    Raises ValueError naming the option at fault."""
+    if options.hosts_per_phase < 1:
+        raise ValueError(f"hosts_per_phase: must be >= 1, got {options.hosts_per_phase}")
+    if options.backend == "local":
+        if options.hosts_per_phase > 1:
+            raise ValueError("hosts_per_phase: more than one host needs --backend=ray")
+        return None
+    if options.backend != "ray":
+        raise ValueError(f"backend: must be local or ray, got {options.backend!r}")
+    from studies import backends_ray
+
+    if bool(options.tpu_topology) != bool(options.tpu_version):
+        raise ValueError("tpu_topology and tpu_version: give both or neither")
+    policy = backends_ray.GangPolicy(
+        slice_resource=options.slice_resource,
+        tpu_topology=options.tpu_topology,
+        tpu_version=options.tpu_version,
+        max_failures=options.max_failures,
+        max_preemptions=options.max_preemptions,
+    )
+    init = {}
+    if not options.ray_address:
+        # A cluster of this machine alone: its CPUs, and ray_slices slices.
+        init = dict(
+            num_cpus=os.cpu_count(),
+            resources={options.slice_resource: options.ray_slices},
+            include_dashboard=False,
+        )
+    # The trainer service's flags that a gang's trainers need too.
+    flags = [f for f in trainer_flags if f.startswith(("--data_auth_token_file", "--data_tls_ca"))]
+    return backends_ray.RayBackend(
+        address=options.ray_address or None,
+        policy=policy,
+        trainer_flags=flags,
+        log=log,
+        init_kwargs=init,
+    )
 
 
 def text_format_of(study: study_pb2.Study) -> str:

@@ -56,6 +56,29 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "data_tls_ca", "", "PEM CA certificate of the data service's TLS certificate; enables TLS."
 )
+flags.DEFINE_enum(
+    "backend", "local", ["local", "ray"], "Where phases train: the trainer service, or Ray gangs."
+)
+flags.DEFINE_string(
+    "ray_address", "", "Ray cluster to use (e.g. auto); empty starts one on this machine."
+)
+flags.DEFINE_integer("ray_slices", 1, "Slices of a Ray cluster started on this machine.")
+flags.DEFINE_string(
+    "slice_resource", "code_lab_slice", "Ray custom resource with one unit per slice."
+)
+flags.DEFINE_string(
+    "tpu_topology", "", "With --tpu_version: each gang is one TPU slice of this topology (4x4)."
+)
+flags.DEFINE_string("tpu_version", "", "TPU generation as Ray names it (v5litepod, v6e, ...).")
+flags.DEFINE_list(
+    "data_replicas",
+    [],
+    "host:port of further data services serving the data service's corpus; "
+    "trainer process i reads replica i mod R of all of them.",
+)
+flags.DEFINE_integer("hosts_per_phase", 1, "Trainer processes (hosts) of each phase's gang.")
+flags.DEFINE_integer("max_failures", 2, "Restarts of a phase after trainer errors, at most.")
+flags.DEFINE_integer("max_preemptions", 20, "Restarts of a phase after lost hosts, at most.")
 flags.mark_flag_as_required("spec")
 
 
@@ -87,6 +110,16 @@ def main(argv):
         echo_services=FLAGS.echo_services,
         data_auth_token_file=FLAGS.data_auth_token_file,
         data_tls_ca=FLAGS.data_tls_ca,
+        backend=FLAGS.backend,
+        ray_address=FLAGS.ray_address,
+        ray_slices=FLAGS.ray_slices,
+        slice_resource=FLAGS.slice_resource,
+        tpu_topology=FLAGS.tpu_topology,
+        tpu_version=FLAGS.tpu_version,
+        hosts_per_phase=FLAGS.hosts_per_phase,
+        data_replicas=FLAGS.data_replicas,
+        max_failures=FLAGS.max_failures,
+        max_preemptions=FLAGS.max_preemptions,
     )
     sys.exit(runner.main(options))
 

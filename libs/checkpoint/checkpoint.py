@@ -238,6 +238,10 @@ class CheckpointWriter:
             self._protected.add(step)
         return self.uri(step)
 
+    def _is_committed(self, step: int) -> bool:
+        path = self.directory / str(step)
+        return path.exists() and ocp.path.step.is_path_finalized(path)
+
     def committed(self) -> list[tuple[int, str]]:
         """Checkpoints saved by this writer that have committed since last asked."""
         done = []
@@ -258,10 +262,11 @@ class CheckpointWriter:
     def _apply_keep_policy(self) -> None:
         if self._keep <= 0:
             return
-        protected = self._protected | {
-            s for s in self.all_steps() if read_meta(self.uri(s)).get("phase_end")
-        }
-        candidates = [s for s in self.all_steps() if s not in protected and s not in self._pending]
+        # Only committed steps: the manager lists a step while its save is still
+        # in flight, and reading that one's metadata would fail.
+        steps = [s for s in self.all_steps() if s not in self._pending and self._is_committed(s)]
+        protected = self._protected | {s for s in steps if read_meta(self.uri(s)).get("phase_end")}
+        candidates = [s for s in steps if s not in protected]
         for step in candidates[: max(0, len(candidates) - self._keep)]:
             self._manager.delete(step)
 

@@ -40,6 +40,16 @@ if lock_path:
     os.set_inheritable(lock, True)
 os.execvp(sys.argv[3], sys.argv[3:])
 """
+# For `spawn`: argv: parent pid, the signal the child gets when that parent
+# dies, then the command.
+_SPAWN_LAUNCHER = """
+import ctypes, os, sys
+parent, signum = int(sys.argv[1]), int(sys.argv[2])
+ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:
+    sys.exit("the parent exited before the command started")
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
 _LISTENING = re.compile(r"(\w+) listening on (\S+:\d+)")
 
 
@@ -146,6 +156,28 @@ def start(
             + "\n".join(lines[-20:])
         )
     return ServiceProcess(process=process, address=address[0], log_lines=lines)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    death_signal: int = signal.SIGKILL,
+    env: dict[str, str] | None = None,
+    stdout=None,
+    stderr=None,
+) -> subprocess.Popen:
+    """Starts `argv` (no listening line expected) so that it gets `death_signal`
+    when the calling thread's process dies. For workers whose owner may be
+    killed at any moment (a Ray actor): SIGKILL by default, since what such a
+    worker would do on SIGTERM (say, a last checkpoint) may wait forever on
+    peers that are gone."""
+    launcher = [sys.executable, "-c", _SPAWN_LAUNCHER, str(os.getpid()), str(int(death_signal))]
+    return subprocess.Popen(
+        launcher + list(argv),
+        env=env if env is not None else child_env(),
+        stdout=stdout,
+        stderr=stderr,
+    )
 
 
 def wait_for_lock(path: str, timeout: float, on_wait=lambda: None) -> None:

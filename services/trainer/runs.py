@@ -28,6 +28,9 @@ class _Run:
     stop: threading.Event
     thread: threading.Thread | None = None
     status: trainer_pb2.RunStatus | None = None
+    # How the trainer itself ended: the status of a process that records no
+    # events (every process of a multi-process run but process 0).
+    ended: int | None = None
 
 
 class Runs:
@@ -62,7 +65,12 @@ class Runs:
         # checkpoint_dir may be a gs:// URI: the run directory goes through storage.
         run_dir = storage.join(spec.checkpoint_dir, spec.run_id)
         storage.makedirs(run_dir)
-        events = EventLog(spec.run_id, storage.join(run_dir, "events.jsonl"))
+        # Process 0 alone records the run's events (as it alone reports metrics);
+        # the others keep theirs in memory, so that the file has one writer.
+        events = EventLog(
+            spec.run_id,
+            storage.join(run_dir, "events.jsonl") if jax.process_index() == 0 else None,
+        )
         run = _Run(spec=spec, events=events, stop=threading.Event())
         trainer = Trainer(
             spec,
@@ -77,7 +85,7 @@ class Runs:
 
         def body():
             try:
-                trainer.run()
+                run.ended = trainer.run()
             except Exception as e:  # a failed run is reported, not fatal to the server
                 traceback.print_exc()
                 events.append(
@@ -87,6 +95,7 @@ class Runs:
                         error=f"{type(e).__name__}: {e}",
                     )
                 )
+                run.ended = trainer_pb2.FAILED
             finally:
                 link.close()
                 events.close()
@@ -133,6 +142,8 @@ class Runs:
             elif kind == "checkpoint":
                 last_ckpt = event.checkpoint.uri
         latest.latest_checkpoint = last_ckpt or latest.latest_checkpoint
+        if run.ended is not None and latest.state in (trainer_pb2.PENDING, trainer_pb2.RUNNING):
+            latest.state = run.ended
         return latest
 
     def list(self) -> list[trainer_pb2.RunStatus]:
