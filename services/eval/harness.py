@@ -12,7 +12,8 @@ database (results_db.py), trainer following (follow.py) and judging (judge.py).
 - with a corpus that holds a held-out slice (`heldout_corpus_dir`), a suite evaluation
   also scores the per-source held-out bits per byte (heldout.py; task "heldout_bpb",
   which a request may also name among its tasks), after the tasks and before the
-  aggregates, stored like a task under the corpus's held-out fingerprint.
+  aggregates, stored like a task under the corpus's held-out fingerprint; only for a
+  checkpoint with the corpus's tokenizer (trained on it), others are skipped.
 - `follow_run` evaluates every committed checkpoint of a trainer run once: a checkpoint
   is marked done in the database only after all its tasks are stored, and a restarted
   service skips done checkpoints (their results are not streamed again) and resumes a
@@ -189,6 +190,7 @@ class Harness:
             seed=seed,
             should_stop=should_stop,
             with_heldout=bool(self.heldout_corpus_dir) and (named_heldout or not task_names),
+            named_heldout=named_heldout,
         )
 
     def _evaluate(
@@ -202,6 +204,7 @@ class Harness:
         should_stop,
         loaded: Optional[checkpoints.LoadedCheckpoint] = None,
         with_heldout: bool = False,
+        named_heldout: bool = False,
     ) -> Iterator[Scored]:
         # Load before the first yield so a missing checkpoint fails the call at once.
         loaded = loaded or self.models.get(uri)
@@ -222,11 +225,24 @@ class Harness:
                 results.append(result)
                 yield Scored(uri, loaded.step, result)
             if with_heldout and not should_stop():
-                yield Scored(uri, loaded.step, self._heldout(uri, loaded, limit, seed))
+                if self._heldout_applies(loaded):
+                    yield Scored(uri, loaded.step, self._heldout(uri, loaded, limit, seed))
+                elif named_heldout:
+                    raise errors.FailedPrecondition(
+                        "tasks",
+                        f"tasks: {heldout.TASK!r}: {uri} was not trained on the corpus at "
+                        f"{self.heldout_corpus_dir} (its tokenizer differs)",
+                    )
+                else:
+                    logging.info("%s: no held-out BPB (trained on another corpus)", uri)
             for agg in evaluator.aggregate(results, seed=seed, resamples=self.bootstrap_resamples):
                 yield Scored(uri, loaded.step, agg)
 
         return generate()
+
+    def _heldout_applies(self, loaded) -> bool:
+        tokenizer = getattr(loaded.model, "tokenizer", None)
+        return tokenizer is None or heldout.same_tokenizer(self.heldout_corpus_dir, tokenizer)
 
     def _heldout(self, uri, loaded, limit: int, seed: int) -> evaluator.TaskResult:
         settings = settings_key(

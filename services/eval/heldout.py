@@ -13,6 +13,10 @@ Bits per byte do not depend on the tokenizer, so models with different vocabular
 compare. A source's interval is a paired percentile bootstrap over its documents of
 that ratio (scipy.stats.bootstrap); the mean's resamples every source independently.
 
+Only a model trained on the corpus is scored on its slice: `same_tokenizer` checks that
+its tokenizer is the corpus's (a model of another corpus may have trained on these
+documents).
+
 The result is one TaskResult, task "heldout_bpb", category "heldout" (outside the
 paper's aggregates): `extra[source]` is that source's BPB with its interval in
 `intervals[source]`, `extra[source + "/documents"]` the documents scored; its value
@@ -50,6 +54,22 @@ def has_slice(corpus_dir: str) -> bool:
     except (OSError, ValueError):
         return False
     return any(s.get("heldout", {}).get("num_documents") for s in manifest.get("sources", []))
+
+
+def same_tokenizer(corpus_dir: str, tokenizer) -> bool:
+    """Whether a model's tokenizer is the corpus's (same vocabulary): the sign that the
+    model was trained on this corpus, so that its held-out slice is held out for it. A
+    model of another corpus may have seen these documents in training."""
+    from tokenizers import Tokenizer
+
+    with open(os.path.join(corpus_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    path = os.path.join(corpus_dir, manifest["tokenizer"].get("file", "tokenizer.json"))
+    try:
+        theirs = Tokenizer.from_file(path)
+    except Exception:  # noqa: BLE001  (a corpus without a readable tokenizer)
+        return False
+    return theirs.get_vocab() == tokenizer.get_vocab()
 
 
 def fingerprint(corpus_dir: str) -> str:

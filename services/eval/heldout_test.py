@@ -27,10 +27,20 @@ def corpus_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lm():
-    tok = testing.train_tokenizer()
+def lm(corpus_dir):
+    # A model of the corpus: its tokenizer (what the trainer puts in checkpoints).
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(corpus_dir, "tokenizer.json"))
     model = testing.tiny_model(tok.get_vocab_size(), max_seq_len=64)
     return lm_lib.LanguageModel(model, tok, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def other_lm():
+    # A model of another corpus (another tokenizer).
+    tok = testing.train_tokenizer()
+    return lm_lib.LanguageModel(testing.tiny_model(tok.get_vocab_size()), tok, batch_size=4)
 
 
 def _direct_logprob(lm, ids):
@@ -90,9 +100,10 @@ def test_per_source_bits_per_byte(lm, corpus_dir):
     assert r.ci_low <= r.value <= r.ci_high
 
 
-def test_suite_evaluations_report_heldout_bpb(lm, corpus_dir, tmp_path):
+def test_suite_evaluations_report_heldout_bpb(lm, other_lm, corpus_dir, tmp_path):
     registry = testing.ModelRegistry()
     registry.add("mem://m", lm, step=3)
+    registry.add("mem://other", other_lm, step=3)
 
     def harness(heldout_dir):
         return Harness(
@@ -104,8 +115,8 @@ def test_suite_evaluations_report_heldout_bpb(lm, corpus_dir, tmp_path):
             heldout_corpus_dir=heldout_dir,
         )
 
-    def scores(h, names):
-        return [s.result for s in h.evaluate("mem://m", task_names=names, limit=2)]
+    def scores(h, names, uri="mem://m"):
+        return [s.result for s in h.evaluate(uri, task_names=names, limit=2)]
 
     with_slice = scores(harness(corpus_dir), ["copa", "cb", "heldout_bpb"])
     names = [r.task for r in with_slice]
@@ -121,6 +132,11 @@ def test_suite_evaluations_report_heldout_bpb(lm, corpus_dir, tmp_path):
         if r.is_aggregate:
             assert aggs[r.task].value == pytest.approx(r.value)
             assert aggs[r.task].num_examples == r.num_examples
+    # A model of another corpus may have trained on these documents: not scored.
+    assert heldout.same_tokenizer(corpus_dir, lm.tokenizer)
+    assert not heldout.same_tokenizer(corpus_dir, other_lm.tokenizer)
+    with pytest.raises(errors.FailedPrecondition, match="tokenizer"):
+        scores(harness(corpus_dir), ["copa", "heldout_bpb"], uri="mem://other")
     # Named on its own, it is all that is scored.
     alone = [s.result for s in harness(corpus_dir).evaluate("mem://m", task_names=["heldout_bpb"])]
     assert [r.task for r in alone] == ["heldout_bpb"]
