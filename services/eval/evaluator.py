@@ -52,7 +52,14 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from services.eval import code_exec, converters, lm as lm_lib, metrics, tasks as tasks_lib
+from services.eval import (
+    code_exec,
+    converters,
+    lm as lm_lib,
+    metrics,
+    scoring,
+    tasks as tasks_lib,
+)
 from services.eval.lm import TextModel, cut_at_stop
 
 AGGREGATE_PREFIX = "aggregate/"
@@ -137,7 +144,8 @@ def scoring_fingerprint(task: tasks_lib.Task) -> str:
     The registry entry (kind, metric, token limits, stop strings, sources), the source
     of its reader and converter (the prompt format) with converters.FORMAT_VERSION,
     and the source of the scoring code (this module, metrics.py, lm.py: stop at EOS,
-    tokenisation) with SCORING_VERSION and the sampling settings.
+    tokenisation; scoring.py; code_exec.py) with SCORING_VERSION and the sampling
+    settings.
     """
     entry = {
         "name": task.name,
@@ -155,7 +163,7 @@ def scoring_fingerprint(task: tasks_lib.Task) -> str:
     h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
     for code in (task.read_local, task.convert):
         h.update(inspect.getsource(code).encode())
-    for module in (converters, metrics, lm_lib, code_exec):
+    for module in (converters, metrics, lm_lib, scoring, code_exec):
         h.update(inspect.getsource(module).encode())
     h.update(inspect.getsource(inspect.getmodule(scoring_fingerprint)).encode())
     return h.hexdigest()[:20]
