@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from services.eval import code_exec, errors, evaluator, flag_defs
+from services.eval import code_exec, errors, evaluator, flag_defs, heldout
 from services.eval.harness import Harness
 from services.eval.results_db import ResultsDB
 
@@ -50,6 +50,14 @@ def format_table(rows: list[evaluator.TaskResult], baseline: dict[str, float]) -
             change = baseline.get(r.task, math.nan)
             line += f"  {change * 100:+10.1f}%" if math.isfinite(change) else f"  {'n/a':>11}"
         lines.append(line)
+        if r.task == heldout.TASK:  # one line per source: its held-out bits per byte
+            for source, (lo, hi) in sorted(r.intervals.items()):
+                ci = f"[{lo:.3f}, {hi:.3f}]"
+                n = int(r.extra.get(f"{source}/documents", 0))
+                lines.append(
+                    f"  {source:<26}{r.category:<17}{r.metric:<13}{r.extra[source]:>8.4f}  "
+                    f"{ci:<17}{n:>7}"
+                )
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 import subprocess
 
 from libs.serving import process
-from services.eval import tasks, testing
+from services.eval import evaluate_main, tasks, testing
 
 
 def test_cli_prints_the_table_with_baseline(tmp_path):
@@ -57,3 +57,23 @@ def test_cli_reports_a_missing_checkpoint(tmp_path):
     )
     assert out.returncode != 0
     assert "error: checkpoint_uri:" in out.stderr
+
+
+def test_table_lists_heldout_bpb_per_source():
+    from services.eval.evaluator import TaskResult
+
+    r = TaskResult(
+        "heldout_bpb",
+        "heldout",
+        "bpb",
+        1.5,
+        1.4,
+        1.6,
+        5,
+        extra={"code": 1.25, "code/documents": 2.0, "text": 1.75, "text/documents": 3.0},
+        intervals={"code": (1.0, 1.5), "text": (1.5, 2.0)},
+    )
+    lines = evaluate_main.format_table([r], {}).splitlines()
+    assert lines[1].split()[:4] == ["heldout_bpb", "heldout", "bpb", "1.5000"]
+    assert lines[2].split() == ["code", "heldout", "bpb", "1.2500", "[1.000,", "1.500]", "2"]
+    assert lines[3].split()[0] == "text" and lines[3].split()[-1] == "3"
