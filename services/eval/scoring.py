@@ -12,9 +12,13 @@ How `score_packed` saves work over padding every pair of a batch to the longest:
 - continuation positions only: the output projection and the softmax over the
   vocabulary, most of a small model's FLOPs, run only at the positions that predict a
   continuation token, gathered from the final hidden states, not at every position;
-- length bucketing: row length, rows per call and pairs per call are rounded up to
-  powers of two, the gathered positions to a finer geometric series (1.25x), so one
-  evaluation compiles a handful of programs and reuses them.
+- length bucketing: row length and rows per call are rounded up to powers of two,
+  the gathered positions to a finer geometric series (1.25x), so one evaluation
+  compiles a handful of programs and reuses them.
+
+Each pair's log-probabilities are summed on the host in float64, so a pair's score
+does not depend on which other pairs shared its forward pass beyond the model's own
+float32 arithmetic.
 
 A pair longer than the model's window keeps its continuation and the end of its
 context, as libs/model's `score_continuations` does.
@@ -71,20 +75,15 @@ def _items(model, pairs: Sequence[Pair]) -> list[_Item]:
 
 
 @nnx.jit
-def _score_rows(model, tokens_bt, segment_ids_bt, flat_pos_n, targets_n, pair_n, valid_n, pairs_r):
-    # pairs_r only carries the static number of pair slots (its shape).
+def _score_rows(model, tokens_bt, segment_ids_bt, flat_pos_n, targets_n):
+    """log p(target) and whether it is the argmax, at each gathered position."""
     b, t = tokens_bt.shape
     h_btd, _ = model.hidden(tokens_bt, segment_ids_bt=segment_ids_bt)
     h_nd = h_btd.reshape(b * t, -1)[flat_pos_n]
     logits_nv = model.logits(h_nd[None])[0]
     logprobs_nv = jax.nn.log_softmax(logits_nv, axis=-1)
-    lp_n = jnp.take_along_axis(logprobs_nv, targets_n[:, None], axis=-1)[:, 0] * valid_n
-    missed_n = ((jnp.argmax(logits_nv, axis=-1) != targets_n) & (valid_n > 0)).astype(jnp.int32)
-    r = pairs_r.shape[0]
-    return (
-        jax.ops.segment_sum(lp_n, pair_n, num_segments=r),
-        jax.ops.segment_sum(missed_n, pair_n, num_segments=r) == 0,
-    )
+    lp_n = jnp.take_along_axis(logprobs_nv, targets_n[:, None], axis=-1)[:, 0]
+    return lp_n, jnp.argmax(logits_nv, axis=-1) == targets_n
 
 
 def _pack(items: list[_Item], row_len: int) -> list[list[int]]:
@@ -142,21 +141,24 @@ def score_packed(
                 at += n
         # The gathered positions decide the output projection's cost: a fine bucket.
         n_pos = _fine_bucket(len(flat_pos))
-        n_pairs = _pow2(len(slots), 8)
         pad = n_pos - len(flat_pos)
-        sums_r, greedy_r = _score_rows(
+        lp_n, hit_n = _score_rows(
             model,
             tokens_bt,
             segment_ids_bt,
             np.asarray(flat_pos + [0] * pad, np.int32),
             np.asarray(targets + [0] * pad, np.int32),
-            np.asarray(pair_of + [n_pairs - 1] * pad, np.int32),
-            np.asarray([1.0] * len(flat_pos) + [0.0] * pad, np.float32),
-            np.zeros((n_pairs,), np.int32),
         )
-        sums_r, greedy_r = np.asarray(sums_r), np.asarray(greedy_r)
+        # Summed per pair on the host in float64: a float32 sum of a long continuation
+        # rounds by ~1e-5 relative, which would make a pair's score depend on the
+        # order its positions were summed in, i.e. on what else shared its call.
+        n = len(flat_pos)
+        pair_n = np.asarray(pair_of, np.int64)
+        lp_n = np.asarray(lp_n, np.float64)[:n]
+        sums = np.bincount(pair_n, lp_n, minlength=len(slots))
+        missed = np.bincount(pair_n, ~np.asarray(hit_n)[:n], minlength=len(slots))
         for slot, i in enumerate(slots):
-            results[i] = (float(sums_r[slot]), items[i].n_cont, bool(greedy_r[slot]))
+            results[i] = (float(sums[slot]), items[i].n_cont, bool(missed[slot] == 0))
     return results
 
 
