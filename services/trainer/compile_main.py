@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("topology", "v5e-16", f"TPU slice: one of {', '.join(aot.TOPOLOGY_SHAPES)}.")
 flags.DEFINE_string("spec", "", "A study spec (textproto): take preset, batch, mesh, ... from it.")
 flags.DEFINE_string("preset", "470m", "Model preset.")
-flags.DEFINE_integer("global_batch_size", 512, "Sequences per step, all chips together.")
+flags.DEFINE_integer("global_batch_size", 512, "Sequences per step, all devices together.")
 flags.DEFINE_integer("seq_len", 8192, "Tokens per sequence.")
 flags.DEFINE_integer("microbatches", 0, "Gradient-accumulation microbatches (0: the spec's, or 1).")
 flags.DEFINE_bool("auto", False, "Pick the fewest microbatches that fit.")
@@ -42,7 +42,7 @@ flags.DEFINE_string("dtype", "bfloat16", "Compute dtype (a spec's own wins).")
 flags.DEFINE_float("min_headroom", 0.0, "Fail unless at least this fraction of HBM is left.")
 
 
-def _run_spec(num_chips: int) -> trainer_pb2.RunSpec:
+def _run_spec(num_devices: int) -> trainer_pb2.RunSpec:
     """The RunSpec whose step is compiled: from --spec and the flags, flags winning."""
     spec = trainer_pb2.RunSpec(
         run_id="compile",
@@ -50,7 +50,7 @@ def _run_spec(num_chips: int) -> trainer_pb2.RunSpec:
         global_batch_size=FLAGS.global_batch_size,
         seq_len=FLAGS.seq_len,
         compute_dtype=FLAGS.dtype,
-        mesh=trainer_pb2.Mesh(data=1, fsdp=num_chips, tensor=1),
+        mesh=trainer_pb2.Mesh(data=1, fsdp=num_devices, tensor=1),
         microbatches=1,
     )
     if FLAGS.spec:
@@ -79,7 +79,7 @@ def _run_spec(num_chips: int) -> trainer_pb2.RunSpec:
     return spec
 
 
-def _validate(spec: trainer_pb2.RunSpec, num_chips: int) -> None:
+def _validate(spec: trainer_pb2.RunSpec, num_devices: int) -> None:
     """The trainer's own checks of the fields that shape the step."""
     probe = trainer_pb2.RunSpec()
     probe.CopyFrom(spec)
@@ -87,7 +87,7 @@ def _validate(spec: trainer_pb2.RunSpec, num_chips: int) -> None:
         trainer_pb2.LRSchedule(kind=trainer_pb2.LRSchedule.CONSTANT, peak_lr=1e-3)
     )
     probe.phases[0].mixture.stages.add()
-    spec_lib.validate(spec_lib.with_defaults(probe), num_devices=num_chips)
+    spec_lib.validate(spec_lib.with_defaults(probe), num_devices=num_devices)
 
 
 def _compile(spec, devices, hbm):
@@ -134,7 +134,8 @@ def main(argv):
     flops_per_step = flops.flops_per_token(config, spec.seq_len) * tokens
     ok = result.fits and result.headroom >= FLAGS.min_headroom
     mesh_shape = dict(mesh.shape)
-    print(f"topology   {FLAGS.topology}: {len(devices)} x {devices[0].device_kind}")
+    # A device is a chip, except on v4, which libtpu compiles for one TensorCore a device.
+    print(f"topology   {FLAGS.topology}: {len(devices)} devices, {devices[0].device_kind}")
     print(f"mesh       {mesh_shape}")
     print(
         f"step       preset {spec.preset}, {spec.global_batch_size} x {spec.seq_len} tokens, "
@@ -160,7 +161,7 @@ def main(argv):
         json.dumps(
             {
                 "topology": FLAGS.topology,
-                "chips": len(devices),
+                "devices": len(devices),
                 "preset": spec.preset,
                 "global_batch_size": spec.global_batch_size,
                 "seq_len": spec.seq_len,

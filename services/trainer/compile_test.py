@@ -31,7 +31,7 @@ def test_tiny_fits_a_small_slice_with_splash_attention():
     )
     assert rc == 0, out
     assert figures["fits"] and figures["attention"] == "splash"
-    assert figures["chips"] == 4 and figures["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert figures["devices"] == 4 and figures["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     # libtpu's own figure for a v5e chip, and a step that needs something but not all of it.
     assert figures["hbm_bytes_per_chip"] == int(15.75 * 2**30)
     assert 0 < figures["bytes_per_chip"] < figures["hbm_bytes_per_chip"]
