@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 _SERVE = """
@@ -50,9 +51,12 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def gcs_emulator(bucket: str = "bkt", timeout: float = 60.0):
     port = _free_port()
+    # The emulator logs every request: to a file, since an undrained pipe
+    # fills and blocks its (single) serving thread.
+    log = tempfile.NamedTemporaryFile("w+", prefix="gcs-emulator-", suffix=".log")
     process = subprocess.Popen(
         [sys.executable, "-c", _SERVE, str(port), bucket],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -63,7 +67,8 @@ def gcs_emulator(bucket: str = "bkt", timeout: float = 60.0):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if process.poll() is not None:
-                raise RuntimeError(f"the GCS emulator exited: {process.stdout.read()}")
+                log.seek(0)
+                raise RuntimeError(f"the GCS emulator exited: {log.read()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the GCS emulator did not listen on {port} in {timeout}s")
             time.sleep(0.1)
@@ -88,3 +93,4 @@ def gcs_emulator(bucket: str = "bkt", timeout: float = 60.0):
     finally:
         process.kill()
         process.wait()
+        log.close()
