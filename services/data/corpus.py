@@ -83,6 +83,7 @@ class SourceInfo:
     num_tokens: int
     num_documents: int
     content_hash: str
+    heldout_documents: int = 0  # held out by content hash, never served
 
 
 class Corpus:
@@ -108,6 +109,7 @@ class Corpus:
                 num_tokens=s["num_tokens"],
                 num_documents=s["num_documents"],
                 content_hash=s["content_hash"],
+                heldout_documents=s.get("heldout", {}).get("num_held_out", 0),
             )
             for s in self.manifest["sources"]
         ]

@@ -185,6 +185,7 @@ def test_each_source_holds_out_a_slice_no_mixture_serves(built, tmp_path):
         entry = next(e for e in m["sources"] if e["name"] == s.name)
         held = c.heldout(s.name)
         assert entry["heldout"]["num_documents"] == len(held) == entry["heldout"]["num_held_out"]
+        assert s.heldout_documents == len(held)
         assert entry["heldout"]["num_bytes"] == sum(len(t.encode()) for t in held)
         # Chosen by content alone, and never among the served documents.
         assert all(corpus.is_heldout(t, 250) for t in held)

@@ -79,6 +79,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                     num_documents=s.num_documents,
                     content_hash=s.content_hash,
                     description=s.description,
+                    heldout_documents=s.heldout_documents,
                 )
                 for s in c.sources
             ],

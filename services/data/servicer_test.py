@@ -57,6 +57,10 @@ def test_list_sources(stub, corpus):
     assert [s.kind for s in r.sources] == ["text", "code", "markup", "code_adjacent"]
     assert r.sources[0].num_tokens == corpus.source("text").num_tokens and r.sources[0].content_hash
     assert (r.corpus_id, r.vocab_size, r.eos_id, r.pad_id) == (corpus.corpus_id, 400, 1, 0)
+    # The held-out slice's size, as the manifest records it.
+    assert [s.heldout_documents for s in r.sources] == [
+        e["heldout"]["num_held_out"] for e in corpus.manifest["sources"]
+    ]
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(r.tokenizer_json)
