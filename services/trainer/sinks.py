@@ -6,11 +6,11 @@ and knows nothing of files, TensorBoard or terminals. Only the primary process h
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 from google.protobuf import json_format
 
+from libs import storage
 from proto import trainer_pb2
 from services.trainer.events import EventLog
 
@@ -42,7 +42,7 @@ class JsonlSink:
     """One JSON object a line, appended (a resumed run appends to the same file)."""
 
     def __init__(self, path: str):
-        self._file = open(path, "a")
+        self._file = storage.open(path, "a")
 
     def write(self, record, *, step, total_steps):
         self._file.write(to_json(record) + "\n")
@@ -61,6 +61,8 @@ class TensorBoardSink:
 
     def write(self, record, *, step, total_steps):
         if self._writer is None:
+            if storage.is_gcs(self._directory):
+                storage.prepare_gcs()  # tensorboardX writes gs:// with the GCS client
             from tensorboardX import SummaryWriter
 
             self._writer = SummaryWriter(self._directory)
@@ -105,8 +107,8 @@ def default_sinks(run_dir: str, events: EventLog, *, console: bool, tokens_per_s
     """The sinks of a trainer run: events, metrics.jsonl, TensorBoard, and the console."""
     sinks = [
         EventSink(events),
-        JsonlSink(os.path.join(run_dir, "metrics.jsonl")),
-        TensorBoardSink(os.path.join(run_dir, "tensorboard")),
+        JsonlSink(storage.join(run_dir, "metrics.jsonl")),
+        TensorBoardSink(storage.join(run_dir, "tensorboard")),
     ]
     if console:
         sinks.append(ConsoleSink(tokens_per_step))

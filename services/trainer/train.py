@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 
+from libs import storage
 from libs.checkpoint import checkpoint
 from libs.model import attention, flops, presets, sharding
 from proto import trainer_pb2
@@ -126,15 +126,16 @@ class Trainer:
         peak_flops: float | None = None,
     ):
         self.spec = spec
-        self.run_dir = os.path.join(spec.checkpoint_dir, spec.run_id)
-        os.makedirs(self.run_dir, exist_ok=True)
+        # A local path or a gs:// URI: everything under it goes through libs/storage.
+        self.run_dir = storage.join(spec.checkpoint_dir, spec.run_id)
+        storage.makedirs(self.run_dir)
         # One code path for one CPU and for a slice: a (data, fsdp, tensor) mesh
         # over every device of every process; process 0 alone reports.
         self.primary = jax.process_index() == 0
         self.mesh = make_mesh(spec.mesh)
         self.config = model_config(spec, vocab_size, self.mesh.devices.flat[0].platform)
         self.writer = checkpoint.CheckpointWriter(
-            os.path.join(self.run_dir, "checkpoints"), keep=spec.keep_checkpoints
+            storage.join(self.run_dir, "checkpoints"), keep=spec.keep_checkpoints
         )
         self.events = events
         self.stop_event = stop or threading.Event()
