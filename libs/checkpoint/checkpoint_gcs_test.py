@@ -46,3 +46,26 @@ def test_round_trip_and_commit_on_gcs(gcs):
     again.close()
     with pytest.raises(checkpoint.NotFoundError):
         checkpoint.read_meta(directory + "/9")
+
+
+def test_a_killed_save_on_gcs_is_removed_and_the_step_saved_again(gcs):
+    config = presets.get_preset("tiny")
+    params = nnx.to_pure_dict(
+        nnx.state(model_lib.Transformer(config, rngs=nnx.Rngs(1)), nnx.Param)
+    )
+    opt_state = optax.adamw(1e-3).init(params)
+    meta = {"step": 4, "model_config": config.to_dict(), "tokenizer_json": "{}"}
+    directory = gcs.uri("runs", "killed", "checkpoints")
+    writer = checkpoint.CheckpointWriter(directory)
+    uri = writer.save(4, params, opt_state, meta)
+    writer.close()
+    # What a save killed before its commit marker leaves: the objects, no marker.
+    storage.remove(storage.join(uri, "commit_success.txt"))
+    with pytest.raises(checkpoint.NotCommittedError):
+        checkpoint.read_meta(uri)
+    again = checkpoint.CheckpointWriter(directory)
+    assert again.latest_step() is None
+    assert again.save(4, params, opt_state, meta) == uri
+    assert again.wait() == [(4, uri)]
+    again.close()
+    assert checkpoint.read_meta(uri)["step"] == 4

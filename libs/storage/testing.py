@@ -21,8 +21,53 @@ import sys
 import tempfile
 import time
 
+# Run in the emulator's process. Three gaps between gcp-storage-emulator and
+# GCS, closed here because tensorstore (checkpoints) depends on them:
+# - it serves one request at a time with socketserver's listen backlog of 5,
+#   and tensorstore opens dozens of connections at once: a deep backlog makes
+#   them wait instead of being refused;
+# - a media download carries no x-goog-generation header, which tensorstore
+#   reads to make its next write conditional ("Malformed StorageGeneration");
+# - uploads ignore ifGenerationMatch, the condition OCDBT's manifest
+#   updates rely on (412 when it does not hold, as GCS answers).
 _SERVE = """
-import sys, threading
+import http.server, sys, threading
+from http import HTTPStatus
+http.server.HTTPServer.request_queue_size = 1024
+from gcp_storage_emulator.handlers import objects
+from gcp_storage_emulator.exceptions import NotFound
+
+def _current(storage, bucket, name):
+    try:
+        return storage.get_file_obj(bucket, name)
+    except NotFound:
+        return None
+
+_download = objects.download
+def download(request, response, storage, *args, **kwargs):
+    _download(request, response, storage, *args, **kwargs)
+    obj = _current(storage, request.params["bucket_name"], request.params["object_id"])
+    if obj is not None:
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+objects.download = download
+
+_insert = objects.insert
+def insert(request, response, storage, *args, **kwargs):
+    wanted = request.query.get("ifGenerationMatch")
+    if wanted:
+        name = request.query.get("name", [None])[0]
+        if name is None and isinstance(request.data, dict):
+            name = request.data.get("meta", {}).get("name")
+        obj = _current(storage, request.params["bucket_name"], name) if name else None
+        have = str(obj["generation"]) if obj is not None else "0"
+        if wanted[0] != have:
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+            return
+    return _insert(request, response, storage, *args, **kwargs)
+objects.insert = insert
+
 from gcp_storage_emulator.server import create_server
 server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket=sys.argv[2])
 server.start()
