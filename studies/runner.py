@@ -30,7 +30,7 @@ from google.protobuf import json_format
 
 from libs import storage
 from libs.serving import credentials as credentials_lib
-from proto import eval_pb2, study_pb2, trainer_pb2
+from proto import eval_pb2, study_pb2
 from studies import plan as plan_lib
 from studies import report as report_lib
 from studies import spec as spec_lib
