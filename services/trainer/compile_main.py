@@ -181,6 +181,8 @@ def main(argv):
             }
         )
     )
+    if not result.fits and not FLAGS.auto:
+        print("hint       --auto tries more microbatches; --remat=full keeps less per layer")
     sys.exit(0 if ok else 1)
 
 
