@@ -157,6 +157,8 @@ def main(argv):
         f"flops      {flops_per_step:.3e} model FLOPs a step (6N + 12LdT per token, "
         f"libs/model/flops.py)"
     )
+    if not result.fits and not FLAGS.auto:
+        print("hint       --auto tries more microbatches; --remat=full keeps less per layer")
     print(
         json.dumps(
             {
@@ -181,8 +183,6 @@ def main(argv):
             }
         )
     )
-    if not result.fits and not FLAGS.auto:
-        print("hint       --auto tries more microbatches; --remat=full keeps less per layer")
     sys.exit(0 if ok else 1)
 
 
