@@ -30,7 +30,7 @@ import time
 #   reads to make its next write conditional ("Malformed StorageGeneration");
 # - uploads ignore ifGenerationMatch, the condition OCDBT's manifest
 #   updates rely on (412 when it does not hold, as GCS answers).
-_SERVE = """
+SERVE = """
 import http.server, sys, threading
 from http import HTTPStatus
 http.server.HTTPServer.request_queue_size = 1024
@@ -93,6 +93,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def client_env(url: str) -> dict[str, str]:
+    """The variables that point gcsfs, google-cloud-storage and tensorstore at `url`."""
+    return {
+        "STORAGE_EMULATOR_HOST": url,
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        "GOOGLE_CLOUD_PROJECT": "test",
+    }
+
+
 @contextlib.contextmanager
 def gcs_emulator(bucket: str = "bkt", timeout: float = 60.0):
     port = _free_port()
@@ -100,7 +111,7 @@ def gcs_emulator(bucket: str = "bkt", timeout: float = 60.0):
     # fills and blocks its (single) serving thread.
     log = tempfile.NamedTemporaryFile("w+", prefix="gcs-emulator-", suffix=".log")
     process = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, str(port), bucket],
+        [sys.executable, "-c", SERVE, str(port), bucket],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -118,13 +129,7 @@ def gcs_emulator(bucket: str = "bkt", timeout: float = 60.0):
                 raise RuntimeError(f"the GCS emulator did not listen on {port} in {timeout}s")
             time.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
-        env = {
-            "STORAGE_EMULATOR_HOST": url,
-            "TENSORSTORE_GCS_HTTP_URL": url,
-            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake",
-            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-            "GOOGLE_CLOUD_PROJECT": "test",
-        }
+        env = client_env(url)
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:

@@ -7,12 +7,12 @@ handed to live watchers as they happen.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Iterator
 
 from google.protobuf import json_format
 
+from libs import storage
 from proto import trainer_pb2
 
 
@@ -23,12 +23,12 @@ class EventLog:
         self._events: list[trainer_pb2.RunEvent] = []
         self._closed = False
         self._cond = threading.Condition()
-        if path and os.path.exists(path):
-            with open(path) as f:
+        if path and storage.exists(path):  # a local path or a gs:// URI
+            with storage.open(path) as f:
                 for line in f:
                     if line.strip():
                         self._events.append(json_format.Parse(line, trainer_pb2.RunEvent()))
-        self._file = open(path, "a") if path else None
+        self._file = storage.open(path, "a") if path else None
 
     def append(self, **event) -> trainer_pb2.RunEvent:
         """Records one event: append(metrics=...), (checkpoint=...) or (status=...)."""
@@ -54,7 +54,7 @@ class EventLog:
         with self._cond:
             self._closed = False
             if self._path and self._file is None:
-                self._file = open(self._path, "a")
+                self._file = storage.open(self._path, "a")
 
     def events(self) -> list[trainer_pb2.RunEvent]:
         with self._cond:
