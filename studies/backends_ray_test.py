@@ -21,7 +21,7 @@ import uuid
 import numpy as np
 import pytest
 
-from proto import data_pb2, trainer_pb2
+from proto import trainer_pb2
 from services.data import client as data_client
 from services.data import testing as data_testing
 from studies import backends_ray
@@ -50,16 +50,7 @@ def cluster(tmp_path_factory):
 
 
 def _spec(run_id: str, checkpoint_dir: str, data_address: str) -> trainer_pb2.RunSpec:
-    mixture = data_pb2.MixtureSpec(
-        stages=[
-            data_pb2.MixtureStage(
-                weights=[
-                    data_pb2.SourceWeight(source="text", weight=0.5),
-                    data_pb2.SourceWeight(source="code", weight=0.5),
-                ]
-            )
-        ]
-    )
+    mixture = data_testing.one_stage_mixture(text=0.5, code=0.5)
     return trainer_pb2.RunSpec(
         run_id=run_id,
         preset="tiny",

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from proto import data_pb2, trainer_pb2
+from proto import trainer_pb2
 from services.data import client as data_client
 from services.data import testing as data_testing
 
@@ -24,16 +24,7 @@ S = trainer_pb2.LRSchedule
 def _spec(checkpoint_dir: str, data_address: str) -> trainer_pb2.RunSpec:
     from services.trainer import spec as spec_lib
 
-    mixture = data_pb2.MixtureSpec(
-        stages=[
-            data_pb2.MixtureStage(
-                weights=[
-                    data_pb2.SourceWeight(source="text", weight=0.5),
-                    data_pb2.SourceWeight(source="code", weight=0.5),
-                ]
-            )
-        ]
-    )
+    mixture = data_testing.one_stage_mixture(text=0.5, code=0.5)
     return spec_lib.with_defaults(
         trainer_pb2.RunSpec(
             run_id="dist",

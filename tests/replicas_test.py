@@ -8,7 +8,7 @@ every process reads a single service.
 import numpy as np
 import pytest
 
-from proto import data_pb2, trainer_pb2
+from proto import trainer_pb2
 from services.data import client as data_client
 from services.data import testing as data_testing
 from services.trainer import data_link
@@ -31,16 +31,7 @@ def replicas(tmp_path_factory):
 
 
 def _spec(**addresses) -> trainer_pb2.RunSpec:
-    mixture = data_pb2.MixtureSpec(
-        stages=[
-            data_pb2.MixtureStage(
-                weights=[
-                    data_pb2.SourceWeight(source="text", weight=0.5),
-                    data_pb2.SourceWeight(source="code", weight=0.5),
-                ]
-            )
-        ]
-    )
+    mixture = data_testing.one_stage_mixture(text=0.5, code=0.5)
     return trainer_pb2.RunSpec(
         run_id="replicas",
         global_batch_size=8,

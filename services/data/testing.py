@@ -11,9 +11,21 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from proto import data_pb2
 from services.data import corpus, sources
 
 EOS, PAD = 1, 0
+
+
+def one_stage_mixture(**weights: float) -> data_pb2.MixtureSpec:
+    """A mixture of one stage: one_stage_mixture(text=0.5, code=0.5)."""
+    return data_pb2.MixtureSpec(
+        stages=[
+            data_pb2.MixtureStage(
+                weights=[data_pb2.SourceWeight(source=k, weight=v) for k, v in weights.items()]
+            )
+        ]
+    )
 
 
 def write_token_corpus(

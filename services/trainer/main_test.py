@@ -1,9 +1,7 @@
 """The trainer binary as a real process: flags, errors, serving, bad RunSpecs."""
 
-import os
 import socket
 import subprocess
-import sys
 
 import grpc
 import pytest

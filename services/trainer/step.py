@@ -42,8 +42,6 @@ BATCH_FIELDS = {
     "source_ids": jnp.uint8,
 }
 
-BATCH_AXES = ("data", "fsdp")  # mesh axes the batch's rows are split over
-
 
 def _decay_mask(params):
     # Decoupled weight decay only on the projection matrices: not on norm scales, and not
@@ -85,10 +83,11 @@ def join_microbatches(x_kbt: jax.Array) -> jax.Array:
     return x_kbt.swapaxes(0, 1).reshape(-1, *x_kbt.shape[2:])
 
 
-def train_step(params, opt_state, batch, lr, *, graphdef, tx, microbatches: int):
+def train_step(params, opt_state, batch, lr, *, graphdef, tx, microbatches: int, rules=()):
     """One optimizer step on a global batch: (params, opt_state, metrics).
 
-    Pure: everything it depends on is an argument (graphdef, tx and microbatches static).
+    Pure: everything it depends on is an argument (graphdef, tx, microbatches and the
+    sharding rules static).
     """
 
     def loss_sum(params, mb):
@@ -107,8 +106,8 @@ def train_step(params, opt_state, batch, lr, *, graphdef, tx, microbatches: int)
         (total, per_token_bt), grads = grad_fn(params, batch)
     else:
         mbs = {name: split_microbatches(x, microbatches) for name, x in batch.items()}
-        mb_spec = PartitionSpec(None, BATCH_AXES)
-        mbs = jax.tree.map(lambda x: _constrain(x, mb_spec), mbs)
+        # Each microbatch's rows stay split over the devices as the whole batch's were.
+        mbs = jax.tree.map(lambda x: sharding.constrain(x, (None, "batch", "length"), rules), mbs)
 
         def accumulate(carry, mb):
             grads_acc, total_acc = carry
@@ -140,12 +139,6 @@ def train_step(params, opt_state, batch, lr, *, graphdef, tx, microbatches: int)
         ),
     }
     return params, opt_state, metrics
-
-
-def _constrain(x, spec):
-    if jax.sharding.get_abstract_mesh().empty:
-        return x
-    return jax.lax.with_sharding_constraint(x, spec)
 
 
 @dataclasses.dataclass
@@ -193,7 +186,9 @@ class StepProgram:
             graphdef=graphdef,
             param_shardings=param_shardings,
             opt_shardings=opt_shardings,
-            batch_sharding=NamedSharding(mesh, PartitionSpec(BATCH_AXES)),
+            batch_sharding=NamedSharding(
+                mesh, sharding.logical_to_spec(("batch", "length"), config.sharding_rules)
+            ),
             abstract_params=abstract_params,
             abstract_opt=abstract_opt,
         )
@@ -212,6 +207,7 @@ class StepProgram:
                 graphdef=self.graphdef,
                 tx=self.tx,
                 microbatches=self.microbatches,
+                rules=self.config.sharding_rules,
             )
 
         return jax.jit(

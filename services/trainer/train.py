@@ -60,7 +60,6 @@ class StepContext:
     params: object
     opt_state: object
     lr: float
-    source_names: tuple[str, ...]
     phase_end: bool
 
 
@@ -169,6 +168,7 @@ class Trainer:
         self._interval_start = time.perf_counter()
         self._interval_tokens = 0
         self._unread_tokens = None
+        # The current phase's sources, which index the per-source sums of the step.
         self._source_names: tuple[str, ...] = ()
         self._unreported: dict[int, dict] = {}  # step -> record of a save not yet committed
 
@@ -290,7 +290,6 @@ class Trainer:
                 params,
                 opt_state,
                 lr,
-                tuple(batch.source_names),
                 phase_end=pos.phase_step == num_steps,
             )
             for hook in self.hooks:
@@ -298,27 +297,24 @@ class Trainer:
                     hook.run(ctx)
         return params, opt_state, False
 
-    def _read_tokens(self, pos: Position, source_names) -> None:
+    def _read_tokens(self, pos: Position) -> None:
         """Add the tokens counted on device since the last read to the position."""
         if self._unread_tokens is None:
             return
         counts = jax.device_get(self._unread_tokens)
         self._unread_tokens = None
-        for name, count in zip(source_names, counts):
+        for name, count in zip(self._source_names, counts):
             if count:
                 pos.tokens_per_source[name] = pos.tokens_per_source.get(name, 0) + int(count)
         pos.tokens_seen += int(counts.sum())
 
     def _checkpoint(self, ctx: StepContext) -> None:
-        self._read_tokens(ctx.pos, ctx.source_names)
         self._save(ctx.pos, ctx.params, ctx.opt_state, phase_end=ctx.phase_end)
 
     # -- checkpoints, metrics, events -----------------------------------------------
 
     def _save(self, pos: Position, params, opt_state, *, phase_end: bool) -> None:
-        # A stop between two reads: the tokens of the steps since belong in this save.
-        if self._unread_tokens is not None:
-            self._read_tokens(pos, self._source_names)
+        self._read_tokens(pos)  # the position saved counts every step trained
         jax.block_until_ready(params)
         pos.last_uri = self.writer.uri(pos.step)
         # One resumable record; the lineage is derived from it (checkpoint.lineage).
@@ -347,7 +343,7 @@ class Trainer:
 
     def _log_interval(self, ctx: StepContext) -> None:
         """Metrics of the steps since the last log, to every sink."""
-        self._read_tokens(ctx.pos, ctx.source_names)
+        self._read_tokens(ctx.pos)
         elapsed = time.perf_counter() - self._interval_start
         tokens_per_s = self._interval_tokens / max(elapsed, 1e-9)
         metrics = jax.device_get(self._interval)
@@ -356,7 +352,7 @@ class Trainer:
             return
         source_loss = {
             name: float(metrics["source_loss_sum"][i] / metrics["source_count"][i])
-            for i, name in enumerate(ctx.source_names)
+            for i, name in enumerate(self._source_names)
             if metrics["source_count"][i] > 0
         }
         self.final_source_loss.update(source_loss)
