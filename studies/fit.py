@@ -1,5 +1,6 @@
-"""A response surface over a code-proportion sweep: score as a function of
-the code fraction p, per category, and the fraction that maximises it.
+"""A response surface over a code-proportion sweep: a metric as a function of
+the code fraction p (per category, or per data source's held-out bits per byte),
+and the fraction that optimises it.
 
 Two forms, each three parameters:
 
@@ -10,9 +11,11 @@ Two forms, each three parameters:
   optimum (the paper's NL reasoning peaks near 25% code).
 
 The form is chosen by leave-one-out error over the fitted points (in-fit
-error when too few points remain), and the fit's error is reported on an arm
-held out of the fit altogether, so the reader sees how far to trust the
-predicted best fraction.
+error when too few points remain), and the fit is validated on arms held out
+of the fit altogether (a sweep's held-out arm and its random mixtures): their
+prediction errors, RMSE, and the Spearman rank correlation of predicted with
+actual values (RegMix's test of a mixture law: does it rank unseen mixtures
+right?), so the reader sees how far to trust the predicted best fraction.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
 
 def _quadratic(p, a, b, c):
@@ -59,11 +62,13 @@ class Fit:
     def predict(self, p) -> np.ndarray:
         return FORMS[self.form].fn(np.asarray(p, dtype=float), *self.params)
 
-    def best_fraction(self, lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
-        """(p, score) maximising the fit over [lo, hi]."""
+    def best_fraction(
+        self, lo: float = 0.0, hi: float = 1.0, *, minimise: bool = False
+    ) -> tuple[float, float]:
+        """(p, value) maximising (or minimising) the fit over [lo, hi]."""
         grid = np.linspace(lo, hi, 1001)
         values = self.predict(grid)
-        i = int(np.argmax(values))
+        i = int(np.argmin(values) if minimise else np.argmax(values))
         return float(grid[i]), float(values[i])
 
     def describe(self) -> str:
@@ -145,27 +150,54 @@ class HeldOut:
 
 @dataclasses.dataclass
 class Surface:
-    """The chosen fit of one category over a sweep."""
+    """The chosen fit of one metric over a sweep."""
 
     fit: Fit
     candidates: dict[str, Fit]
     loo_rmse: dict[str, float]
     best_fraction: float
     best_score: float
-    held_out: HeldOut | None
+    validation: list[HeldOut]  # the held-out points, by code fraction
+
+    @property
+    def held_out(self) -> HeldOut | None:
+        """The first held-out point (a sweep with one held-out arm)."""
+        return self.validation[0] if self.validation else None
+
+    @property
+    def held_out_rmse(self) -> float:
+        if not self.validation:
+            return math.nan
+        return float(np.sqrt(np.mean([h.error**2 for h in self.validation])))
+
+    @property
+    def spearman(self) -> float:
+        """Rank correlation of predicted with actual over the held-out points
+        (NaN with fewer than three, or when either side is constant)."""
+        if len(self.validation) < 3:
+            return math.nan
+        actual = [h.actual for h in self.validation]
+        predicted = [h.predicted for h in self.validation]
+        if len(set(actual)) < 2 or len(set(predicted)) < 2:
+            return math.nan
+        return float(stats.spearmanr(actual, predicted).statistic)
 
 
 def response_surface(
     points: Sequence[tuple[str, float, float]],
     *,
-    held_out: str = "",
+    held_out: str | Collection[str] = (),
     forms: Sequence[str] = ("quadratic", "exp"),
+    minimise: bool = False,
 ) -> Surface:
-    """Fits (name, code fraction, score) points, leaving `held_out` out.
+    """Fits (name, code fraction, value) points, leaving the `held_out` names
+    out to validate on; the best fraction maximises the fit (minimises it with
+    `minimise`, for a loss).
 
     Raises ValueError when the points left are too few for any form.
     """
-    fitted = [(n, p, y) for n, p, y in points if n != held_out]
+    held = {held_out} if isinstance(held_out, str) else set(held_out)
+    fitted = [(n, p, y) for n, p, y in points if n not in held]
     p = np.array([t[1] for t in fitted])
     y = np.array([t[2] for t in fitted])
     candidates = {}
@@ -183,9 +215,13 @@ def response_surface(
         chosen = min(candidates, key=lambda f: (round(candidates[f].rmse, 12), forms.index(f)))
     best = candidates[chosen]
     lo, hi = float(min(t[1] for t in points)), float(max(t[1] for t in points))
-    best_p, best_y = best.best_fraction(lo, hi)
-    out = None
-    for n, hp, hy in points:
-        if n == held_out:
-            out = HeldOut(n, float(hp), float(hy), float(best.predict(hp)))
-    return Surface(best, candidates, loo, best_p, best_y, out)
+    best_p, best_y = best.best_fraction(lo, hi, minimise=minimise)
+    validation = sorted(
+        (
+            HeldOut(n, float(hp), float(hy), float(best.predict(hp)))
+            for n, hp, hy in points
+            if n in held
+        ),
+        key=lambda h: h.fraction,
+    )
+    return Surface(best, candidates, loo, best_p, best_y, validation)

@@ -73,3 +73,21 @@ def test_fit_rejects_fewer_points_than_parameters():
 def test_leave_one_out_is_zero_for_exact_data():
     p = np.array(SWEEP)
     assert fit.leave_one_out_rmse("quadratic", p, 1 + 2 * p - p * p) < 1e-9
+
+
+def test_a_loss_law_validates_on_held_out_mixtures():
+    # Held-out code BPB falling with the code fraction, as a data mixing law.
+    truth = (1.2, 1.5, -3.0)
+    law = lambda p: truth[0] + truth[1] * math.exp(truth[2] * p)  # noqa: E731
+    points = _points(law, fractions=[0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
+    points += [("r0", 0.1, law(0.1)), ("r1", 0.6, law(0.6)), ("r2", 0.35, law(0.35))]
+    surface = fit.response_surface(points, held_out={"code75", "r0", "r1", "r2"}, minimise=True)
+    assert surface.fit.form == "exp"
+    assert surface.fit.params == pytest.approx(truth, rel=1e-3)
+    assert [h.name for h in surface.validation] == ["r0", "r2", "r1", "code75"]
+    assert surface.held_out_rmse < 1e-6 and surface.spearman == pytest.approx(1.0)
+    assert surface.best_fraction == pytest.approx(1.0)  # the minimum of a falling loss
+    # A law that ranks unseen mixtures backwards is caught by its rank correlation.
+    backwards = [(n, p, law(1 - p) if n.startswith("r") else y) for n, p, y in points]
+    bad = fit.response_surface(backwards, held_out={"r0", "r1", "r2"}, minimise=True)
+    assert bad.spearman == pytest.approx(-1.0) and bad.held_out_rmse > 0.1

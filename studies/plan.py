@@ -46,6 +46,8 @@ class PlannedPhase:
     paper_tokens: float
     steps: int
     tokens: int
+    replicate: int = 0  # which of the study's seeds
+    seed: int = 0  # of its initialisation and data order: Study.seed + replicate
 
     @property
     def name(self) -> str:
@@ -55,8 +57,14 @@ class PlannedPhase:
 @dataclasses.dataclass
 class Plan:
     study: study_pb2.Study
-    phases: list[PlannedPhase]  # parents before children
-    by_ref: dict[str, PlannedPhase]
+    phases: list[PlannedPhase]  # parents before children, replicate by replicate
+    # "arm/phase" -> the training of each replicate (index = PlannedPhase.replicate).
+    replicates: dict[str, list[PlannedPhase]]
+
+    @property
+    def by_ref(self) -> dict[str, PlannedPhase]:
+        """ "arm/phase" -> the training of the first replicate."""
+        return {name: ps[0] for name, ps in self.replicates.items()}
 
     def get(self, fingerprint: str) -> PlannedPhase:
         for p in self.phases:
@@ -64,10 +72,10 @@ class Plan:
                 return p
         raise KeyError(fingerprint)
 
-    def lookup(self, ref: str) -> PlannedPhase:
+    def lookup(self, ref: str, replicate: int = 0) -> PlannedPhase:
         """By "arm/phase" or "arm" (its last phase)."""
         r = spec_lib.resolve(self.study, ref, "ref")
-        return self.by_ref[r.name(self.study)]
+        return self.replicates[r.name(self.study)][replicate]
 
 
 def _digest(*parts: bytes) -> str:
@@ -78,13 +86,13 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _study_identity(study: study_pb2.Study) -> bytes:
-    """What every run of the study shares and what changes its weights."""
+def _study_identity(study: study_pb2.Study, seed: int) -> bytes:
+    """What every run of one replicate shares and what changes its weights."""
     shared = study_pb2.Study(
         preset=study.preset,
         global_batch_size=study.global_batch_size,
         seq_len=study.seq_len,
-        seed=study.seed,
+        seed=seed,
         compute_dtype=study.compute_dtype or "float32",
     )
     shared.optimizer.CopyFrom(study.optimizer)
@@ -99,8 +107,20 @@ def _mixture_identity(mix: data_pb2.MixtureSpec) -> bytes:
 
 
 def build(study: study_pb2.Study) -> Plan:
-    """Plans a validated study (spec.validate first)."""
-    identity = _study_identity(study)
+    """Plans a validated study (spec.validate first): every replicate in turn,
+    so the first seed of every arm is done before the second starts."""
+    phases: list[PlannedPhase] = []
+    replicates: dict[str, list[PlannedPhase]] = {}
+    for replicate in range(spec_lib.seeds(study)):
+        planned, by_ref = _build_replicate(study, replicate)
+        phases += planned
+        for name, p in by_ref.items():
+            replicates.setdefault(name, []).append(p)
+    return Plan(study=study, phases=phases, replicates=replicates)
+
+
+def _build_replicate(study: study_pb2.Study, replicate: int):
+    identity = _study_identity(study, study.seed + replicate)
     fingerprints: dict[PhaseRef, str] = {}
 
     def fingerprint(ref: PhaseRef) -> str:
@@ -134,7 +154,13 @@ def build(study: study_pb2.Study) -> Plan:
         arm, phase = study.arms[ref.arm], spec_lib.phase(study, ref)
         p = PlannedPhase(
             fingerprint=fp,
-            run_id=_run_id(study.name, arm.name, phase.name, fp),
+            run_id=_run_id(
+                study.name,
+                arm.name,
+                phase.name,
+                fp,
+                replicate if spec_lib.seeds(study) > 1 else None,
+            ),
             refs=[name],
             kind=phase.kind,
             parent=parent.fingerprint if parent else None,
@@ -144,6 +170,8 @@ def build(study: study_pb2.Study) -> Plan:
             paper_tokens=spec_lib.paper_tokens(study, ref),
             steps=spec_lib.steps(study, ref),
             tokens=spec_lib.trained_tokens(study, ref),
+            replicate=replicate,
+            seed=study.seed + replicate,
         )
         planned[fp] = p
         order.append(fp)
@@ -152,12 +180,13 @@ def build(study: study_pb2.Study) -> Plan:
 
     for ref in spec_lib.all_refs(study):
         visit(ref)
-    return Plan(study=study, phases=[planned[fp] for fp in order], by_ref=by_ref)
+    return [planned[fp] for fp in order], by_ref
 
 
-def _run_id(study: str, arm: str, phase: str, fingerprint: str) -> str:
+def _run_id(study: str, arm: str, phase: str, fingerprint: str, replicate: int | None) -> str:
     head = f"{study}-{arm}-{phase}"[:110]
-    return f"{head}-{fingerprint[:12]}"
+    seed = f"-s{replicate}" if replicate is not None else ""
+    return f"{head}{seed}-{fingerprint[:12]}"
 
 
 def run_spec(
@@ -187,7 +216,7 @@ def run_spec(
         data_address=data_address,
         global_batch_size=study.global_batch_size,
         seq_len=study.seq_len,
-        seed=study.seed,
+        seed=p.seed,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every_steps=study.checkpoint_every_steps,
         keep_checkpoints=KEEP_CHECKPOINTS,
@@ -213,8 +242,9 @@ def describe(plan: Plan) -> str:
         total += p.tokens
         start = f"from {plan.get(p.parent).name}" if p.parent else "from scratch"
         shared = f"  (also {', '.join(p.refs[1:])})" if len(p.refs) > 1 else ""
+        seed = f" seed {p.seed}" if spec_lib.seeds(plan.study) > 1 else ""
         lines.append(
-            f"  {i + 1:>2}. {p.name:<36} {p.tokens:>14,} tokens {p.steps:>7,} steps, "
+            f"  {i + 1:>2}. {p.name:<36}{seed} {p.tokens:>14,} tokens {p.steps:>7,} steps, "
             f"{start}{shared}"
         )
     lines.append(f"  {len(plan.phases)} trainings, {total:,} tokens in all")

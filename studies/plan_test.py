@@ -11,16 +11,23 @@ SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the trainer's rule
 
 
+def _tiny(seeds: int):
+    study = spec.load(os.path.join(SPECS, "tiny.textproto"))
+    study.seeds = seeds
+    return study
+
+
 @pytest.fixture
 def tiny():
-    return spec.load(os.path.join(SPECS, "tiny.textproto"))
+    """The tiny study with one seed."""
+    return _tiny(1)
 
 
 def test_each_shared_phase_is_planned_once(tiny):
     plan = plan_lib.build(tiny)
     refs = [r.name(tiny) for r in spec.all_refs(tiny)]
-    assert len(refs) == 22
-    assert len(plan.phases) == 20
+    assert len(refs) == 24  # with the sweep's two random mixtures
+    assert len(plan.phases) == 22
     # Explicit sharing (init_from) and identical spellings (the sweep's 0% and
     # 50% arms are the text-only and balanced inits) are each one training.
     assert plan.by_ref["code0/init"] is plan.by_ref["text-only/init"]
@@ -33,8 +40,8 @@ def test_each_shared_phase_is_planned_once(tiny):
         "balanced-to-text/continue",
     ]
     assert sorted(balanced.refs) == ["balanced-only/init", "code50/init"]
-    assert len({p.fingerprint for p in plan.phases}) == 20
-    assert len({p.run_id for p in plan.phases}) == 20
+    assert len({p.fingerprint for p in plan.phases}) == 22
+    assert len({p.run_id for p in plan.phases}) == 22
 
 
 def test_phases_come_in_dependency_order(tiny):
@@ -84,7 +91,8 @@ def test_labels_do_not_change_fingerprints(tiny):
         m.name = m.name.upper()
     for arm in tiny.arms:
         for phase in arm.phases:
-            phase.mixture_name = phase.mixture_name.upper()
+            if phase.WhichOneof("data") == "mixture_name":
+                phase.mixture_name = phase.mixture_name.upper()
     tiny.description = "renamed"
     tiny.log_every_steps = 99
     assert [p.fingerprint for p in plan_lib.build(tiny).phases] == before
@@ -131,6 +139,30 @@ def test_run_specs(tiny):
 
 def test_describe_lists_every_training_once(tiny):
     text = plan_lib.describe(plan_lib.build(tiny))
-    assert "20 trainings" in text
+    assert "22 trainings" in text
     assert "(also code0/init)" in text
     assert "from balanced-to-text/continue" in text
+
+
+def test_every_phase_trains_once_per_seed_from_its_own_seeds_parent():
+    one, three = plan_lib.build(_tiny(1)), plan_lib.build(_tiny(3))
+    assert len(three.phases) == 3 * len(one.phases)
+    # The first seed is the one-seed study's plan: the same trainings, reused.
+    assert [p.fingerprint for p in three.phases[: len(one.phases)]] == [
+        p.fingerprint for p in one.phases
+    ]
+    assert len({p.fingerprint for p in three.phases}) == len(three.phases)
+    assert len({p.run_id for p in three.phases}) == len(three.phases)
+    for name, replicates in three.replicates.items():
+        assert [p.replicate for p in replicates] == [0, 1, 2]
+        assert [p.seed for p in replicates] == [0, 1, 2]
+        for p in replicates:
+            if p.parent is not None:
+                assert three.get(p.parent).replicate == p.replicate
+    cont = three.lookup("code-to-text/continue", replicate=2)
+    assert three.get(cont.parent) is three.lookup("code100/init", replicate=2)
+    spec_ = plan_lib.run_spec(
+        three.study, cont, parent_uri="/ck/p", data_address="a:1", checkpoint_dir="/ck"
+    )
+    assert spec_.seed == 2 and "-s2-" in spec_.run_id
+    assert three.lookup("code0/init", replicate=1) is three.lookup("text-only/init", replicate=1)

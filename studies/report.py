@@ -2,15 +2,21 @@
 
 Everything here reads the plan and the state file (studies/state.py) only,
 so a report can be rewritten at any time, from partial results too, without
-a service. Sections, after the paper:
+a service. With several seeds (Study.seeds) every score is the mean over the
+seeds, its interval a bootstrap over seeds and eval items together, and every
+comparison a paired difference (studies/compare.py). Sections, after the paper:
 
+- the paper's findings: each claim's paired gain on the continuous metric and
+  on accuracy, with its interval and a verdict (studies/findings.py), and a
+  figure of the effects;
 - Table 2: per arm and phase, NL reasoning, world knowledge, NL average,
   code, total, and the text / code tokens the model has seen in its chain;
 - relative change of every arm against the baseline (text-only);
-- code-proportion curves with a fitted response surface (studies/fit.py),
-  its predicted best code fraction, and its error on a held-out arm;
+- code proportion: each sweep's scores, and a mixture law fitted to held-out
+  bits per byte per source and to the gold-answer BPB of NL reasoning and code
+  (studies/fit.py), validated on held-out arms and random mixtures;
 - cooldown: each model before and after each cooldown;
-- judge win rates against the baseline;
+- judge win rates against the baseline (the first seed's models);
 - continuous metrics (../shared/DESIGN.md "Small-scale signal"): per category the
   bits per byte of the gold answers, the probability of the correct choice
   normalised over the choices and its margin, and the bits per byte of every data
@@ -34,6 +40,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from proto import study_pb2  # noqa: E402
+from studies import compare  # noqa: E402
+from studies import findings as findings_lib  # noqa: E402
 from studies import fit as fit_lib  # noqa: E402
 from studies import spec as spec_lib  # noqa: E402
 from studies.plan import Plan, PlannedPhase  # noqa: E402
@@ -65,17 +73,27 @@ class Row:
     ref: str
     arm: str
     phase: str
-    planned: PlannedPhase
-    record: dict | None  # the finished phase, or None
-    scores: dict[str, Score]  # category -> score; empty when not evaluated
-    tasks: list[dict]  # per-task EvalResults
-    aggregates: dict[str, dict]  # category -> the aggregate EvalResult (extra, intervals)
-    tokens: dict[str, int] | None  # text / code / other over the chain
-    eval_seconds: float | None
+    planned: PlannedPhase  # the first seed's training
+    record: dict | None  # the first seed's finished phase, or None
+    evaluations: list[dict | None]  # per seed: the evaluation record, or None
+    scores: dict[str, Score]  # category -> mean over seeds; empty when not evaluated
+    tokens: dict[str, int] | None  # text / code / other over the chain (first seed)
 
     @property
     def owner(self) -> bool:
         return self.planned.refs[0] == self.ref
+
+    @property
+    def seeds(self) -> int:
+        """Seeds evaluated."""
+        return sum(e is not None for e in self.evaluations)
+
+    def metric(self, category: str, metric: str = compare.HEADLINE) -> compare.Effect | None:
+        """A category metric (or category "heldout" and a source) over the evaluated
+        seeds and items; None when nothing carries it."""
+        return compare.estimate(
+            compare.units([e for e in self.evaluations if e is not None], category, metric)
+        )
 
 
 def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:
@@ -85,36 +103,68 @@ def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:
     rows = []
     for ref in spec_lib.all_refs(study):
         name = ref.name(study)
-        planned = plan.by_ref[name]
-        record = state.phase(planned.fingerprint)
-        evaluation = state.evaluation(planned.fingerprint, settings)
-        scores, tasks, aggregates = {}, [], {}
-        if evaluation:
-            for r in evaluation["results"]:
-                if r["task"].startswith("aggregate/"):
-                    scores[r["task"].removeprefix("aggregate/")] = (
-                        r["value"],
-                        r.get("ci_low", r["value"]),
-                        r.get("ci_high", r["value"]),
-                    )
-                    aggregates[r["task"].removeprefix("aggregate/")] = r
-                else:
-                    tasks.append(r)
-        rows.append(
-            Row(
-                ref=name,
-                arm=study.arms[ref.arm].name,
-                phase=spec_lib.phase(study, ref).name,
-                planned=planned,
-                record=record,
-                scores=scores,
-                tasks=tasks,
-                aggregates=aggregates,
-                tokens=_chain_tokens(plan, state, planned, kinds),
-                eval_seconds=evaluation.get("eval_seconds") if evaluation else None,
-            )
+        replicates = plan.replicates[name]
+        planned = replicates[0]
+        evaluations = [state.evaluation(p.fingerprint, settings) for p in replicates]
+        row = Row(
+            ref=name,
+            arm=study.arms[ref.arm].name,
+            phase=spec_lib.phase(study, ref).name,
+            planned=planned,
+            record=state.phase(planned.fingerprint),
+            evaluations=evaluations,
+            scores={},
+            tokens=_chain_tokens(plan, state, planned, kinds),
         )
+        row.scores = _scores(row)
+        rows.append(row)
     return rows
+
+
+def _scores(row: Row) -> dict[str, Score]:
+    """Category -> (mean over the evaluated seeds, interval). One seed: the eval
+    service's interval; several: a bootstrap over seeds and items (none for the
+    total, a mean of category means)."""
+    done = [e for e in row.evaluations if e is not None]
+    per_category: dict[str, list[dict]] = {}
+    for e in done:
+        for r in e["results"]:
+            if r["task"].startswith("aggregate/"):
+                per_category.setdefault(r["task"].removeprefix("aggregate/"), []).append(r)
+    out = {}
+    for cat, results in per_category.items():
+        if len(results) != len(done):
+            continue
+        value = float(np.mean([r["value"] for r in results]))
+        if len(done) == 1:
+            r = results[0]
+            out[cat] = (value, r.get("ci_low", value), r.get("ci_high", value))
+            continue
+        est = None if cat == "total" else row.metric(cat)
+        out[cat] = (value, est.low, est.high) if est else (value, math.nan, math.nan)
+    return out
+
+
+def paired_gain(
+    a: Row, b: Row, category: str, metric: str = compare.HEADLINE, *, lower_better=False
+):
+    """A's gain over B (A - B; B - A for a loss), paired over the seeds both have
+    evaluated and the items both scored; None when nothing pairs."""
+    seeds = [
+        i
+        for i, (x, y) in enumerate(zip(a.evaluations, b.evaluations))
+        if x is not None and y is not None
+    ]
+    if not seeds:
+        return None
+    ua = compare.units([a.evaluations[i] for i in seeds], category, metric)
+    ub = compare.units([b.evaluations[i] for i in seeds], category, metric)
+    names = {u.name for u in ua} & {u.name for u in ub}
+    ua = [u for u in ua if u.name in names]
+    ub = [u for u in ub if u.name in names]
+    if not ua:
+        return None
+    return compare.paired(ub, ua) if lower_better else compare.paired(ua, ub)
 
 
 def _kind(source: str, kinds: dict[str, str]) -> str:
@@ -177,22 +227,22 @@ def write(study: study_pb2.Study, plan: Plan, state: State, out_dir: str) -> str
     by_ref = {r.ref: r for r in rows}
     last_rows = [by_ref[f"{arm.name}/{arm.phases[-1].name}"] for arm in study.arms]
     baseline = by_ref[_ref_name(study, study.baseline)] if study.baseline else None
-    lines = _header(study, plan, rows)
+    laws = {sweep.name: sweep_laws(study, sweep, by_ref) for sweep in study.sweeps}
+    lines = _header(study, plan, rows, state)
+    lines += _findings_section(study, by_ref, laws, figures)
     lines += _table2(rows)
     lines += _figure_scores(last_rows, figures)
     if baseline is not None:
         lines += _relative_section(plan, rows, last_rows, baseline, figures)
-    surfaces = {sweep.name: sweep_surfaces(study, sweep, by_ref) for sweep in study.sweeps}
     for sweep in study.sweeps:
-        lines += _sweep_section(study, sweep, surfaces[sweep.name], figures)
+        lines += _sweep_section(study, sweep, laws[sweep.name], figures)
     lines += _cooldown_section(study, plan, rows, figures)
-    lines += _headline_section(study, plan, rows, last_rows, baseline, surfaces)
     if study.HasField("judge"):
         lines += _win_rate_section(state, figures)
     lines += _continuous_section(rows)
     lines += _loss_section(plan, state, figures)
     lines += _intervals_section(rows)
-    lines += _provenance_section(plan, state, rows)
+    lines += _provenance_section(study, plan, state)
     path = os.path.join(out_dir, REPORT)
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -204,9 +254,9 @@ def _ref_name(study, ref: str) -> str:
     return spec_lib.resolve(study, ref, "ref").name(study)
 
 
-def _header(study, plan: Plan, rows: list[Row]) -> list[str]:
-    trained = sum(1 for p in plan.phases if rows and _done(rows, p))
-    evaluated = sum(1 for r in rows if r.scores and r.owner)
+def _header(study, plan: Plan, rows: list[Row], state: State) -> list[str]:
+    trained = sum(1 for p in plan.phases if state.phase(p.fingerprint) is not None)
+    evaluated = sum(r.seeds for r in rows if r.owner)
     e = study.evaluation
     suite = f"suite `{e.suite}`" if not e.tasks else f"tasks {', '.join(e.tasks)}"
     lines = [
@@ -215,7 +265,13 @@ def _header(study, plan: Plan, rows: list[Row]) -> list[str]:
         study.description.strip(),
         "",
         f"- Model preset `{study.preset}`; batch {study.global_batch_size} x {study.seq_len} "
-        f"tokens; seed {study.seed}.",
+        f"tokens; "
+        + (
+            f"{spec_lib.seeds(study)} seeds ({study.seed}..{study.seed + spec_lib.seeds(study) - 1}"
+            "): every phase trains once per seed, scores are means over seeds."
+            if spec_lib.seeds(study) > 1
+            else f"seed {study.seed}."
+        ),
         f"- Budgets at scale {study.scale:g}: the paper's 200B-token phase trains on "
         f"{_tok(int(math.ceil(spec_lib.PAPER_PRETRAIN_TOKENS * study.scale)))} tokens, its "
         f"40B cooldown on {_tok(int(math.ceil(spec_lib.PAPER_COOLDOWN_TOKENS * study.scale)))} "
@@ -230,10 +286,6 @@ def _header(study, plan: Plan, rows: list[Row]) -> list[str]:
         "",
     ]
     return lines
-
-
-def _done(rows: list[Row], p: PlannedPhase) -> bool:
-    return any(r.planned is p and r.record is not None for r in rows)
 
 
 def _table2(rows: list[Row]) -> list[str]:
@@ -319,7 +371,10 @@ def _relative_section(plan, rows, last_rows, baseline: Row, figures: str) -> lis
             else math.nan
             for c, _ in CATEGORIES
         ]
-        body.append([r.ref, ref.ref] + [_rel(v) for v in changes])
+        body.append(
+            [r.ref, ref.ref]
+            + [_rel(v) + _paired_cell(r, ref, c) for v, (c, _) in zip(changes, CATEGORIES)]
+        )
         data.append((r.arm, changes))
     if not body:
         return lines + ["Not evaluated yet.", ""]
@@ -328,7 +383,8 @@ def _relative_section(plan, rows, last_rows, baseline: Row, figures: str) -> lis
         "",
         "Each arm is compared with the baseline arm's phase of the same token budget "
         "(else its last phase). n/a: the baseline scores 0, so a relative change is "
-        "undefined.",
+        "undefined. In parentheses: the paired difference in points with its 95% "
+        "interval over seeds and items; bold when the interval excludes zero.",
         "",
     ]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(data) + 1.5))
@@ -350,125 +406,179 @@ def _relative_section(plan, rows, last_rows, baseline: Row, figures: str) -> lis
     return lines + ["![Relative change](figures/relative_change.png)", ""]
 
 
-# ---------------------------------------------------------------- sweeps and fits
+# ---------------------------------------------------------------- sweeps and the mixture law
+
+# The sweep's continuous targets besides every source's held-out BPB: (category,
+# metric, title). Accuracy is tabled, not fitted: at small scale it sits at chance
+# and a fit to it follows noise.
+LAW_CATEGORY_METRICS = [
+    ("nl_reasoning", "bpb", "NL reasoning gold BPB"),
+    ("code", "bpb", "Code gold BPB"),
+]
 
 
-def sweep_surfaces(study, sweep, by_ref) -> tuple[list, dict]:
-    """The sweep's points [(arm, fraction, row)] and per category the fitted
-    Surface or the reason there is none."""
-    points = []
-    for arm, ref, fraction in spec_lib.sweep_points(study, sweep):
-        points.append((arm, fraction, by_ref[ref.name(study)]))
-    held = spec_lib.held_out_arm(study, sweep)
-    surfaces = {}
-    for cat, _ in CATEGORIES:
-        data = [(arm, f, row.scores[cat][0]) for arm, f, row in points if cat in row.scores]
+@dataclasses.dataclass
+class SweepLaw:
+    """A sweep's points and, per target, the fitted law or why there is none."""
+
+    points: list[tuple[str, float, Row]]  # (arm, code fraction, row), by fraction
+    held_out: list[str]  # arms left out of every fit
+    targets: list[tuple[str, str, str]]  # (category, metric, title)
+    laws: dict[tuple[str, str], fit_lib.Surface | str]
+
+
+def _heldout_sources(rows: list[Row]) -> list[str]:
+    sources = set()
+    for row in rows:
+        for e in row.evaluations:
+            for r in (e or {}).get("results", []):
+                if r["task"] == compare.HELDOUT_TASK:
+                    sources |= {
+                        k.removesuffix("/nll")
+                        for k in r.get("per_example", {})
+                        if k.endswith("/nll")
+                    }
+    return sorted(sources)
+
+
+def sweep_laws(study, sweep, by_ref) -> SweepLaw:
+    points = [
+        (arm, fraction, by_ref[ref.name(study)])
+        for arm, ref, fraction in spec_lib.sweep_points(study, sweep)
+    ]
+    held = spec_lib.held_out_arms(study, sweep)
+    targets = [
+        ("heldout", s, f"held-out `{s}` BPB") for s in _heldout_sources([p[2] for p in points])
+    ]
+    targets += LAW_CATEGORY_METRICS
+    laws: dict[tuple[str, str], fit_lib.Surface | str] = {}
+    for cat, metric, _ in targets:
+        data = []
+        for arm, f, row in points:
+            m = row.metric(cat, metric)
+            if m is not None:
+                data.append((arm, f, m.value))
         if len(data) < len(points):
-            surfaces[cat] = f"{len(points) - len(data)} arms not evaluated yet"
-            continue
-        if len({round(y, 12) for _, _, y in data}) == 1:
-            surfaces[cat] = f"every arm scores {_pct(data[0][2])}: nothing to fit"
+            laws[(cat, metric)] = f"{len(points) - len(data)} arms not evaluated yet"
             continue
         try:
-            surfaces[cat] = fit_lib.response_surface(data, held_out=held)
+            laws[(cat, metric)] = fit_lib.response_surface(
+                data, held_out=held, forms=("exp", "quadratic"), minimise=True
+            )
         except ValueError as e:
-            surfaces[cat] = str(e)
-    return points, surfaces
+            laws[(cat, metric)] = str(e)
+    return SweepLaw(points, held, targets, laws)
 
 
-def _sweep_section(study, sweep, fitted, figures: str) -> list[str]:
-    points, surfaces = fitted
+def _sweep_section(study, sweep, law: SweepLaw, figures: str) -> list[str]:
     lines = [f"## Code proportion: sweep `{sweep.name}`", ""]
-    header = ["Arm", "Code fraction"] + [t for _, t in CATEGORIES]
-    body = [
-        [arm, f"{f:.0%}"]
-        + [_pct(row.scores[c][0]) if c in row.scores else "—" for c, _ in CATEGORIES]
-        for arm, f, row in points
-    ]
+    held = set(law.held_out)
+    header = ["Arm", "Code fraction", "In the fit"] + [t for _, t in CATEGORIES]
+    header += [title for _, _, title in law.targets]
+    body = []
+    for arm, f, row in law.points:
+        cells = [arm, f"{f:.1%}", "held out" if arm in held else "yes"]
+        cells += [_pct(row.scores[c][0]) if c in row.scores else "—" for c, _ in CATEGORIES]
+        for cat, metric, _ in law.targets:
+            m = row.metric(cat, metric)
+            cells.append(_effect(m, "{:.3f}") if m else "—")
+        body.append(cells)
     lines += _table(header, body) + [""]
-    held = spec_lib.held_out_arm(study, sweep)
     lines += [
-        f"Response surface per category, fitted without `{held}` (held out); the form "
-        "is chosen by leave-one-out error: "
-        + "; ".join(f"{f.name}: {f.formula}" for f in fit_lib.FORMS.values())
-        + ".",
+        "Accuracy columns are percentages; BPB columns are bits per byte with a 95% "
+        "interval over seeds and items (lower is better).",
+        "",
+        "### Mixture law",
+        "",
+        f"Each continuous target is fitted as a function of the code fraction r on the "
+        f"arms in the fit, in the data-mixing-law form c + k*exp(t*r) (Ye et al., 2024) or "
+        f"a quadratic, whichever predicts the fitted arms better left-one-out, then "
+        f"validated on arms it never saw: {', '.join(f'`{h}`' for h in law.held_out)}. "
+        "Spearman ρ ranks the held-out arms by predicted against actual value.",
         "",
     ]
     fit_rows = []
-    for cat, title in CATEGORIES:
-        s = surfaces[cat]
+    for cat, metric, title in law.targets:
+        s = law.laws[(cat, metric)]
         if isinstance(s, str):
-            fit_rows.append([title, "—", s, "—", "—", "—", "—"])
+            fit_rows.append([title, "—", s, "—", "—", "—", "—", "—"])
             continue
-        h = s.held_out
         fit_rows.append(
             [
                 title,
                 s.fit.form,
                 s.fit.describe(),
-                "—" if math.isnan(s.loo_rmse[s.fit.form]) else _pct(s.loo_rmse[s.fit.form]),
+                "—" if math.isnan(s.loo_rmse[s.fit.form]) else f"{s.loo_rmse[s.fit.form]:.3f}",
+                f"{s.held_out_rmse:.3f}",
+                "—" if math.isnan(s.spearman) else f"{s.spearman:+.2f} ({len(s.validation)})",
                 f"{s.best_fraction:.0%}",
-                _pct(s.best_score),
-                f"{_pct(h.actual)} vs {_pct(h.predicted)} ({100 * h.error:+.1f})" if h else "—",
+                "; ".join(f"`{h.name}` {h.actual:.3f} vs {h.predicted:.3f}" for h in s.validation),
             ]
         )
     lines += _table(
         [
-            "Category",
+            "Target",
             "Form",
             "Parameters",
             "LOO RMSE",
-            "Best code fraction",
-            "Predicted score",
-            f"Held out `{held}`: actual vs fit (error)",
+            "Held-out RMSE",
+            "Spearman ρ (n)",
+            "Lowest at",
+            "Held out: actual vs predicted",
         ],
         fit_rows,
     )
     lines += [""]
-    if any(row.scores for _, _, row in points):
+    if any(row.seeds for _, _, row in law.points):
         path = f"code_proportion_{sweep.name}.png"
-        _sweep_figure(points, surfaces, held, sweep.name, os.path.join(figures, path))
+        _law_figure(law, sweep.name, os.path.join(figures, path))
         lines += [f"![Code proportion sweep {sweep.name}](figures/{path})", ""]
     return lines
 
 
-def _sweep_figure(points, surfaces, held, name, path):
-    cats = ["nl_reasoning", "world_knowledge", "code", "total"]
-    fig, axes = plt.subplots(1, len(cats), figsize=(4 * len(cats), 3.4))
-    grid = np.linspace(min(p[1] for p in points), max(p[1] for p in points), 200)
-    for ax, cat in zip(axes, cats):
-        xs, ys, lo, hi, is_held = [], [], [], [], []
-        for arm, f, row in points:
-            if cat in row.scores:
-                v, a, b = row.scores[cat]
-                xs.append(100 * f), ys.append(100 * v)
-                lo.append(100 * (v - a)), hi.append(100 * (b - v))
-                is_held.append(arm == held)
-        xs, ys = np.array(xs), np.array(ys)
-        mask = np.array(is_held, dtype=bool)
-        if len(xs):
+def _err(e: compare.Effect) -> list[list[float]]:
+    """Matplotlib's error bar lengths of an interval (never negative: a
+    degenerate interval's quantile may sit a rounding error inside its mean)."""
+    return [[max(0.0, e.value - e.low)], [max(0.0, e.high - e.value)]]
+
+
+def _effect(e: compare.Effect, fmt: str) -> str:
+    return f"{fmt.format(e.value)} [{fmt.format(e.low)}, {fmt.format(e.high)}]"
+
+
+def _law_figure(law: SweepLaw, name: str, path: str) -> None:
+    targets = law.targets
+    cols = min(4, len(targets))
+    rows_n = math.ceil(len(targets) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.3 * rows_n), squeeze=False)
+    fractions = [f for _, f, _ in law.points]
+    grid = np.linspace(min(fractions), max(fractions), 200)
+    held = set(law.held_out)
+    for ax, (cat, metric, title) in zip(axes.flat, targets):
+        for arm, f, row in law.points:
+            m = row.metric(cat, metric)
+            if m is None:
+                continue
+            style = dict(mfc="white", color="C3") if arm in held else dict(color="C0")
             ax.errorbar(
-                xs, ys, yerr=np.abs(np.array([lo, hi])), fmt="none", ecolor="gray", capsize=2
+                [100 * f],
+                [m.value],
+                yerr=_err(m),
+                fmt="o",
+                capsize=2,
+                **style,
             )
-            ax.plot(xs[~mask], ys[~mask], "o", color="C0", label="fitted arms")
-            if mask.any():
-                ax.plot(xs[mask], ys[mask], "o", mfc="white", color="C3", label="held out")
-        s = surfaces[cat]
+        s = law.laws[(cat, metric)]
         if not isinstance(s, str):
-            ax.plot(
-                100 * grid, 100 * s.fit.predict(grid), "--", color="C1", label=f"{s.fit.form} fit"
-            )
-            ax.axvline(
-                100 * s.best_fraction,
-                color="C2",
-                linewidth=0.8,
-                label=f"best {s.best_fraction:.0%}",
-            )
-        ax.set_title(TITLES[cat])
-        ax.set_xlabel("code in the mixture (%)")
-        ax.set_ylabel("score (%)")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Score vs code fraction ({name})")
+            ax.plot(100 * grid, s.fit.predict(grid), "--", color="C1", label=f"{s.fit.form} law")
+            ax.legend(fontsize=7)
+        ax.set_title(title.replace("`", ""), fontsize=9)
+        ax.set_xlabel("code in the mixture (%)", fontsize=8)
+        ax.set_ylabel("bits per byte", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(targets) :]:
+        ax.axis("off")
+    fig.suptitle(f"Mixture law over sweep {name} (filled: fitted, open red: held out)")
     _save(fig, path)
 
 
@@ -496,7 +606,13 @@ def _cooldown_section(study, plan: Plan, rows: list[Row], figures: str) -> list[
                 [c.ref, _mixture_short(c.planned)] + [_against(c, parent, k) for k, _ in CATEGORIES]
             )
         lines += _table(["Model", "Cooldown mixture"] + [t for _, t in CATEGORIES], body)
-        lines += ["", "In brackets: relative change against the model before its cooldown.", ""]
+        lines += [
+            "",
+            "In square brackets: relative change against the model before its cooldown; in "
+            "parentheses: the paired difference in points with its 95% interval over "
+            "seeds and items (bold when it excludes zero).",
+            "",
+        ]
         models = [parent] + children
         if all(m.scores for m in models):
             cats = ["nl_reasoning", "world_knowledge", "code", "total"]
@@ -521,13 +637,23 @@ def _cooldown_section(study, plan: Plan, rows: list[Row], figures: str) -> list[
 
 
 def _against(row: Row, before: Row, cat: str) -> str:
-    """A score with its relative change against `before` in brackets."""
+    """A score with its relative change against `before` and the paired difference."""
     if cat not in row.scores:
         return "—"
     if cat not in before.scores:
         return _pct(row.scores[cat][0])
     change = relative(row.scores[cat][0], before.scores[cat][0])
-    return f"{_pct(row.scores[cat][0])} ({_rel(change)})"
+    return f"{_pct(row.scores[cat][0])} [{_rel(change)}]{_paired_cell(row, before, cat)}"
+
+
+def _paired_cell(a: Row, b: Row, cat: str) -> str:
+    """ " (d [lo, hi])": A's score minus B's in points, paired over seeds and items
+    (not for the total, a mean of category means); bold when resolved."""
+    gain = None if cat == "total" else paired_gain(a, b, cat)
+    if gain is None:
+        return ""
+    cell = _effect(_points(gain), "{:+.1f}")
+    return f" (**{cell}**)" if gain.resolved else f" ({cell})"
 
 
 def _mixture_short(p: PlannedPhase) -> str:
@@ -536,89 +662,147 @@ def _mixture_short(p: PlannedPhase) -> str:
     return ", ".join(f"{w.source} {w.weight / total:.0%}" for w in stage.weights if w.weight > 0)
 
 
-def _code_share(p: PlannedPhase, kinds=None) -> float:
-    stage = p.mixture.stages[0]
-    total = sum(w.weight for w in stage.weights)
-    return (
-        sum(w.weight for w in stage.weights if (kinds or {}).get(w.source, w.source) in CODE_KINDS)
-        / total
-    )
+# ---------------------------------------------------------------- the paper's findings
 
 
-# ---------------------------------------------------------------- headline claims
+@dataclasses.dataclass
+class Measured:
+    """One claim of studies/findings.py, measured on this study's rows."""
+
+    claim: findings_lib.Claim
+    a: Row
+    b: Row
+    bpb: compare.Effect | None  # gain on gold BPB: BPB(B) - BPB(A)
+    accuracy: compare.Effect | None  # gain on the category score: A - B
+
+    @property
+    def verdict(self) -> str:
+        return findings_lib.verdict(self.bpb, self.accuracy)
 
 
-def _headline_section(
-    study, plan, rows, last_rows, baseline: Row | None, surfaces_by_sweep
-) -> list[str]:
-    """The paper's headline findings next to what this study measured."""
-    if baseline is None:
+def measure_findings(study, by_ref: dict[str, Row]) -> list[Measured]:
+    """Every claim whose arms the study has, measured where both are evaluated."""
+    arm_names = {a.name for a in study.arms}
+    out = []
+    for claim in findings_lib.CLAIMS:
+        if claim.a.split("/")[0] not in arm_names or claim.b.split("/")[0] not in arm_names:
+            continue
+        a, b = by_ref[_ref_name(study, claim.a)], by_ref[_ref_name(study, claim.b)]
+        out.append(
+            Measured(
+                claim,
+                a,
+                b,
+                paired_gain(a, b, claim.category, "bpb", lower_better=True),
+                paired_gain(a, b, claim.category),
+            )
+        )
+    return out
+
+
+def _findings_section(study, by_ref, laws: dict[str, SweepLaw], figures: str) -> list[str]:
+    measured = measure_findings(study, by_ref)
+    if not measured:
         return []
+    lines = ["## The paper's findings, measured here", ""]
     body = []
-    pairs = [(r, reference(plan, rows, r, baseline)) for r in last_rows]
-    pairs = [(r, b) for r, b in pairs if r.scores and b.scores and r.planned is not b.planned]
-    for cat, claim in (
-        ("nl_reasoning", "code lifts NL reasoning: +8.2% relative"),
-        ("world_knowledge", "code lifts world knowledge: +4.2% relative"),
-        ("code", "code lifts code performance 12x"),
-    ):
-        scored = [(r, b) for r, b in pairs if cat in r.scores and cat in b.scores]
-        if not scored:
-            continue
-        if len({round(x.scores[cat][0], 12) for pair in scored for x in pair}) == 1:
-            body.append(
-                [
-                    claim,
-                    f"every arm and the baseline score "
-                    f"{_pct(scored[0][0].scores[cat][0])}: no difference to measure",
-                ]
-            )
-            continue
-        r, b = max(scored, key=lambda rb: rb[0].scores[cat][0] - rb[1].scores[cat][0])
-        v, base = r.scores[cat][0], b.scores[cat][0]
-        if cat == "code":
-            measured = f"{v / base:.1f}x" if base else f"{_pct(v)} vs {_pct(base)} (baseline 0)"
-        else:
-            measured = _rel(relative(v, base))
-        body.append([claim, f"best arm `{r.arm}` against `{b.ref}`: {measured}"])
-    for sweep in study.sweeps:
-        _, surfaces = surfaces_by_sweep[sweep.name]
-        s = surfaces.get("nl_reasoning")
-        if s is not None and not isinstance(s, str):
-            body.append(
-                [
-                    "~25% code is the NL-reasoning sweet spot",
-                    f"sweep `{sweep.name}` fit: best at {s.best_fraction:.0%} code",
-                ]
-            )
-    by_parent: dict[str, list[Row]] = {}
-    for r in rows:
-        if r.planned.kind == study_pb2.Phase.COOLDOWN and r.owner and r.scores:
-            by_parent.setdefault(r.planned.parent, []).append(r)
-    for group in by_parent.values():
-        if len(group) < 2:
-            continue
-        group = sorted(group, key=lambda r: _code_share(r.planned))
-        lo, hi = group[0], group[-1]
-        changes = ", ".join(
-            f"{TITLES[c]} {_rel(relative(hi.scores[c][0], lo.scores[c][0]))}"
-            for c in ("nl_reasoning", "world_knowledge", "code", "total")
-            if c in hi.scores and c in lo.scores
-        )
+    for m in measured:
+        rel = ""
+        if m.claim.category in m.a.scores and m.claim.category in m.b.scores:
+            rel = f" ({_rel(relative(m.a.scores[m.claim.category][0], m.b.scores[m.claim.category][0]))})"
         body.append(
-            ["code in the cooldown lifts everything", f"`{hi.arm}` against `{lo.arm}`: {changes}"]
+            [
+                m.claim.finding,
+                m.claim.paper,
+                f"`{m.a.ref}` vs `{m.b.ref}`: {TITLES[m.claim.category]}",
+                _effect(m.bpb, "{:+.3f}") if m.bpb else "—",
+                (_effect(_points(m.accuracy), "{:+.1f}") + rel) if m.accuracy else "—",
+                str(m.bpb.seeds if m.bpb else m.accuracy.seeds if m.accuracy else 0),
+                m.verdict
+                if m.verdict in (findings_lib.UNRESOLVED, findings_lib.PENDING)
+                else f"**{m.verdict}**",
+            ]
         )
-    if not body:
-        return []
-    return (
-        ["## The paper's headline findings, measured here", ""]
-        + _table(["Paper", "This study"], body)
-        + [
-            "",
-            "At small scale most scores sit near chance: read directions with the intervals below.",
-            "",
-        ]
+    lines += _table(
+        [
+            "Finding",
+            "Paper",
+            "Compared",
+            "Gold-BPB gain [95%]",
+            "Score gain, points [95%] (relative)",
+            "Seeds",
+            "Verdict",
+        ],
+        body,
     )
+    lines += [
+        "",
+        "Gains are paired differences on the same eval items and seeds, signed so that "
+        "positive is the paper's direction: gold-answer bits per byte of A below B's "
+        "(code: of the canonical solutions), and A's category score above B's. Each "
+        "interval is a 95% bootstrap over seeds and items together (studies/compare.py). "
+        f"A verdict is *{findings_lib.REPRODUCED}* only when an interval lies above zero "
+        f"and none below; *{findings_lib.UNRESOLVED}* when every interval crosses zero.",
+        "",
+    ]
+    for name, law in laws.items():
+        s = law.laws.get(("nl_reasoning", "bpb"))
+        if s is not None and not isinstance(s, str):
+            lines += [
+                f"The mixture law of sweep `{name}` puts the lowest NL-reasoning gold BPB at "
+                f"{s.best_fraction:.0%} code ({s.fit.form} form, held-out RMSE "
+                f"{s.held_out_rmse:.3f}); the paper's NL-reasoning optimum is about 25%.",
+                "",
+            ]
+    measurable = [m for m in measured if m.bpb or m.accuracy]
+    if measurable:
+        _effects_figure(measurable, os.path.join(figures, "effects.png"))
+        lines += ["![Effects of the paper's findings](figures/effects.png)", ""]
+    return lines
+
+
+def _points(e: compare.Effect) -> compare.Effect:
+    """A score effect in percentage points."""
+    return dataclasses.replace(e, value=100 * e.value, low=100 * e.low, high=100 * e.high)
+
+
+def _effects_figure(measured: list[Measured], path: str) -> None:
+    labels = [
+        f"{m.claim.finding}\n{m.a.arm} vs {m.b.arm} ({TITLES[m.claim.category]})" for m in measured
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(measured) + 1.8), sharey=True)
+    y = np.arange(len(measured))[::-1]
+    for ax, key, xlabel in (
+        (axes[0], "bpb", "gold-BPB gain (bits per byte)"),
+        (axes[1], "accuracy", "score gain (points)"),
+    ):
+        for yi, m in zip(y, measured):
+            e = getattr(m, key)
+            if e is None:
+                continue
+            if key == "accuracy":
+                e = _points(e)
+            color = {1: "C2", -1: "C3", 0: "gray"}[e.sign]
+            ax.errorbar(
+                [e.value],
+                [yi],
+                xerr=_err(e),
+                fmt="o",
+                color=color,
+                capsize=3,
+            )
+        ax.axvline(0, color="black", linewidth=0.8)
+        lo, hi = ax.get_xlim()
+        ax.axvspan(0, max(hi, 0), color="C2", alpha=0.07)
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel(xlabel + "; shaded: the paper's direction", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(y, labels, fontsize=7)
+    fig.suptitle(
+        "Paired effects with 95% intervals over seeds and items (green: resolved with the paper, red: against)",
+        fontsize=9,
+    )
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------- win rates
@@ -666,11 +850,13 @@ def _win_rate_section(state: State, figures: str) -> list[str]:
 
 
 def _loss_section(plan: Plan, state: State, figures: str) -> list[str]:
-    done = [(p, state.phase(p.fingerprint)) for p in plan.phases]
+    done = [(p, state.phase(p.fingerprint)) for p in plan.phases if p.replicate == 0]
     done = [(p, r) for p, r in done if r is not None]
     if not done:
         return []
     lines = ["## Training loss per source", ""]
+    if spec_lib.seeds(plan.study) > 1:
+        lines += [f"The first seed ({plan.study.seed}) of every training.", ""]
     body = []
     for p, r in done:
         losses = r.get("final_source_loss") or {}
@@ -725,36 +911,26 @@ CONTINUOUS_COLUMNS = [
     ("world_knowledge", "bpb", "World knowledge BPB", "{:.3f}"),
     ("code", "bpb", "Code BPB", "{:.3f}"),
 ]
-HELDOUT_TASK = "heldout_bpb"  # services/eval's per-source held-out bits per byte
-
-
-def _metric_cell(result: dict | None, name: str, fmt: str) -> str:
-    """ "v [lo, hi]" of a metric in an EvalResult dict's extra and intervals."""
-    if not result or name not in result.get("extra", {}):
-        return "—"
-    value = result["extra"][name]
-    interval = result.get("intervals", {}).get(name)
-    if interval is None:
-        return fmt.format(value)
-    # Proto3 JSON leaves out zeros.
-    lo, hi = interval.get("low", 0.0), interval.get("high", 0.0)
-    return f"{fmt.format(value)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def _continuous_section(rows: list[Row]) -> list[str]:
-    evaluated = [r for r in rows if r.owner and r.aggregates]
+    evaluated = [r for r in rows if r.owner and r.seeds]
     if not evaluated:
         return []
-    columns = [
-        c
-        for c in CONTINUOUS_COLUMNS
-        if any(c[1] in r.aggregates.get(c[0], {}).get("extra", {}) for r in evaluated)
-    ]
+    cells = {
+        (r.ref, cat, name): r.metric(cat, name)
+        for r in evaluated
+        for cat, name, _, _ in CONTINUOUS_COLUMNS
+    }
+    columns = [c for c in CONTINUOUS_COLUMNS if any(cells[(r.ref, c[0], c[1])] for r in evaluated)]
     lines = ["## Continuous metrics", ""]
     if columns:
         body = [
             [r.ref]
-            + [_metric_cell(r.aggregates.get(cat), name, fmt) for cat, name, _, fmt in columns]
+            + [
+                _effect(cells[(r.ref, cat, name)], fmt) if cells[(r.ref, cat, name)] else "—"
+                for cat, name, _, fmt in columns
+            ]
             for r in evaluated
         ]
         lines += _table(["Arm/phase"] + [title for _, _, title, _ in columns], body)
@@ -763,21 +939,18 @@ def _continuous_section(rows: list[Row]) -> list[str]:
             "Means over each category's tasks of the per-example bits per byte of the gold "
             "answer (negative log-likelihood / UTF-8 bytes / ln 2; code: the canonical "
             "solution), the gold choice's probability normalised over the choices, and its "
-            "margin over the best wrong choice, with bootstrap 95% intervals. Lower BPB and "
-            "higher p(gold) are better; unlike accuracy they move at sizes where every "
-            "benchmark sits at chance.",
+            "margin over the best wrong choice, averaged over seeds, with bootstrap 95% "
+            "intervals over seeds and items. Lower BPB and higher p(gold) are better; unlike "
+            "accuracy they move at sizes where every benchmark sits at chance.",
             "",
         ]
-    heldout = {
-        r.ref: next((t for t in r.tasks if t["task"] == HELDOUT_TASK), None) for r in evaluated
-    }
-    sources = sorted({s for t in heldout.values() if t for s in t.get("intervals", {})})
+    sources = _heldout_sources(evaluated)
     if sources:
-        body = [
-            [ref] + [_metric_cell(t, s, "{:.3f}") for s in sources]
-            for ref, t in heldout.items()
-            if t
-        ]
+        body = []
+        for r in evaluated:
+            per_source = [r.metric("heldout", s) for s in sources]
+            if any(per_source):
+                body.append([r.ref] + [_effect(m, "{:.3f}") if m else "—" for m in per_source])
         lines += ["### Held-out bits per byte by source", ""]
         lines += _table(["Arm/phase"] + [f"`{s}`" for s in sources], body)
         lines += [
@@ -785,7 +958,7 @@ def _continuous_section(rows: list[Row]) -> list[str]:
             "Bits per byte of each data source's held-out documents (chosen by content "
             "hash, never served by any mixture), Paloma-style: a model's loss on each "
             "domain, comparable across tokenizers, with a bootstrap 95% interval over "
-            "documents.",
+            "seeds and documents.",
             "",
         ]
     return lines
@@ -822,17 +995,22 @@ def _intervals_section(rows: list[Row]) -> list[str]:
     )
 
 
-def _provenance_section(plan: Plan, state: State, rows: list[Row]) -> list[str]:
-    evals = {r.planned.fingerprint: r.eval_seconds for r in rows}
-    body, train_s, eval_s = [], 0.0, 0.0
+def _provenance_section(study, plan: Plan, state: State) -> list[str]:
+    settings = spec_lib.eval_settings(study)
+    seeded = spec_lib.seeds(study) > 1
+    body, train_s, eval_s, spans = [], 0.0, 0.0, []
     for p in plan.phases:
         r = state.phase(p.fingerprint)
-        es = evals.get(p.fingerprint)
+        e = state.evaluation(p.fingerprint, settings)
+        es = e.get("eval_seconds") if e else None
         train_s += (r or {}).get("train_seconds", 0.0)
         eval_s += es or 0.0
+        if r and r.get("started_at") and r.get("trained_at"):
+            spans.append((r["started_at"], r["trained_at"]))
         body.append(
-            [
-                p.name,
+            [p.name]
+            + ([str(p.seed)] if seeded else [])
+            + [
                 f"`{p.run_id}`",
                 f"{p.steps:,}",
                 f"{p.tokens:,}",
@@ -841,16 +1019,22 @@ def _provenance_section(plan: Plan, state: State, rows: list[Row]) -> list[str]:
                 f"`{r['checkpoint_uri']}`" if r else "not trained",
             ]
         )
+    wall = ""
+    if spans:
+        first, last = min(a for a, _ in spans), max(b for _, b in spans)
+        wall = f" The trainings ran from {time.strftime('%H:%M:%S', time.localtime(first))} to {time.strftime('%H:%M:%S', time.localtime(last))} ({(last - first) / 60:.1f} min)."
     return (
         ["## What ran", ""]
         + _table(
-            ["Phase", "Trainer run", "Steps", "Tokens", "Train s", "Eval s", "Final checkpoint"],
+            ["Phase"]
+            + (["Seed"] if seeded else [])
+            + ["Trainer run", "Steps", "Tokens", "Train s", "Eval s", "Final checkpoint"],
             body,
         )
         + [
             "",
             f"Training {train_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min "
-            "(evaluation overlaps the next training).",
+            f"(evaluation overlaps the next training).{wall}",
             "",
         ]
     )

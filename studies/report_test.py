@@ -28,38 +28,63 @@ def _code(p):
     return 0.01 + 0.002 * math.exp(4 * p)
 
 
+def _task(task, category, metric, values: dict[str, float], n: int = 25) -> dict:
+    """A task's EvalResult JSON with `n` examples, every example scoring the same."""
+    headline = values.pop(metric)
+    return {
+        "task": task,
+        "category": category,
+        "metric": metric,
+        "value": headline,
+        "ci_low": headline,
+        "ci_high": headline,
+        "num_examples": n,
+        "extra": dict(values),
+        "per_example": {
+            name: {"values": [v] * n} for name, v in {metric: headline, **values}.items()
+        },
+    }
+
+
 def _scores(study, p, salt):
-    """Aggregate EvalResults of one planned phase: sweep-shaped in its code share."""
+    """EvalResults of one planned phase: sweep-shaped in its code share."""
     share = spec.code_fraction(
         p.mixture, ("code", "markup", "code_adjacent", "synthetic_code", "cooldown")
     )
-    bump = 0.0
     values = {
-        "nl_reasoning": _nl(share) + bump,
-        "world_knowledge": 0.1 + 0.02 * share,
+        "nl_reasoning": _nl(share),
+        "world_knowledge": 0.0,  # exact match at chance, as tiny models score it
         "code": _code(share) + (0.05 if p.kind == 2 else 0.0),
     }
     values["nl_average"] = (values["nl_reasoning"] + values["world_knowledge"]) / 2
     values["total"] = sum(values[c] for c in ("nl_reasoning", "world_knowledge", "code")) / 3
-    # Continuous metrics as EvalResult JSON carries them (proto3 JSON drops zeros).
     bpb = 2.0 - share
     results = [
-        {
-            "task": "copa",
-            "category": "nl_reasoning",
-            "value": values["nl_reasoning"],
-            "ci_low": 0.0,
-            "ci_high": 1.0,
-            "num_examples": 25,
-        },
+        _task(
+            "copa",
+            "nl_reasoning",
+            "acc",
+            {"acc": values["nl_reasoning"], "bpb": bpb, "prob_correct": 0.3, "margin": -0.25},
+        ),
+        _task("triviaqa", "world_knowledge", "exact_match", {"exact_match": 0.0, "bpb": 4.0}),
+        _task("humaneval", "code", "pass@1", {"pass@1": values["code"], "bpb": 3.0 - share}),
+    ]
+    # Held-out documents: text at 1.25 bits per byte, code at 1.75 - share.
+    nbytes = [100.0, 300.0]
+    per_document = {}
+    for source, per_byte in (("text", 1.25), ("code", 1.75 - share)):
+        per_document[f"{source}/nll"] = {"values": [per_byte * b * math.log(2) for b in nbytes]}
+        per_document[f"{source}/bytes"] = {"values": nbytes}
+    results.append(
         {
             "task": "heldout_bpb",
             "category": "heldout",
+            "metric": "bpb",
             "value": 1.5,
             "extra": {"text": 1.25, "code": 1.75 - share},
-            "intervals": {"text": {"low": 1.2, "high": 1.3}, "code": {"high": 2.0}},
-        },
-    ]
+            "per_example": per_document,
+        }
+    )
     for name, v in values.items():
         results.append(
             {
@@ -69,12 +94,6 @@ def _scores(study, p, salt):
                 "ci_low": v - 0.05,
                 "ci_high": v + 0.05,
                 "num_examples": 100,
-                "extra": {"bpb": bpb, "prob_correct": 0.3, "margin": -0.25},
-                "intervals": {
-                    "bpb": {"low": bpb - 0.1, "high": bpb + 0.1},
-                    "prob_correct": {"low": 0.25, "high": 0.35},
-                    "margin": {"low": -0.5},
-                },
             }
         )
     return results
@@ -157,9 +176,10 @@ def test_report_from_recorded_results(tmp_path, tiny):
     _record(tiny, plan, state)
     path = report.write(tiny, plan, state, str(tmp_path))
     text = open(path).read()
+    assert "3 seeds (0..2)" in text
 
     rows = _table_rows(text, "## Table 2")
-    assert len(rows) == 22  # every arm and phase
+    assert len(rows) == 24  # every arm and phase, the sweep's two random mixtures too
     arms = {r.split("|")[1].strip() for r in rows}
     assert arms == {a.name for a in tiny.arms}
     assert "*(= text-only/init)*" in text  # code0 is the text-only init
@@ -168,13 +188,27 @@ def test_report_from_recorded_results(tmp_path, tiny):
     cells = [c.strip() for c in code_to_text.split("|")]
     assert cells[-4:-1] == ["181k", "221k", "0"]
 
-    # The sweep's fit finds the optimum the synthetic scores were made with.
-    fit_rows = _table_rows(text, "## Code proportion")
-    nl = next(r for r in fit_rows if r.startswith("| NL reasoning | quadratic"))
-    assert "| 25% |" in nl
-    code = next(r for r in fit_rows if r.startswith("| Code |"))
-    assert "| 100% |" in code
-    assert "Held out `code75`" in text
+    # The paper's findings, each a paired gain with its interval and verdict.
+    findings = _table_rows(text, "## The paper's findings, measured here")
+    code = next(r for r in findings if r.startswith("| Code lifts code |"))
+    # Code BPB 3.0 - share: balanced->text (10% code) against text-only (0%).
+    assert "| +0.100 [+0.100, +0.100] |" in code and "**reproduced in direction**" in code
+    knowledge = next(r for r in findings if r.startswith("| Code lifts world knowledge |"))
+    assert "| +0.000 [+0.000, +0.000] |" in knowledge
+    assert knowledge.endswith("| not resolved at this scale |")
+    sweet = [r for r in findings if r.startswith("| About 25% code is best for NL reasoning |")]
+    assert len(sweet) == 2
+    assert "**reproduced in direction**" in sweet[0]  # 25% above 0% on both metrics
+    # Against 75%: more accurate (the peak) but a higher gold BPB (2.0 - share).
+    assert "| -0.500 [-0.500, -0.500] | +7.5 [+7.5, +7.5]" in sweet[1]
+    assert "**mixed: the metrics disagree**" in sweet[1]
+
+    # The mixture law on held-out code BPB (1.75 - share), validated on held-out arms.
+    law = _table_rows(text, "### Mixture law")
+    heldout_code = next(r for r in law if r.startswith("| held-out `code` BPB |"))
+    assert "| +1.00 (3) | 100% |" in heldout_code
+    assert "`code75` 1.000 vs 1.000" in heldout_code
+    assert "`code-proportion.random0`" in heldout_code
 
     assert "## Cooldown" in text
     assert "cooldown-code20/cooldown" in text and "balanced-to-text/continue (no cooldown)" in text
@@ -182,29 +216,31 @@ def test_report_from_recorded_results(tmp_path, tiny):
     assert "| code-to-text/continue | text-only/continue | 60.0 |" in text
     assert "## Bootstrap 95% intervals" in text
 
-    # Continuous metrics and held-out BPB, each with its interval.
+    # Continuous metrics and held-out BPB, each with its interval over seeds and items.
     continuous = _table_rows(text, "## Continuous metrics")
     header = text.split("## Continuous metrics", 1)[1].splitlines()[2]
     assert "NL reasoning BPB" in header and "Code BPB" in header
     text_only = next(r for r in continuous if r.startswith("| text-only/init |"))
-    assert "| 2.000 [1.900, 2.100] | 0.300 [0.250, 0.350] | -0.250 [-0.500, +0.000] |" in (
+    assert "| 2.000 [2.000, 2.000] | 0.300 [0.300, 0.300] | -0.250 [-0.250, -0.250] |" in (
         text_only
     )
     heldout = _table_rows(text, "### Held-out bits per byte by source")
     assert "`code`" in text.split("### Held-out bits per byte by source", 1)[1].splitlines()[2]
     code100 = next(r for r in heldout if r.startswith("| code100/init |"))
-    assert "| 0.750 [0.000, 2.000] | 1.250 [1.200, 1.300] |" in code100
+    assert "| 0.750 [0.750, 0.750] | 1.250 [1.250, 1.250] |" in code100
     relative = _table_rows(text, "## Relative change")
     sweep_row = next(r for r in relative if r.startswith("| code25/init |"))
     assert "| text-only/init |" in sweep_row  # a 200B arm against the 200B baseline
     balanced = next(r for r in relative if r.startswith("| balanced-only/continue |"))
     assert "| text-only/continue |" in balanced
-    assert "code lifts NL reasoning" in text
+    provenance = _table_rows(text, "## What ran")
+    assert len(provenance) == len(plan.phases) == 66
 
     figures = sorted(os.listdir(tmp_path / "figures"))
     assert figures == [
         "code_proportion_code-proportion.png",
         "cooldown_balanced-to-text_continue.png",
+        "effects.png",
         "loss_curves.png",
         "relative_change.png",
         "scores.png",
@@ -223,10 +259,14 @@ def test_partial_results_still_make_a_report(tmp_path, tiny):
     _record(tiny, plan, state, evaluate=lambda p: p.fingerprint in evaluated, judge=False)
     text = open(report.write(tiny, plan, state, str(tmp_path))).read()
     rows = _table_rows(text, "## Table 2")
-    assert len(rows) == 22
-    assert sum("—" in r for r in rows) == 22 - 3  # code0 shares text-only/init's scores
+    assert len(rows) == 24
+    assert sum("—" in r for r in rows) == 24 - 3  # code0 shares text-only/init's scores
     assert "arms not evaluated yet" in text
     assert "No comparisons judged yet." in text
+    # One seed of code25 and text-only each: their claim is measured over that seed.
+    findings = _table_rows(text, "## The paper's findings, measured here")
+    sweet = next(r for r in findings if "`code25/init` vs `code0/init`" in r)
+    assert "| 1 |" in sweet
 
 
 def test_nothing_recorded_yet(tmp_path, tiny):
@@ -241,17 +281,21 @@ def test_relative_change_is_undefined_against_zero():
     assert math.isnan(report.relative(0.5, 0.0))
 
 
-def test_a_category_without_variation_is_not_fitted(tmp_path, tiny):
+def test_a_claim_without_a_difference_is_not_resolved(tmp_path, tiny):
     plan = plan_lib.build(tiny)
     state = State(str(tmp_path))
     _record(tiny, plan, state, judge=False)
     settings = spec.eval_settings(tiny)
-    for p in plan.phases:  # every model scores 0 on code, as tiny models do
+    for p in plan.phases:  # every model scores 0 on code with the same BPB
         record = state.evaluation(p.fingerprint, settings)
         for r in record["results"]:
+            if r["task"] == "humaneval":
+                r["per_example"] = {"pass@1": {"values": [0.0] * 25}, "bpb": {"values": [3.0] * 25}}
             if r["task"] == "aggregate/code":
                 r.update(value=0.0, ci_low=0.0, ci_high=0.0)
         state.finish_evaluation(p.fingerprint, settings, record)
     text = open(report.write(tiny, plan, state, str(tmp_path))).read()
-    assert "| Code | — | every arm scores 0.0: nothing to fit |" in text
-    assert "no difference to measure" in text
+    findings = _table_rows(text, "## The paper's findings, measured here")
+    code = next(r for r in findings if r.startswith("| Code lifts code |"))
+    assert "| +0.000 [+0.000, +0.000] | +0.0 [+0.0, +0.0]" in code
+    assert code.endswith("| not resolved at this scale |")

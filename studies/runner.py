@@ -133,8 +133,10 @@ class Runner:
             self.state.set_sources(self.services.source_kinds())
         if to_eval or to_judge:
             self.services.address("eval")
+        seeded = spec_lib.seeds(study) > 1
         labels = {
             p.fingerprint: f"[{i + 1}/{len(plan.phases)}] {p.name}"
+            + (f" (seed {p.seed})" if seeded else "")
             for i, p in enumerate(plan.phases)
         }
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")

@@ -178,8 +178,10 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
     out = str(tmp_path)
     r = _runner(study, out, address)
     report = r.run()
-    assert len(trainer.started) == 20
-    assert len(evaluator.evaluated) == 20
+    # 22 trainings (the sweep's two random mixtures among them), once per seed.
+    assert len(trainer.started) == 66
+    assert len(evaluator.evaluated) == 66
+    assert sorted(s.seed for s in trainer.started) == [0] * 22 + [1] * 22 + [2] * 22
     # Children start from their parent's final checkpoint, reported by the trainer.
     started_before = set()
     for s in trainer.started:
@@ -187,10 +189,12 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
         if phase.WhichOneof("init") == "init_checkpoint":
             parent_run = phase.init_checkpoint.split("/checkpoints/")[-2].rsplit("/", 1)[-1]
             assert parent_run in started_before
+            assert f"-s{s.seed}-" in parent_run  # its own seed's parent
         started_before.add(s.run_id)
         assert s.checkpoint_dir == os.path.join(out, "checkpoints")
         assert s.data_address == address
-    # Win rates: four arms against text-only's last phase, judged by the cooldown model.
+    # Win rates: four arms against text-only's last phase, judged by the cooldown
+    # model, on the first seed.
     assert len(evaluator.compared) == 4
     judge = r.state.phase(r.plan.lookup("cooldown-code20/cooldown").fingerprint)
     assert {c[2] for c in evaluator.compared} == {judge["checkpoint_uri"]}
@@ -200,8 +204,8 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
 
     again = runner_lib.Runner(study, out, NoServices(out), log=lambda s: None)
     again.run()
-    assert again.trained == [] and len(again.reused) == 20 and again.evaluated == []
-    assert len(trainer.started) == 20
+    assert again.trained == [] and len(again.reused) == 66 and again.evaluated == []
+    assert len(trainer.started) == 66
 
 
 def test_a_failed_phase_stops_the_study_and_a_rerun_continues(tmp_path, fakes):

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import re
 
+import numpy as np
 from google.protobuf import text_format
 
 from libs.model import presets
@@ -58,12 +59,26 @@ def load(path: str) -> study_pb2.Study:
 
 
 def parse(text: str, *, source: str = "<text>") -> study_pb2.Study:
+    """Parses and validates a study, and adds the arms of its sweeps' random
+    mixtures (`add_random_arms`)."""
     try:
         study = text_format.Parse(text, study_pb2.Study())
     except text_format.ParseError as e:
         raise StudyError("spec", f"{source}: {e}") from None
     validate(study)
+    add_random_arms(study)
+    validate(study)
     return study
+
+
+# Replicates of every phase at most (Study.seeds), and random mixtures per sweep.
+MAX_SEEDS = 16
+MAX_RANDOM_MIXTURES = 16
+
+
+def seeds(study: study_pb2.Study) -> int:
+    """Replicates of every phase: Study.seeds, at least one."""
+    return max(1, study.seeds)
 
 
 # ---------------------------------------------------------------- references
@@ -201,6 +216,8 @@ def validate(study: study_pb2.Study) -> None:
     for name in ("checkpoint_every_steps", "log_every_steps"):
         if getattr(study, name) < 0:
             raise StudyError(name, "must be >= 0")
+    if not 0 <= study.seeds <= MAX_SEEDS:
+        raise StudyError("seeds", f"must be in [0, {MAX_SEEDS}], got {study.seeds}")
     mixture_names = set()
     for i, m in enumerate(study.mixtures):
         field = f"mixtures[{i}]"
@@ -360,21 +377,109 @@ def _check_sweep(study, field: str, sweep: study_pb2.ProportionSweep) -> None:
         raise StudyError(
             f"{field}.held_out_arm", f"{sweep.held_out_arm!r} is not one of the sweep's arms"
         )
+    if not 0 <= sweep.random_mixtures <= MAX_RANDOM_MIXTURES:
+        raise StudyError(
+            f"{field}.random_mixtures",
+            f"must be in [0, {MAX_RANDOM_MIXTURES}], got {sweep.random_mixtures}",
+        )
+    if sweep.random_mixtures:
+        for arm, ref, _ in _points(study, sweep, sweep.arms):
+            if len(mixture(study, ref).stages) != 1:
+                raise StudyError(
+                    f"{field}.random_mixtures",
+                    f"random mixtures interpolate one-stage mixtures; {arm}'s has "
+                    f"{len(mixture(study, ref).stages)} stages",
+                )
 
 
-def sweep_points(
-    study: study_pb2.Study, sweep: study_pb2.ProportionSweep
-) -> list[tuple[str, PhaseRef, float]]:
-    """(arm name, phase, code fraction) of each arm of a sweep, by fraction."""
+def _points(study, sweep, arms) -> list[tuple[str, PhaseRef, float]]:
     out = []
-    for arm in sweep.arms:
+    for arm in arms:
         ref = resolve(study, f"{arm}/{sweep.phase}" if sweep.phase else arm, "sweep")
         out.append((arm, ref, code_fraction(mixture(study, ref), sweep.code_sources or ("code",))))
     return sorted(out, key=lambda t: t[2])
 
 
+def sweep_points(
+    study: study_pb2.Study, sweep: study_pb2.ProportionSweep
+) -> list[tuple[str, PhaseRef, float]]:
+    """(arm name, phase, code fraction) of each arm of a sweep and of its random
+    mixtures, by fraction."""
+    names = list(sweep.arms) + [a for a in random_arm_names(sweep) if _has_arm(study, a)]
+    return _points(study, sweep, names)
+
+
 def held_out_arm(study: study_pb2.Study, sweep: study_pb2.ProportionSweep) -> str:
     if sweep.held_out_arm:
         return sweep.held_out_arm
-    points = sweep_points(study, sweep)
+    points = _points(study, sweep, sweep.arms)
     return points[len(points) // 2][0]
+
+
+def held_out_arms(study: study_pb2.Study, sweep: study_pb2.ProportionSweep) -> list[str]:
+    """The arms a sweep's fit must predict without seeing: its held-out arm and
+    its random mixtures."""
+    return [held_out_arm(study, sweep)] + random_arm_names(sweep)
+
+
+# ---------------------------------------------------------------- random mixtures
+
+
+def random_arm_names(sweep: study_pb2.ProportionSweep) -> list[str]:
+    return [f"{sweep.name}.random{i}" for i in range(sweep.random_mixtures)]
+
+
+def _has_arm(study, name: str) -> bool:
+    return any(a.name == name for a in study.arms)
+
+
+def add_random_arms(study: study_pb2.Study) -> None:
+    """Appends the arms of every sweep's random mixtures (ProportionSweep.
+    random_mixtures) to a validated study. An arm of that name already there
+    (a study written out after expansion) must be the same arm."""
+    for k, sweep in enumerate(study.sweeps):
+        if not sweep.random_mixtures:
+            continue
+        points = _points(study, sweep, sweep.arms)
+        (low_name, low_ref, _), (_, high_ref, _) = points[0], points[-1]
+        low = _normalised(mixture(study, low_ref))
+        high = _normalised(mixture(study, high_ref))
+        draws = np.random.default_rng(sweep.random_seed).uniform(size=sweep.random_mixtures)
+        for name, u in zip(random_arm_names(sweep), draws):
+            weights = {
+                src: (1 - u) * low.get(src, 0.0) + u * high.get(src, 0.0)
+                for src in list(low) + [s for s in high if s not in low]
+            }
+            mix = data_pb2.MixtureSpec(name=name)
+            mix.stages.add().weights.extend(
+                data_pb2.SourceWeight(source=src, weight=round(w, 6))
+                for src, w in weights.items()
+                if round(w, 6) > 0
+            )
+            arm = study_pb2.Arm()
+            arm.CopyFrom(study.arms[low_ref.arm])
+            arm.name = name
+            del arm.phases[low_ref.phase + 1 :]
+            arm.phases[low_ref.phase].mixture.CopyFrom(mix)
+            arm.description = (
+                f"Random mixture of sweep {sweep.name} (seed {sweep.random_seed}): "
+                f"{code_fraction(mix, sweep.code_sources or ('code',)):.1%} code, "
+                f"interpolating {low_name} and {points[-1][0]}; left out of the fit."
+            )
+            existing = [a for a in study.arms if a.name == name]
+            if not existing:
+                study.arms.append(arm)
+            elif existing[0] != arm:
+                raise StudyError(
+                    f"sweeps[{k}].random_mixtures",
+                    f"arm {name!r} is reserved for a random mixture of sweep {sweep.name!r}",
+                )
+
+
+def _normalised(mix: data_pb2.MixtureSpec) -> dict[str, float]:
+    weights = mix.stages[0].weights
+    total = sum(w.weight for w in weights)
+    out: dict[str, float] = {}
+    for w in weights:
+        out[w.source] = out.get(w.source, 0.0) + w.weight / total
+    return out

@@ -1,6 +1,8 @@
 import os
 
+import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from proto import trainer_pb2
 from studies import spec
@@ -215,9 +217,16 @@ def test_schedules_default_by_kind_and_phase_overrides_win():
 def test_code_fraction_and_sweep_points():
     study = spec.load(os.path.join(SPECS, "tiny.textproto"))
     sweep = study.sweeps[0]
-    points = spec.sweep_points(study, sweep)
-    assert [round(f, 2) for _, _, f in points] == [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]
+    points = [(arm, round(f, 2)) for arm, _, f in spec.sweep_points(study, sweep)]
+    fixed = [(a, f) for a, f in points if not a.startswith("code-proportion.random")]
+    assert [f for _, f in fixed] == [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]
+    assert len(points) == len(fixed) + 2  # and the two random mixtures
     assert spec.held_out_arm(study, sweep) == "code75"
+    assert spec.held_out_arms(study, sweep) == [
+        "code75",
+        "code-proportion.random0",
+        "code-proportion.random1",
+    ]
     sweep.held_out_arm = ""
     assert spec.held_out_arm(study, sweep) == "code75"  # the middle one by default
 
@@ -230,3 +239,55 @@ def test_every_scale_runs_the_same_arms():
     tiny = arms("tiny.textproto")
     assert arms("470m.textproto") == tiny
     assert arms("2.8b.textproto") == tiny
+
+
+SWEEP = """
+mixtures { name: "code" stages { weights { source: "code" weight: 1 } } }
+arms { name: "t0" phases { name: "init" kind: PRETRAIN paper_tokens: 200e9 mixture_name: "text" } }
+arms { name: "t50" phases { name: "init" kind: PRETRAIN paper_tokens: 200e9 mixture_name: "balanced" } }
+arms { name: "t100" phases { name: "init" kind: PRETRAIN paper_tokens: 200e9 mixture_name: "code" } }
+sweeps { name: "s" arms: ["t0", "t50", "t100"] random_mixtures: 3 random_seed: 7 }
+"""
+
+
+def test_random_mixtures_interpolate_the_sweeps_ends_by_seed():
+    study = spec.parse(BASE + SWEEP)
+    names = [a.name for a in study.arms]
+    assert names[-3:] == ["s.random0", "s.random1", "s.random2"]
+    fractions = [f for arm, _, f in spec.sweep_points(study, study.sweeps[0]) if "random" in arm]
+    draws = sorted(np.random.default_rng(7).uniform(size=3))
+    assert sorted(fractions) == pytest.approx(draws, abs=1e-5)
+    arm = study.arms[names.index("s.random0")]
+    assert [p.name for p in arm.phases] == ["init"] and not arm.init_from
+    assert {w.source for w in arm.phases[0].mixture.stages[0].weights} <= {"text", "code"}
+    # Parsing a study written out after expansion adds nothing; another seed draws anew.
+    again = spec.parse(text_format.MessageToString(study))
+    assert [a.name for a in again.arms] == names and list(again.arms) == list(study.arms)
+    other = spec.parse((BASE + SWEEP).replace("random_seed: 7", "random_seed: 8"))
+    assert other.arms[-1] != study.arms[-1]
+    # An arm of that name that is something else is refused.
+    clash = (
+        BASE
+        + SWEEP
+        + """
+arms { name: "s.random1" phases { name: "init" kind: PRETRAIN paper_tokens: 1e9 mixture_name: "code" } }
+"""
+    )
+    assert _error(clash).field == "sweeps[0].random_mixtures"
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ("seeds: 17", "seeds"),
+        ("seeds: -1", "seeds"),
+    ],
+)
+def test_seeds_are_bounded(change, field):
+    assert _error(BASE + change).field == field
+    assert spec.seeds(spec.parse(BASE)) == 1 and spec.seeds(spec.parse(BASE + "seeds: 3")) == 3
+
+
+def test_random_mixtures_are_bounded():
+    bad = (BASE + SWEEP).replace("random_mixtures: 3", "random_mixtures: 17")
+    assert _error(bad).field == "sweeps[0].random_mixtures"

@@ -86,12 +86,14 @@ class TaskResult:
     ci_high: float
     num_examples: int
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
-    # Per-example headline scores, for aggregate intervals (not sent over the wire).
+    # Per-example headline scores, for aggregate intervals and paired comparisons
+    # (EvalResult.per_example).
     scores: list[float] = dataclasses.field(default_factory=list, repr=False)
     # Bootstrap 95% interval of every metric in `extra` that has per-example values
     # (the headline's is ci_low / ci_high).
     intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    # Per-example values of the continuous metrics, for aggregate intervals.
+    # Per-example values of the continuous metrics, for aggregate intervals and
+    # paired comparisons (EvalResult.per_example).
     example_metrics: dict[str, list[float]] = dataclasses.field(default_factory=dict, repr=False)
 
     @property

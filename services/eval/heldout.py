@@ -19,8 +19,10 @@ documents).
 
 The result is one TaskResult, task "heldout_bpb", category "heldout" (outside the
 paper's aggregates): `extra[source]` is that source's BPB with its interval in
-`intervals[source]`, `extra[source + "/documents"]` the documents scored; its value
-is the mean over sources.
+`intervals[source]`, `extra[source + "/documents"]` the documents scored, and `example_metrics` each
+document's negative log-likelihood (`source + "/nll"`, nats) and UTF-8 bytes
+(`source + "/bytes"`), so that two models compare document by document; its value is
+the mean over sources.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def evaluate(
     names = sorted(documents)
     flat = [d for name in names for d in documents[name]]
     logprobs = model.loglikelihood_rolling(flat)
-    extra, intervals, per_source, replicates = {}, {}, [], []
+    extra, intervals, per_source, replicates, per_document = {}, {}, [], [], {}
     rng = np.random.default_rng(seed)
     at = 0
     for name in names:
@@ -151,6 +153,8 @@ def evaluate(
         extra[f"{name}/documents"] = float(len(docs))
         intervals[name] = _ratio_interval(nll, nbytes, seed=seed, resamples=resamples)
         per_source.append(bpb)
+        per_document[f"{name}/nll"] = nll.tolist()
+        per_document[f"{name}/bytes"] = nbytes.tolist()
         # Replicates of this source's ratio, sources resampled independently.
         idx = rng.integers(0, len(docs), size=(resamples, len(docs)))
         replicates.append(nll[idx].sum(axis=1) / nbytes[idx].sum(axis=1) / math.log(2))
@@ -167,4 +171,5 @@ def evaluate(
         extra=extra,
         scores=per_source,
         intervals=intervals,
+        example_metrics=per_document,
     )

@@ -93,6 +93,10 @@ def test_per_source_bits_per_byte(lm, corpus_dir):
         at += n
         assert r.extra[name] == pytest.approx(want)
         assert r.extra[f"{name}/documents"] == n
+        # Document by document: their ratio is the source's BPB.
+        nll, doc_bytes = r.example_metrics[f"{name}/nll"], r.example_metrics[f"{name}/bytes"]
+        assert len(nll) == len(doc_bytes) == n and sum(doc_bytes) == nbytes
+        assert sum(nll) / sum(doc_bytes) / math.log(2) == pytest.approx(want)
         lo, hi = r.intervals[name]
         assert lo <= r.extra[name] <= hi
         assert r.extra[name] > 1.0  # a random model spends bits on every byte

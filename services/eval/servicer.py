@@ -44,7 +44,19 @@ def _result_message(scored: Scored) -> eval_pb2.EvalResult:
             k: eval_pb2.Interval(low=float(lo), high=float(hi))
             for k, (lo, hi) in r.intervals.items()
         },
+        per_example={k: eval_pb2.ExampleValues(values=v) for k, v in per_example_values(r).items()},
     )
+
+
+def per_example_values(r) -> dict[str, list[float]]:
+    """What EvalResult.per_example carries: a task's headline metric per example
+    (its `scores`) and its per-example metrics; nothing for an aggregate."""
+    if r.is_aggregate:
+        return {}
+    out = dict(r.example_metrics)
+    if len(r.scores) == r.num_examples:
+        out[r.metric] = r.scores
+    return out
 
 
 def _stream(context, results):

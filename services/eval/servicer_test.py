@@ -112,6 +112,14 @@ def test_evaluate_streams_tasks_then_aggregates(service, registry):
         assert copa.intervals[name].low <= copa.extra[name] <= copa.intervals[name].high
     nl = results[names.index("aggregate/nl_reasoning")]
     assert nl.extra["bpb"] > 0 and nl.intervals["bpb"].low <= nl.extra["bpb"]
+    # Every example's values, whose means are the task's figures; none for aggregates.
+    assert set(copa.per_example) == {"acc", "bpb", "prob_correct", "margin"}
+    assert len(copa.per_example["acc"].values) == copa.num_examples
+    assert sum(copa.per_example["acc"].values) / 4 == pytest.approx(copa.value)
+    assert sum(copa.per_example["bpb"].values) / 4 == pytest.approx(copa.extra["bpb"])
+    humaneval = results[names.index("humaneval")]
+    assert len(humaneval.per_example["pass@1"].values) == humaneval.num_examples
+    assert not nl.per_example
     # Stored with the lineage; a second request is answered from the database.
     assert db.checkpoint("mem://tiny") == (42, {"run_id": "r", "phase": "init", "step": 42})
     assert {t for _, r in db.results("mem://tiny") for t in [r.task]} >= {"copa", "humaneval"}
@@ -121,6 +129,7 @@ def test_evaluate_streams_tasks_then_aggregates(service, registry):
     assert [(r.task, r.value, r.ci_low) for r in again] == [
         (r.task, r.value, r.ci_low) for r in results
     ]
+    assert again[0].per_example == copa.per_example
 
 
 def test_hostile_completions_leave_the_service_unharmed(service):
