@@ -162,7 +162,7 @@ def units(evaluations: Sequence[dict], category: str, metric: str = HEADLINE) ->
                 continue
             if r.get("category") not in CATEGORY_TASKS.get(category, (category,)):
                 continue
-            values = _values(r, r["metric"] if metric == HEADLINE else metric)
+            values = _values(r, r.get("metric", "") if metric == HEADLINE else metric)
             if values:
                 found[r["task"]] = (values, None)
         per_seed.append(found)

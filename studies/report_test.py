@@ -192,15 +192,15 @@ def test_report_from_recorded_results(tmp_path, tiny):
     findings = _table_rows(text, "## The paper's findings, measured here")
     code = next(r for r in findings if r.startswith("| Code lifts code |"))
     # Code BPB 3.0 - share: balanced->text (10% code) against text-only (0%).
-    assert "| +0.100 [+0.100, +0.100] |" in code and "**reproduced in direction**" in code
+    assert "| +0.1000 [+0.1000, +0.1000] |" in code and "**reproduced in direction**" in code
     knowledge = next(r for r in findings if r.startswith("| Code lifts world knowledge |"))
-    assert "| +0.000 [+0.000, +0.000] |" in knowledge
+    assert "| +0.0000 [+0.0000, +0.0000] |" in knowledge
     assert knowledge.endswith("| not resolved at this scale |")
     sweet = [r for r in findings if r.startswith("| About 25% code is best for NL reasoning |")]
     assert len(sweet) == 2
     assert "**reproduced in direction**" in sweet[0]  # 25% above 0% on both metrics
     # Against 75%: more accurate (the peak) but a higher gold BPB (2.0 - share).
-    assert "| -0.500 [-0.500, -0.500] | +7.5 [+7.5, +7.5]" in sweet[1]
+    assert "| -0.5000 [-0.5000, -0.5000] | +7.5 [+7.5, +7.5]" in sweet[1]
     assert "**mixed: the metrics disagree**" in sweet[1]
 
     # The mixture law on held-out code BPB (1.75 - share), validated on held-out arms.
@@ -297,5 +297,5 @@ def test_a_claim_without_a_difference_is_not_resolved(tmp_path, tiny):
     text = open(report.write(tiny, plan, state, str(tmp_path))).read()
     findings = _table_rows(text, "## The paper's findings, measured here")
     code = next(r for r in findings if r.startswith("| Code lifts code |"))
-    assert "| +0.000 [+0.000, +0.000] | +0.0 [+0.0, +0.0]" in code
+    assert "| +0.0000 [+0.0000, +0.0000] | +0.0 [+0.0, +0.0]" in code
     assert code.endswith("| not resolved at this scale |")
