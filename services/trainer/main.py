@@ -13,13 +13,13 @@ import sys
 from absl import app, flags, logging
 from google.protobuf import text_format
 
+from libs import errors
 from libs.serving import credentials as credentials_lib
 from libs.serving import server as serving
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer import data_link
 from services.trainer.runs import Runs
 from services.trainer.servicer import TrainerServicer
-from services.trainer.spec import SpecError
 
 DEFAULT_SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", "tiny.textproto")
 
@@ -141,7 +141,7 @@ def main(argv):
     runs = Runs(_connect, console=True)
     try:
         run_id, resumed = runs.start(spec)
-    except SpecError as e:
+    except errors.FieldError as e:
         sys.exit(f"error: spec.{e}")
     except data_link.DataAuthError as e:
         sys.exit(f"error: {e}")

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from libs import errors
 from libs.checkpoint import checkpoint
 from proto import data_pb2, trainer_pb2
 from services.trainer import spec as spec_lib
@@ -216,16 +217,15 @@ def test_bad_specs_name_the_field(tmp_path):
         spec = trainer_pb2.RunSpec()
         spec.CopyFrom(good)
         mutate(spec)
-        with pytest.raises(spec_lib.SpecError) as err:
+        with pytest.raises(errors.FieldError) as err:
             spec_lib.validate(spec)
         assert err.value.field == field, (field, str(err.value))
-    # The not-found flag marks a missing parent:
+    # A missing parent is NOT_FOUND:
     spec = trainer_pb2.RunSpec()
     spec.CopyFrom(good)
     spec.phases[1].init_checkpoint = str(tmp_path / "none" / "3")
-    with pytest.raises(spec_lib.SpecError) as err:
+    with pytest.raises(errors.NotFound):
         spec_lib.validate(spec)
-    assert err.value.not_found
 
 
 def test_init_checkpoint_with_optimizer_carries_on_the_parents_run(tmp_path):
@@ -259,7 +259,7 @@ def test_init_checkpoint_with_optimizer_carries_on_the_parents_run(tmp_path):
     # Without init_checkpoint the flag means nothing: rejected by name.
     bad = make_spec(tmp_path, run_id="bad")
     bad.phases[0].with_optimizer = True
-    with pytest.raises(spec_lib.SpecError) as err:
+    with pytest.raises(errors.FieldError) as err:
         spec_lib.validate(bad)
     assert err.value.field == "phases[0].with_optimizer"
 
