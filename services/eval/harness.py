@@ -304,6 +304,24 @@ class Harness:
                     # recorded, so a restart does not try again, and skipped.
                     status = "missing" if isinstance(e, errors.NotFound) else "unreadable"
                     logging.warning("FollowRun %s: %s checkpoint skipped: %s", run_id, status, e)
+                else:
+                    if event.lineage:
+                        loaded = dataclasses.replace(
+                            loaded, lineage={**loaded.lineage, **event.lineage}
+                        )
+                    yield from self._evaluate(
+                        event.uri,
+                        task_list,
+                        limit=limit,
+                        num_samples=num_samples,
+                        seed=seed,
+                        should_stop=lambda: cancellation.cancelled,
+                        loaded=loaded,
+                        with_heldout=bool(self.heldout_corpus_dir) and not task_names,
+                    )
+                    # Cancelled part-way: not followed, so a restart evaluates it again.
+                    status = None if cancellation.cancelled else "done"
+                if status:
                     self.db.mark_followed(
                         run_id,
                         follow_settings,
@@ -311,34 +329,6 @@ class Harness:
                         step=event.step,
                         sequence=event.sequence,
                         status=status,
-                    )
-                    continue
-                if event.lineage:
-                    loaded = dataclasses.replace(
-                        loaded, lineage={**loaded.lineage, **event.lineage}
-                    )
-                finished = True
-                for scored in self._evaluate(
-                    event.uri,
-                    task_list,
-                    limit=limit,
-                    num_samples=num_samples,
-                    seed=seed,
-                    should_stop=lambda: cancellation.cancelled,
-                    loaded=loaded,
-                    with_heldout=bool(self.heldout_corpus_dir) and not task_names,
-                ):
-                    yield scored
-                if cancellation.cancelled:
-                    finished = False
-                if finished:
-                    self.db.mark_followed(
-                        run_id,
-                        follow_settings,
-                        event.uri,
-                        step=event.step,
-                        sequence=event.sequence,
-                        status="done",
                     )
 
         return generate()
