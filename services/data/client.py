@@ -38,6 +38,10 @@ from services.data import wire
 from services.data.batch import Batch, keep_freed_memory
 from services.data.mixture import Mixture
 
+# The service's request limits and the batches it sends, for callers that check
+# a request before sending it or type what they receive (the trainer).
+from services.data.mixture import MAX_SEQ_LEN, MAX_SOURCES, MIN_SEQ_LEN  # noqa: E402, F401
+
 MAX_MESSAGE_BYTES = 256 << 20
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE,)
 

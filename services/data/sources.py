@@ -15,7 +15,8 @@ read through one code path (`iter_documents`):
   reST Q&A, verified synthetic code), wrapped with
   `datasets.IterableDataset.from_generator`.
 
-`default_sources()` is the catalogue of the default corpus: real material
+`default_sources()` reads the catalogue of the default corpus
+(default_sources.json): real material
 found on this machine (Debian packages python3.11-doc, dict-gcide,
 jargon-text, debian-reference-en, manpages, and the Python interpreter's own
 standard library and site-packages), nothing from a hub.
@@ -38,7 +39,14 @@ import sysconfig
 import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-KINDS = ("text", "code", "markup", "code_adjacent", "synthetic_code", "cooldown")
+from proto import data_pb2
+
+# The paper's kinds, spelled as data.proto's SourceKind names say.
+KINDS = tuple(
+    data_pb2.SourceKind.Name(v).removeprefix("SOURCE_KIND_").lower()
+    for v in data_pb2.SourceKind.values()
+    if v != data_pb2.SOURCE_KIND_UNSPECIFIED
+)
 
 # `datasets` builders that read local files; their data_files are expanded
 # here (sorted, optionally shuffled) so the order of documents is ours.

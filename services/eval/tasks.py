@@ -32,11 +32,19 @@ import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
 from libs import errors
+from proto import eval_pb2
 from services.eval import converters
 
-NL_REASONING = "nl_reasoning"
-WORLD_KNOWLEDGE = "world_knowledge"
-CODE = "code"
+
+def aggregate_name(aggregate: int) -> str:
+    """An eval.proto Aggregate as results spell it: "nl_reasoning"."""
+    return eval_pb2.Aggregate.Name(aggregate).removeprefix("AGGREGATE_").lower()
+
+
+# The task categories: the first three aggregates.
+NL_REASONING = aggregate_name(eval_pb2.AGGREGATE_NL_REASONING)
+WORLD_KNOWLEDGE = aggregate_name(eval_pb2.AGGREGATE_WORLD_KNOWLEDGE)
+CODE = aggregate_name(eval_pb2.AGGREGATE_CODE)
 CATEGORIES = (NL_REASONING, WORLD_KNOWLEDGE, CODE)
 
 MULTIPLE_CHOICE = "multiple_choice"

@@ -13,8 +13,9 @@ from typing import Callable
 
 from libs import errors
 from libs.checkpoint import checkpoint
-from libs.model import presets
+from libs.model import config as model_config, presets
 from proto import trainer_pb2
+from services.data import client as data_client
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 Kind = trainer_pb2.LRSchedule.Kind
@@ -73,11 +74,14 @@ def validate(
         raise errors.InvalidArgument(
             "global_batch_size", f"must be positive, got {spec.global_batch_size}"
         )
-    if not 8 <= spec.seq_len <= 1 << 20:
-        raise errors.InvalidArgument("seq_len", f"must be in [8, 1048576], got {spec.seq_len}")
-    if spec.compute_dtype not in ("float32", "bfloat16"):
+    if not data_client.MIN_SEQ_LEN <= spec.seq_len <= data_client.MAX_SEQ_LEN:
         raise errors.InvalidArgument(
-            "compute_dtype", f"{spec.compute_dtype!r} is not float32 or bfloat16"
+            "seq_len",
+            f"must be in [{data_client.MIN_SEQ_LEN}, {data_client.MAX_SEQ_LEN}], got {spec.seq_len}",
+        )
+    if spec.compute_dtype not in model_config.TRAINING_DTYPES:
+        raise errors.InvalidArgument(
+            "compute_dtype", f"{spec.compute_dtype!r} is not one of {model_config.TRAINING_DTYPES}"
         )
     if spec.checkpoint_every_steps <= 0:
         raise errors.InvalidArgument("checkpoint_every_steps", "must be positive")

@@ -24,6 +24,7 @@ from libs.checkpoint import checkpoint
 from proto import data_pb2, trainer_pb2
 from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
+from services.data import client as data_client
 from services.data.batch import Batch
 from services.trainer.step import BATCH_FIELDS
 from services.trainer.train import Trainer
@@ -212,6 +213,9 @@ def test_bad_specs_name_the_field(tmp_path):
         "phases[0].continue_previous": lambda s: setattr(s.phases[0], "continue_previous", True),
         "phases[0].schedule.kind": lambda s: s.phases[0].schedule.Clear(),
         "global_batch_size": lambda s: setattr(s, "global_batch_size", -1),
+        # The data service's bound and the model's training dtypes, not copies of them.
+        "seq_len": lambda s: setattr(s, "seq_len", data_client.MAX_SEQ_LEN + 1),
+        "compute_dtype": lambda s: setattr(s, "compute_dtype", "float16"),
     }
     for field, mutate in cases.items():
         spec = trainer_pb2.RunSpec()
