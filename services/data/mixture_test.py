@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from libs import errors
-from services.data import mixture, testing
+from services.data import mixture
+from services.data.api import testing
 from services.data.mixture import Mixture
 
 SIZES = {

@@ -19,7 +19,7 @@ import grpc
 from libs import errors
 from libs.serving import status
 from libs.serving.credentials import ClientCredentials
-from services.data import client as data_client
+from services.data.api import client as data_client
 
 
 class DataAuthError(RuntimeError):

@@ -15,7 +15,7 @@ from libs import errors
 from libs.checkpoint import checkpoint
 from libs.model import config as model_config, presets
 from proto import trainer_pb2
-from services.data import client as data_client
+from services.data.api import client as data_client
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 Kind = trainer_pb2.LRSchedule.Kind

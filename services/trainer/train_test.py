@@ -24,8 +24,8 @@ from libs.checkpoint import checkpoint
 from proto import data_pb2, trainer_pb2
 from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
-from services.data import client as data_client
-from services.data.batch import Batch
+from services.data.api import client as data_client
+from services.data.api.client import Batch
 from services.trainer.step import BATCH_FIELDS
 from services.trainer.train import Trainer
 

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from libs import errors
 from libs.serving import server, status
 from proto import data_pb2, data_pb2_grpc
-from services.data import client, mixture, servicer, testing, wire
+from services.data import mixture
+from services.data.api import client, servicer, testing, wire
 from services.data.mixture import Mixture
 
 

@@ -9,7 +9,7 @@ import pytest
 from libs.serving import process, status
 from proto import data_pb2, trainer_pb2, trainer_pb2_grpc
 
-MAIN = process.module_command("services.trainer.main")
+MAIN = process.module_command("services.trainer.api.main")
 
 
 def _run(args, timeout=120):

@@ -5,7 +5,8 @@ import pytest
 
 from libs import errors
 from proto import data_pb2
-from services.data import mixture, testing, wire
+from services.data import mixture
+from services.data.api import testing, wire
 from services.data.batch import Batch, PackedBatch
 
 

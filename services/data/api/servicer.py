@@ -12,7 +12,8 @@ import grpc
 from libs import errors
 from libs.serving import status
 from proto import data_pb2, data_pb2_grpc
-from services.data import mixture as mixture_lib, wire
+from services.data import mixture as mixture_lib
+from services.data.api import wire
 
 SERVICE_NAME = wire.SERVICE_NAME
 

@@ -10,8 +10,8 @@ import pytest
 
 from libs import errors
 from proto import trainer_pb2
-from services.data import client as data_client
-from services.data import testing as data_testing
+from services.data.api import client as data_client
+from services.data.api import testing as data_testing
 from services.trainer import data_link
 
 FIELDS = ("tokens", "targets", "segment_ids", "positions", "loss_mask", "source_ids")

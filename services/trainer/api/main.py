@@ -19,9 +19,11 @@ from libs.serving import server as serving
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer import data_link
 from services.trainer.runs import Runs
-from services.trainer.servicer import TrainerServicer
+from services.trainer.api.servicer import TrainerServicer
 
-DEFAULT_SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", "tiny.textproto")
+DEFAULT_SPEC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tiny.textproto"
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_spec", DEFAULT_SPEC, "RunSpec text proto to train.")
