@@ -66,10 +66,7 @@ def validate(
         raise errors.InvalidArgument(
             "run_id", f"{spec.run_id!r} must be 1-128 letters, digits, '.', '_', '-'"
         )
-    try:
-        config = presets.get_preset(spec.preset)
-    except ValueError as e:
-        raise errors.InvalidArgument("preset", str(e).removeprefix("preset: ")) from None
+    config = presets.get_preset(spec.preset)
     if spec.global_batch_size <= 0:
         raise errors.InvalidArgument(
             "global_batch_size", f"must be positive, got {spec.global_batch_size}"
