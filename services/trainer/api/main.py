@@ -19,7 +19,7 @@ from libs.serving import server as serving
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer import data_link
 from services.trainer.runs import Runs
-from services.trainer.api.servicer import TrainerServicer
+from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer
 
 DEFAULT_SPEC = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tiny.textproto"
@@ -135,7 +135,7 @@ def main(argv):
         serving.serve_from_flags(
             "TrainerService",
             [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(runs))],
-            ["codelab.trainer.v1.TrainerService"],
+            [SERVICE_NAME],
             on_stop=lambda: runs.stop_all(timeout=60),
         )
         return

@@ -8,6 +8,7 @@ import pytest
 
 from libs.serving import process, status
 from proto import data_pb2, trainer_pb2, trainer_pb2_grpc
+from services.trainer.api.servicer import SERVICE_NAME
 
 MAIN = process.module_command("services.trainer.api.main")
 
@@ -74,7 +75,7 @@ def _spec(**kw):
 
 
 def test_serving_health_and_bad_specs(trainer_service):
-    process.wait_healthy(trainer_service.address, "codelab.trainer.v1.TrainerService")
+    process.wait_healthy(trainer_service.address, SERVICE_NAME)
     with grpc.insecure_channel(trainer_service.address) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         cases = [

@@ -10,6 +10,8 @@ from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer.data_link import DataAuthError
 from services.trainer.runs import Runs
 
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, runs: Runs):
