@@ -81,3 +81,20 @@ def test_a_bad_replica_list_names_its_field(replicas):
             num_shards=2,
             echo=False,
         )
+
+
+def test_the_data_services_verdict_on_a_mixture_names_the_runspec_field(replicas):
+    link = data_link.connect(_spec(data_address=replicas[0]), echo=False)
+    try:
+        link.check_mixture("phases[0].mixture", data_testing.one_stage_mixture(text=1, code=1))
+        unknown = data_testing.one_stage_mixture(text=1, web=1)
+        with pytest.raises(errors.NotFound) as e:
+            link.check_mixture("phases[0].mixture", unknown)
+        assert e.value.field == "phases[0].mixture.stages[0].weights[1].source"
+        assert e.value.message.startswith("unknown source 'web'")
+        negative = data_testing.one_stage_mixture(text=1, code=-1)
+        with pytest.raises(errors.InvalidArgument) as e:
+            link.check_mixture("phases[1].mixture", negative)
+        assert e.value.field == "phases[1].mixture.stages[0].weights[1].weight"
+    finally:
+        link.close()
