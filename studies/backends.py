@@ -176,7 +176,7 @@ class LocalBackend(Backend):
             resumed = response.resumed
             how = "resumed from its last checkpoint" if resumed else "started"
         except grpc.RpcError as e:
-            if "already running" not in (e.details() or ""):
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 future = concurrent.futures.Future()
                 future.set_exception(
                     PhaseFailed(

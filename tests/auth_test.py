@@ -16,8 +16,8 @@ import pytest
 from libs.serving import process
 from libs.serving.credentials import ClientCredentials
 from proto import data_pb2, trainer_pb2, trainer_pb2_grpc
-from services.data import client as data_client
-from services.data import testing as data_testing
+from services.data.api import client as data_client
+from services.data.api import testing as data_testing
 from studies.services import Services
 
 S = trainer_pb2.LRSchedule
@@ -109,7 +109,7 @@ def _spec(data_address: str, checkpoint_dir: str) -> trainer_pb2.RunSpec:
 
 
 def test_a_trainer_with_the_token_trains_and_one_without_is_unauthenticated(secured):
-    trainer_main = process.module_command("services.trainer.main") + ["--serve"]
+    trainer_main = process.module_command("services.trainer.api.main") + ["--serve"]
     with_token = process.start(
         trainer_main
         + [f"--data_tls_ca={secured['ca']}", f"--data_auth_token_file={secured['token_file']}"]

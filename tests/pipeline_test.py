@@ -11,10 +11,10 @@ import threading
 import grpc
 import pytest
 
-from libs.serving import process
+from libs.serving import process, status
 from proto import data_pb2, eval_pb2, eval_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from services.data import client as data_client
-from services.data import testing as data_testing
+from services.data.api import client as data_client
+from services.data.api import testing as data_testing
 
 S = trainer_pb2.LRSchedule
 
@@ -37,10 +37,10 @@ def services(tmp_path_factory):
     try:
         data = data_client.start_local_server(corpus.path, build_default_corpus=False)
         started.append(data)
-        trainer = process.start(process.module_command("services.trainer.main") + ["--serve"])
+        trainer = process.start(process.module_command("services.trainer.api.main") + ["--serve"])
         started.append(trainer)
         evaluator = process.start(
-            process.module_command("services.eval.main")
+            process.module_command("services.eval.api.main")
             + [f"--results_db={root / 'results.sqlite'}", f"--cache_dir={root / 'eval-cache'}"]
         )
         started.append(evaluator)
@@ -90,6 +90,10 @@ def test_checkpoints_stream_in_order_and_each_is_evaluated_once(services):
         trainer = trainer_pb2_grpc.TrainerServiceStub(tc)
         evaluator = eval_pb2_grpc.EvalServiceStub(ec)
         assert not trainer.StartRun(trainer_pb2.StartRunRequest(spec=spec), timeout=120).resumed
+        with pytest.raises(grpc.RpcError) as again:
+            trainer.StartRun(trainer_pb2.StartRunRequest(spec=spec), timeout=120)
+        assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert status.field_error(again.value).field == "spec.run_id"
 
         results = []
         follow = threading.Thread(

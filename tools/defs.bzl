@@ -40,3 +40,11 @@ def py_pb2_grpc_library(name, proto, pb2):
     """`x_py_pb2_grpc`: gRPC stubs and servicer base classes for one .proto."""
     out = _protoc_genrule(name, proto, "_pb2_grpc.py", "--grpc_python_out")
     native.py_library(name = name, srcs = [out], deps = [pb2])
+
+def py_srcs():
+    """`py_srcs`: the package's Python files, which //tools:boundaries_test reads."""
+    native.filegroup(
+        name = "py_srcs",
+        srcs = native.glob(["*.py"]),
+        visibility = ["//tools:__pkg__"],
+    )

@@ -34,6 +34,9 @@ DEFAULT_SHARDING_RULES: tuple[tuple[str, MeshAxes], ...] = (
 )
 
 DTYPES = ("float32", "bfloat16", "float16")
+# What a training run may compute in: float16 would need loss scaling, which the
+# trainer does not do.
+TRAINING_DTYPES = ("float32", "bfloat16")
 
 # What a layer keeps for the backward pass (model.py maps each to a jax.checkpoint policy):
 # none keeps everything; full keeps only the layer's input; save_dots keeps the weight

@@ -12,6 +12,7 @@ default vocabulary.
 
 from __future__ import annotations
 
+from libs import errors
 from libs.model.config import ModelConfig
 
 PRESETS: dict[str, ModelConfig] = {
@@ -48,6 +49,6 @@ def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(
-            f"preset: unknown name {name!r}; known presets: {sorted(PRESETS)}"
+        raise errors.InvalidArgument(
+            "preset", f"unknown name {name!r}; known presets: {sorted(PRESETS)}"
         ) from None

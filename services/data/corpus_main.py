@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+from libs import errors
 from services.data import corpus, mixture, sources
 
 _CORPUS_DIR = flags.DEFINE_string(
@@ -94,7 +95,7 @@ def _inspect(path: str) -> None:
             c, mix, seed=_SEED.value, global_batch_size=_BATCH.value, seq_len=_SEQ.value
         )
         batch = reader.batch(_STEP.value)
-    except mixture.SpecError as e:
+    except errors.FieldError as e:
         sys.exit(f"error ({e.code}): {e}")
     print(f"\nmixture {mix.name or _MIXTURE.value}: plan over {budget} tokens")
     for name, (tokens, epochs) in plan.items():

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from libs.serving import process
-from services.data import testing
+from services.data.api import testing
 
 
 def run(*args):

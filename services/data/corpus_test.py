@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from services.data import corpus, sources, testing
+from services.data import corpus, sources
+from services.data.api import testing
 
 LEAKED = (
     "Which planet in our solar system has the longest day measured against "

@@ -53,6 +53,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from libs import errors
 from services.data.batch import Batch, PackedBatch
 
 MAX_GLOBAL_BATCH = 65536
@@ -67,30 +68,6 @@ MAX_TOKEN_OFFSET = 1 << 62
 # the batch's source_names, so a mixture can name as many sources as a uint8 has
 # values. The trainer sizes its per-source loss slots by this.
 MAX_SOURCES = np.iinfo(np.uint8).max + 1
-
-
-class SpecError(ValueError):
-    """A request field is invalid (gRPC INVALID_ARGUMENT). `field` names it
-    as in the request, e.g. "mixture.stages[0].weights[1].weight"."""
-
-    code = "INVALID_ARGUMENT"
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-class NotFoundError(SpecError):
-    """A named thing (a source) does not exist (gRPC NOT_FOUND)."""
-
-    code = "NOT_FOUND"
-
-
-class OutOfRangeError(SpecError):
-    """A step past the end of a bounded mixture or past its epoch cap (gRPC
-    OUT_OF_RANGE)."""
-
-    code = "OUT_OF_RANGE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,12 +175,12 @@ def _stage(weights: Mapping[str, float], until: int) -> Stage:
 
 def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
     """Checks `mixture` against the corpus (`available`: source name -> its
-    token count). Raises SpecError / NotFoundError naming the field."""
+    token count). Raises errors.InvalidArgument / errors.NotFound naming the field."""
     if not mixture.stages:
-        raise SpecError("mixture.stages", "at least one stage is required")
+        raise errors.InvalidArgument("mixture.stages", "at least one stage is required")
     me = mixture.max_epochs
     if not isinstance(me, (int, float)) or not math.isfinite(me) or me < 0:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "mixture.max_epochs", f"must be a finite number >= 0 (0: no cap), got {me!r}"
         )
     named: set[str] = set()
@@ -211,7 +188,7 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
         for j, sw in enumerate(stage.weights):
             named.add(sw.source)
             if len(named) > MAX_SOURCES:
-                raise SpecError(
+                raise errors.InvalidArgument(
                     f"mixture.stages[{i}].weights[{j}].source",
                     f"{sw.source!r} is distinct source number {len(named)}; a mixture may "
                     f"name at most {MAX_SOURCES} (source ids are uint8)",
@@ -222,47 +199,53 @@ def validate(mixture: Mixture, available: Mapping[str, int]) -> None:
         f = f"mixture.stages[{i}]"
         until = stage.until_tokens
         if until < 0:
-            raise SpecError(f"{f}.until_tokens", f"must be >= 0, got {until}")
+            raise errors.InvalidArgument(f"{f}.until_tokens", f"must be >= 0, got {until}")
         if until == 0 and i != last:
-            raise SpecError(
+            raise errors.InvalidArgument(
                 f"{f}.until_tokens", "0 (open-ended) is allowed only for the last stage"
             )
         if until and until <= previous:
-            raise SpecError(
+            raise errors.InvalidArgument(
                 f"{f}.until_tokens",
                 f"must be > the previous stage's until_tokens ({previous}), got {until}",
             )
         previous = until or previous
         if not stage.weights:
-            raise SpecError(f"{f}.weights", "at least one source weight is required")
+            raise errors.InvalidArgument(f"{f}.weights", "at least one source weight is required")
         seen: dict[str, int] = {}
         total = 0.0
         for j, sw in enumerate(stage.weights):
             g = f"{f}.weights[{j}]"
             if not sw.source:
-                raise SpecError(f"{g}.source", "must name a source")
+                raise errors.InvalidArgument(f"{g}.source", "must name a source")
             if sw.source in seen:
-                raise SpecError(
+                raise errors.InvalidArgument(
                     f"{g}.source", f"{sw.source!r} already appears at weights[{seen[sw.source]}]"
                 )
             seen[sw.source] = j
             w = sw.weight
             if not isinstance(w, (int, float)) or not math.isfinite(w):
-                raise SpecError(f"{g}.weight", f"must be a finite number, got {w!r}")
+                raise errors.InvalidArgument(f"{g}.weight", f"must be a finite number, got {w!r}")
             if w < 0:
-                raise SpecError(f"{g}.weight", f"must be >= 0, got {w!r}")
+                raise errors.InvalidArgument(f"{g}.weight", f"must be >= 0, got {w!r}")
             if sw.source not in available:
                 known = ", ".join(sorted(available)) or "none"
-                raise NotFoundError(f"{g}.source", f"unknown source {sw.source!r} (known: {known})")
+                raise errors.NotFound(
+                    f"{g}.source", f"unknown source {sw.source!r} (known: {known})"
+                )
             if w > 0 and available[sw.source] == 0:
-                raise SpecError(
+                raise errors.InvalidArgument(
                     f"{g}.source", f"source {sw.source!r} has no tokens; give it weight 0"
                 )
             total += w
         if total <= 0:
-            raise SpecError(f"{f}.weights", "all weights are 0; at least one must be positive")
+            raise errors.InvalidArgument(
+                f"{f}.weights", "all weights are 0; at least one must be positive"
+            )
         if not math.isfinite(total):
-            raise SpecError(f"{f}.weights", "the weights' sum overflows; use smaller weights")
+            raise errors.InvalidArgument(
+                f"{f}.weights", "the weights' sum overflows; use smaller weights"
+            )
 
 
 def validate_geometry(
@@ -270,24 +253,26 @@ def validate_geometry(
 ) -> None:
     """Checks the batch shape and shard fields of a request."""
     if not 1 <= global_batch_size <= MAX_GLOBAL_BATCH:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "global_batch_size", f"must be in [1, {MAX_GLOBAL_BATCH}], got {global_batch_size}"
         )
     if not MIN_SEQ_LEN <= seq_len <= MAX_SEQ_LEN:
-        raise SpecError("seq_len", f"must be in [{MIN_SEQ_LEN}, {MAX_SEQ_LEN}], got {seq_len}")
+        raise errors.InvalidArgument(
+            "seq_len", f"must be in [{MIN_SEQ_LEN}, {MAX_SEQ_LEN}], got {seq_len}"
+        )
     if num_shards < 1:
-        raise SpecError("num_shards", f"must be >= 1, got {num_shards}")
+        raise errors.InvalidArgument("num_shards", f"must be >= 1, got {num_shards}")
     if global_batch_size % num_shards:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "num_shards", f"must divide global_batch_size ({global_batch_size}), got {num_shards}"
         )
     if not 0 <= shard_index < num_shards:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "shard_index", f"must be in [0, num_shards={num_shards}), got {shard_index}"
         )
     shard_tokens = global_batch_size // num_shards * seq_len
     if shard_tokens > MAX_SHARD_TOKENS:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "global_batch_size",
             f"a shard of {global_batch_size // num_shards} x {seq_len} = {shard_tokens} tokens is over the "
             f"{MAX_SHARD_TOKENS} tokens one message may carry; use more shards or shorter sequences",
@@ -325,11 +310,11 @@ def plan(
     """Per-source (tokens, epochs) over `token_budget` tokens (0: the end of
     the last bounded stage), splitting each stage's tokens by largest
     remainder. Serving splits per block, so served counts differ from this
-    plan by at most one token per source per block. Raises SpecError if the
+    plan by at most one token per source per block. Raises errors.InvalidArgument if the
     plan exceeds max_epochs."""
     validate(mixture, available)
     if token_budget < 0:
-        raise SpecError("token_budget", f"must be >= 0, got {token_budget}")
+        raise errors.InvalidArgument("token_budget", f"must be >= 0, got {token_budget}")
     budget = token_budget or token_budget_default(mixture)
     names = mixture.source_names()
     tokens = np.zeros(len(names), np.int64)
@@ -347,13 +332,16 @@ def plan(
         size = available[name]
         out[name] = (int(t), float(t) / size if size else 0.0)
     _check_epochs(
-        mixture, {n: e for n, (_, e) in out.items()}, f"a budget of {budget} tokens", SpecError
+        mixture,
+        {n: e for n, (_, e) in out.items()},
+        f"a budget of {budget} tokens",
+        errors.InvalidArgument,
     )
     return budget, out
 
 
 def _check_epochs(
-    mixture: Mixture, epochs: Mapping[str, float], where: str, error=SpecError
+    mixture: Mixture, epochs: Mapping[str, float], where: str, error=errors.InvalidArgument
 ) -> None:
     cap = mixture.max_epochs
     if cap > 0:
@@ -540,17 +528,19 @@ class BatchReader:
         requested steps (or, for an endless request, up to the end of the last
         bounded stage; later steps are checked as they are served)."""
         if start_step < 0:
-            raise SpecError("start_step", f"must be >= 0, got {start_step}")
+            raise errors.InvalidArgument("start_step", f"must be >= 0, got {start_step}")
         if num_steps < 0:
-            raise SpecError("num_steps", f"must be >= 0 (0: until cancelled), got {num_steps}")
+            raise errors.InvalidArgument(
+                "num_steps", f"must be >= 0 (0: until cancelled), got {num_steps}"
+            )
         if (start_step + 1) * self.schedule.block_tokens > MAX_TOKEN_OFFSET:
-            raise SpecError(
+            raise errors.InvalidArgument(
                 "start_step",
                 f"{start_step} steps of {self.schedule.block_tokens} tokens overflow the token count",
             )
         end = self.num_steps
         if end is not None and start_step >= end:
-            raise OutOfRangeError(
+            raise errors.OutOfRange(
                 "start_step", f"the mixture ends after {end} steps, got {start_step}"
             )
         if self.mixture.max_epochs > 0:
@@ -567,7 +557,7 @@ class BatchReader:
                     self.mixture,
                     epochs,
                     f"{last} steps of {self.schedule.block_tokens} tokens",
-                    SpecError,
+                    errors.InvalidArgument,
                 )
 
     def shard_rows(self, step: int) -> np.ndarray:
@@ -589,20 +579,20 @@ class BatchReader:
     def packed(self, step: int) -> PackedBatch:
         """This shard's part of global step `step`, as tokens and runs."""
         if step < 0:
-            raise SpecError("start_step", f"must be >= 0, got {step}")
+            raise errors.InvalidArgument("start_step", f"must be >= 0, got {step}")
         if self.num_steps is not None and step >= self.num_steps:
-            raise OutOfRangeError(
+            raise errors.OutOfRange(
                 "start_step", f"the mixture ends after {self.num_steps} steps, got {step}"
             )
         if (step + 1) * self.schedule.block_tokens > MAX_TOKEN_OFFSET:
-            raise OutOfRangeError("start_step", f"step {step}: the token count would overflow")
+            raise errors.OutOfRange("start_step", f"step {step}: the token count would overflow")
         epochs = self.epochs_after(step)
         if self.mixture.max_epochs > 0:
             _check_epochs(
                 self.mixture,
                 dict(zip(self.names, epochs.tolist())),
                 f"step {step}",
-                OutOfRangeError,
+                errors.OutOfRange,
             )
         L, R = self.seq_len, self.rows
         stage = self.schedule.stage_of(step)

@@ -9,7 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from services.data import mixture, testing
+from libs import errors
+from services.data import mixture
+from services.data.api import testing
 from services.data.mixture import Mixture
 
 SIZES = {
@@ -236,7 +238,7 @@ def test_bounded_mixture_ends_and_start_past_end_is_out_of_range(corpus):
     assert reader.num_steps == 7  # ceil(200 / 32)
     assert [b.step for b in reader.iterate()] == list(range(7))
     assert [b.stage for b in reader.iterate()] == [0, 0, 0, 0, 1, 1, 1]
-    with pytest.raises(mixture.OutOfRangeError) as e:
+    with pytest.raises(errors.OutOfRange) as e:
         reader.iterate(start_step=7)
     assert e.value.field == "start_step"
 
@@ -252,16 +254,16 @@ def test_plan_and_epoch_cap(corpus):
         "b": (300, pytest.approx(300 / available["b"])),
     }
     capped = Mixture.of({"a": 1}, max_epochs=2)
-    with pytest.raises(mixture.SpecError) as e:
+    with pytest.raises(errors.InvalidArgument) as e:
         mixture.plan(capped, available, 3 * available["a"])
     assert e.value.field == "mixture.max_epochs"
     # Requests: a bounded request over the cap is refused up front; an open
     # one stops with OUT_OF_RANGE when the cap is reached.
     reader = mixture.BatchReader(corpus, capped, seed=0, global_batch_size=1, seq_len=10)
-    with pytest.raises(mixture.SpecError):
+    with pytest.raises(errors.InvalidArgument):
         reader.iterate(0, 1000)
     served = []
-    with pytest.raises(mixture.OutOfRangeError) as e:
+    with pytest.raises(errors.OutOfRange) as e:
         for b in reader.iterate(0, 0):
             served.append(b.step)
     assert e.value.field == "mixture.max_epochs"
@@ -269,42 +271,46 @@ def test_plan_and_epoch_cap(corpus):
 
 
 BAD = [
-    (Mixture(stages=()), mixture.SpecError, "mixture.stages"),
-    (Mixture.of({"a": -1}), mixture.SpecError, "mixture.stages[0].weights[0].weight"),
+    (Mixture(stages=()), errors.InvalidArgument, "mixture.stages"),
+    (Mixture.of({"a": -1}), errors.InvalidArgument, "mixture.stages[0].weights[0].weight"),
     (
         Mixture.of({"a": 1, "b": float("nan")}),
-        mixture.SpecError,
+        errors.InvalidArgument,
         "mixture.stages[0].weights[1].weight",
     ),
-    (Mixture.of({"a": float("inf")}), mixture.SpecError, "mixture.stages[0].weights[0].weight"),
-    (Mixture.of({"a": 0, "b": 0}), mixture.SpecError, "mixture.stages[0].weights"),
-    (Mixture.of({}), mixture.SpecError, "mixture.stages[0].weights"),
-    (Mixture.of({"a": 1, "nope": 1}), mixture.NotFoundError, "mixture.stages[0].weights[1].source"),
-    (Mixture.of({"": 1}), mixture.SpecError, "mixture.stages[0].weights[0].source"),
+    (
+        Mixture.of({"a": float("inf")}),
+        errors.InvalidArgument,
+        "mixture.stages[0].weights[0].weight",
+    ),
+    (Mixture.of({"a": 0, "b": 0}), errors.InvalidArgument, "mixture.stages[0].weights"),
+    (Mixture.of({}), errors.InvalidArgument, "mixture.stages[0].weights"),
+    (Mixture.of({"a": 1, "nope": 1}), errors.NotFound, "mixture.stages[0].weights[1].source"),
+    (Mixture.of({"": 1}), errors.InvalidArgument, "mixture.stages[0].weights[0].source"),
     (
         Mixture(
             stages=(mixture.Stage((mixture.SourceWeight("a", 1), mixture.SourceWeight("a", 2))),)
         ),
-        mixture.SpecError,
+        errors.InvalidArgument,
         "mixture.stages[0].weights[1].source",
     ),
     (
         Mixture.staged([(0, {"a": 1}), (10, {"b": 1})]),
-        mixture.SpecError,
+        errors.InvalidArgument,
         "mixture.stages[0].until_tokens",
     ),
     (
         Mixture.staged([(10, {"a": 1}), (10, {"b": 1})]),
-        mixture.SpecError,
+        errors.InvalidArgument,
         "mixture.stages[1].until_tokens",
     ),
     (
         Mixture.staged([(-5, {"a": 1}), (0, {"b": 1})]),
-        mixture.SpecError,
+        errors.InvalidArgument,
         "mixture.stages[0].until_tokens",
     ),
-    (Mixture.of({"a": 1}, max_epochs=-1), mixture.SpecError, "mixture.max_epochs"),
-    (Mixture.of({"a": 1e308, "b": 1e308}), mixture.SpecError, "mixture.stages[0].weights"),
+    (Mixture.of({"a": 1}, max_epochs=-1), errors.InvalidArgument, "mixture.max_epochs"),
+    (Mixture.of({"a": 1e308, "b": 1e308}), errors.InvalidArgument, "mixture.stages[0].weights"),
 ]
 
 
@@ -331,7 +337,7 @@ def test_invalid_mixtures_name_the_field(corpus, mix, error, field):
     ],
 )
 def test_invalid_geometry_names_the_field(corpus, geometry, field):
-    with pytest.raises(mixture.SpecError) as e:
+    with pytest.raises(errors.InvalidArgument) as e:
         mixture.BatchReader(corpus, Mixture.of({"a": 1}), seed=0, **geometry)
     assert e.value.field == field
 
@@ -340,7 +346,7 @@ def test_a_mixture_over_the_source_limit_is_refused_naming_the_weight():
     names = [f"s{k:03d}" for k in range(mixture.MAX_SOURCES + 1)]
     available = dict.fromkeys(names, 10)
     flat = Mixture.of(dict.fromkeys(names, 1.0))
-    with pytest.raises(mixture.SpecError) as e:
+    with pytest.raises(errors.InvalidArgument) as e:
         mixture.validate(flat, available)
     field = f"mixture.stages[0].weights[{mixture.MAX_SOURCES}].source"
     assert e.value.field == field and str(e.value).startswith(field + ": ")
@@ -350,7 +356,7 @@ def test_a_mixture_over_the_source_limit_is_refused_naming_the_weight():
     staged = Mixture.staged(
         [(100, dict.fromkeys(first, 1.0)), (0, dict.fromkeys(first[:10] + rest, 1.0))]
     )
-    with pytest.raises(mixture.SpecError) as e:
+    with pytest.raises(errors.InvalidArgument) as e:
         mixture.validate(staged, available)
     assert e.value.field == f"mixture.stages[1].weights[{10 + len(rest) - 1}].source"
     # One fewer new name: exactly MAX_SOURCES over the two stages, accepted.

@@ -15,7 +15,8 @@ read through one code path (`iter_documents`):
   reST Q&A, verified synthetic code), wrapped with
   `datasets.IterableDataset.from_generator`.
 
-`default_sources()` is the catalogue of the default corpus: real material
+`default_sources()` reads the catalogue of the default corpus
+(default_sources.json): real material
 found on this machine (Debian packages python3.11-doc, dict-gcide,
 jargon-text, debian-reference-en, manpages, and the Python interpreter's own
 standard library and site-packages), nothing from a hub.
@@ -38,7 +39,14 @@ import sysconfig
 import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-KINDS = ("text", "code", "markup", "code_adjacent", "synthetic_code", "cooldown")
+from proto import data_pb2
+
+# The paper's kinds, spelled as data.proto's SourceKind names say.
+KINDS = tuple(
+    data_pb2.SourceKind.Name(v).removeprefix("SOURCE_KIND_").lower()
+    for v in data_pb2.SourceKind.values()
+    if v != data_pb2.SOURCE_KIND_UNSPECIFIED
+)
 
 # `datasets` builders that read local files; their data_files are expanded
 # here (sorted, optionally shuffled) so the order of documents is ours.
@@ -596,259 +604,76 @@ READERS: dict[str, Callable[..., Iterator[str]]] = {
 # ---------------------------------------------------------------------------
 # The default corpus: real material on this machine, no hub.
 
-# Small, carefully written standard-library modules: the code part of the
-# cooldown mix, and therefore left out of the "code" source.
-COOLDOWN_STDLIB_MODULES = (
-    "abc.py",
-    "base64.py",
-    "bisect.py",
-    "calendar.py",
-    "colorsys.py",
-    "contextlib.py",
-    "dataclasses.py",
-    "difflib.py",
-    "enum.py",
-    "fnmatch.py",
-    "fractions.py",
-    "functools.py",
-    "glob.py",
-    "graphlib.py",
-    "heapq.py",
-    "numbers.py",
-    "operator.py",
-    "pprint.py",
-    "queue.py",
-    "random.py",
-    "reprlib.py",
-    "sched.py",
-    "secrets.py",
-    "shlex.py",
-    "statistics.py",
-    "string.py",
-    "textwrap.py",
-    "json/__init__.py",
-    "json/decoder.py",
-    "json/encoder.py",
-    "collections/__init__.py",
-)
-
-DEFAULT_MAX_TOKENS = {
-    "text": 2_500_000,
-    "code": 3_000_000,
-    "markup": 1_500_000,
-    "code_adjacent": 1_500_000,
-    "synthetic_code": 0,  # as many as are generated and verified
-    "cooldown": 700_000,
-    "cooldown_code": 400_000,
-}
-
 # Debian packages the default corpus reads (setup installs them).
 DEBIAN_PACKAGES = ("python3.11-doc", "dict-gcide", "jargon-text", "debian-reference-en", "manpages")
 
-
-def python_doc_dir() -> str:
-    return f"/usr/share/doc/python{sys.version_info.major}.{sys.version_info.minor}/html"
+# The catalogue itself is data: the spec-file format of load_spec_file, with
+# this machine's locations left as placeholders.
+CATALOGUE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_sources.json")
 
 
 def default_sources(
     scale: float = 1.0,
     *,
-    synthetic_candidates: int = 480,
     stdlib_dir: str | None = None,
     site_packages_dirs: Sequence[str] | None = None,
 ) -> list[SourceSpec]:
-    """The default corpus's sources. `scale` multiplies every token cap and
-    per-input character cap (tests build a small version with scale 0.02)."""
-    stdlib = stdlib_dir or sysconfig.get_paths()["stdlib"]
+    """The default corpus's sources: CATALOGUE with its placeholders filled in.
+
+    `scale` multiplies every token cap and per-input character cap (tests
+    build a small version with scale 0.02) and, five times as fast, the number
+    of synthetic candidates (at least 8, at most the catalogue's). In strings,
+    {stdlib} is the interpreter's standard library, {python_doc} its Debian
+    documentation directory, {num_cooldown_modules} the number of
+    `cooldown_stdlib_modules`; a file pattern holding {site_packages} or
+    {cooldown_module} stands for one pattern per site-packages directory or
+    per module. The cooldown's material is two sources, so that a cooldown
+    "without code" can leave the code out entirely.
+    """
+    with open(CATALOGUE) as f:
+        catalogue = json.load(f)
     if site_packages_dirs is None:
         paths = sysconfig.get_paths()
         site_packages_dirs = sorted({paths["purelib"], paths["platlib"]})
-    docs = python_doc_dir()
-    rst = f"{docs}/_sources"
-    cap = lambda kind: int(DEFAULT_MAX_TOKENS[kind] * scale)  # noqa: E731
-    chars = lambda n: max(1, int(n * scale))  # noqa: E731
-    cooldown_code = [f"{stdlib}/{m}" for m in COOLDOWN_STDLIB_MODULES]
-    site_py = [f"{d}/**/*.py" for d in site_packages_dirs]
-    site_md = [f"{d}/**/*.md" for d in site_packages_dirs]
+    modules = catalogue["cooldown_stdlib_modules"]
+    values = {
+        "{stdlib}": stdlib_dir or sysconfig.get_paths()["stdlib"],
+        "{python_doc}": f"/usr/share/doc/python{sys.version_info.major}.{sys.version_info.minor}",
+        "{num_cooldown_modules}": str(len(modules)),
+    }
+    each = {"{site_packages}": site_packages_dirs, "{cooldown_module}": modules}
+
+    def fill(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace(key, value)
+        return text
+
+    def patterns(raw: Sequence[str]) -> list[str]:
+        out = []
+        for p in raw:
+            key = next((k for k in each if k in p), None)
+            out += [fill(p.replace(key, v)) for v in each[key]] if key else [fill(p)]
+        return out
+
+    def scaled(inp: dict) -> dict:
+        inp = dict(inp, data_files=patterns(inp.get("data_files", ())))
+        inp["exclude"] = patterns(inp.get("exclude", ()))
+        if inp.get("max_chars"):
+            inp["max_chars"] = max(1, int(inp["max_chars"] * scale))
+        options = inp.get("options", {})
+        if "num_candidates" in options:
+            n = max(8, int(options["num_candidates"] * min(1.0, scale * 5)))
+            inp["options"] = dict(options, num_candidates=n)
+        return inp
+
     return [
-        SourceSpec(
-            name="text",
-            kind="text",
-            description=(
-                "Natural-language text: GCIDE dictionary entries (dict-gcide, Webster 1913 + WordNet), "
-                "the Jargon File (jargon-text), section-1 man pages rendered to plain text, and the "
-                "license texts in /usr/share/common-licenses."
-            ),
-            max_tokens=cap("text"),
-            inputs=(
-                Input(
-                    reader="paragraphs",
-                    data_files=("/usr/share/dictd/gcide.dict.dz",),
-                    group_chars=6000,
-                    max_chars=chars(5_000_000),
-                    options={"skip_prefix": "00-database"},
-                ),
-                Input(
-                    reader="paragraphs",
-                    data_files=("/usr/share/doc/jargon-text/jargon.txt.gz",),
-                    group_chars=6000,
-                    max_chars=chars(2_000_000),
-                ),
-                Input(
-                    reader="man_pages",
-                    data_files=("/usr/share/man/man1/*.1.gz",),
-                    shuffle_files=True,
-                    max_chars=chars(3_000_000),
-                ),
-                Input(
-                    path="text",
-                    data_files=("/usr/share/common-licenses/*",),
-                    max_chars=chars(400_000),
-                ),
-            ),
-        ),
-        SourceSpec(
-            name="code",
-            kind="code",
-            description=(
-                "Web-style Python source files: the interpreter's standard library "
-                f"({stdlib}) and installed site-packages, one file per document, files visited "
-                "in a seeded order; the cooldown's curated modules are left out."
-            ),
-            max_tokens=cap("code"),
-            inputs=(
-                Input(
-                    path="text",
-                    data_files=(f"{stdlib}/**/*.py",),
-                    exclude=tuple(cooldown_code) + ("*/site-packages/*", "*/dist-packages/*"),
-                    shuffle_files=True,
-                    max_chars=chars(7_000_000),
-                ),
-                Input(
-                    path="text",
-                    data_files=tuple(site_py),
-                    shuffle_files=True,
-                    max_chars=chars(7_000_000),
-                    missing_ok=True,
-                ),
-            ),
-        ),
-        SourceSpec(
-            name="markup",
-            kind="markup",
-            description=(
-                "Markup: the Python documentation's reST sources and HTML pages (python3.11-doc; the "
-                "tutorial, HOWTOs and FAQ are left out for cooldown/code_adjacent) and Markdown files "
-                "shipped in site-packages."
-            ),
-            max_tokens=cap("markup"),
-            inputs=(
-                Input(
-                    path="text",
-                    data_files=(f"{rst}/**/*.rst.txt",),
-                    exclude=(f"{rst}/tutorial/*", f"{rst}/howto/*", f"{rst}/faq/*"),
-                    shuffle_files=True,
-                    max_chars=chars(3_500_000),
-                ),
-                Input(
-                    path="text",
-                    data_files=(f"{docs}/library/*.html", f"{docs}/reference/*.html"),
-                    shuffle_files=True,
-                    max_chars=chars(2_000_000),
-                ),
-                Input(
-                    path="text",
-                    data_files=tuple(site_md),
-                    shuffle_files=True,
-                    max_chars=chars(1_000_000),
-                    missing_ok=True,
-                ),
-            ),
-        ),
-        SourceSpec(
-            name="code_adjacent",
-            kind="code_adjacent",
-            description=(
-                "Code-adjacent text: Debian changelog entries under /usr/share/doc (commit-like "
-                "messages), CPython's NEWS items (one fix per document) and the Python FAQ as "
-                "question/answer pairs."
-            ),
-            max_tokens=cap("code_adjacent"),
-            inputs=(
-                Input(
-                    reader="rst_sections",
-                    data_files=(f"{rst}/faq/*.rst.txt",),
-                    exclude=("*/index.rst.txt",),
-                ),
-                Input(
-                    reader="news_items",
-                    data_files=(
-                        f"/usr/share/doc/python{sys.version_info.major}.{sys.version_info.minor}/NEWS.gz",
-                    ),
-                    group_chars=1500,
-                    max_chars=chars(1_500_000),
-                ),
-                Input(
-                    reader="debian_changelog",
-                    data_files=("/usr/share/doc/*/changelog.Debian.gz",),
-                    shuffle_files=True,
-                    group_chars=2500,
-                    max_chars=chars(4_000_000),
-                ),
-            ),
-        ),
-        SourceSpec(
-            name="synthetic_code",
-            kind="synthetic_code",
-            description=(
-                "Synthetic Python problems from templated families (arithmetic, strings, lists, "
-                "dicts) with varied names and constants, each a docstring, a solution and asserts; "
-                "kept only when the asserts pass in the bubblewrap sandbox (libs/sandbox)."
-            ),
-            max_tokens=cap("synthetic_code"),
-            inputs=(
-                Input(
-                    reader="synthetic_python",
-                    options={
-                        "num_candidates": max(8, int(synthetic_candidates * min(1.0, scale * 5))),
-                        "seed": 0,
-                    },
-                ),
-            ),
-        ),
-        # The cooldown's high-quality material in two sources, so that a cooldown
-        # "without code" can leave the code out entirely.
-        SourceSpec(
-            name="cooldown",
-            kind="cooldown",
-            description=(
-                "High-quality cooldown text: the Python tutorial and HOWTOs (instructional "
-                "reST) and the Debian Reference handbook rendered to plain text."
-            ),
-            max_tokens=cap("cooldown"),
-            inputs=(
-                Input(
-                    path="text",
-                    data_files=(f"{rst}/tutorial/*.rst.txt", f"{rst}/howto/*.rst.txt"),
-                    max_chars=chars(1_500_000),
-                ),
-                Input(
-                    reader="html_text",
-                    data_files=("/usr/share/debian-reference/*.en.html",),
-                    max_chars=chars(1_500_000),
-                ),
-            ),
-        ),
-        SourceSpec(
-            name="cooldown_code",
-            kind="code",
-            description=(
-                f"High-quality cooldown code: {len(COOLDOWN_STDLIB_MODULES)} small, "
-                "well-documented standard-library modules (left out of the code source)."
-            ),
-            max_tokens=cap("cooldown_code"),
-            inputs=(
-                Input(path="text", data_files=tuple(cooldown_code), max_chars=chars(1_500_000)),
-            ),
-        ),
+        source_from_json(
+            dict(
+                d,
+                description=fill(d["description"]),
+                max_tokens=int(d.get("max_tokens", 0) * scale),
+                inputs=[scaled(i) for i in d["inputs"]],
+            )
+        )
+        for d in catalogue["sources"]
     ]

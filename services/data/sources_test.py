@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import os
+import sys
 
 import pytest
 
@@ -218,3 +220,18 @@ def test_default_catalogue_covers_the_paper_kinds():
     assert [s.name for s in specs] == list(sources.KINDS) + ["cooldown_code"]
     small = sources.default_sources(0.01)
     assert all(s.max_tokens <= b.max_tokens for s, b in zip(small, specs))
+
+
+def test_the_catalogue_file_gives_the_sources_the_code_catalogue_gave():
+    # testdata/default_sources_expected.json: the sources that the catalogue
+    # written as code produced, before it became default_sources.json.
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "testdata", "default_sources_expected.json")) as f:
+        expected = json.load(f)
+    doc = f"/usr/share/doc/python{sys.version_info.major}.{sys.version_info.minor}"
+    for scale, specs in expected.items():
+        got = sources.default_sources(
+            float(scale), stdlib_dir="/STDLIB", site_packages_dirs=["/SITE/a", "/SITE/b"]
+        )
+        text = json.dumps([s.to_json() for s in got]).replace(doc, "/usr/share/doc/python{X.Y}")
+        assert json.loads(text) == specs, scale

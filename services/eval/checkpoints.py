@@ -14,7 +14,7 @@ import dataclasses
 import threading
 from typing import Any, Callable
 
-from services.eval import errors
+from libs import errors
 
 
 @dataclasses.dataclass
@@ -33,19 +33,19 @@ def load_checkpoint(
     from services.eval.lm import LanguageModel
 
     if not uri:
-        raise errors.InvalidArgument(field, f"{field}: required")
+        raise errors.InvalidArgument(field, "required")
     try:
         ckpt = ckpt_lib.load(uri)
     except (ckpt_lib.NotFoundError, ckpt_lib.NotCommittedError) as e:
-        raise errors.NotFound(field, f"{field}: {e}") from e
+        raise errors.NotFound(field, str(e)) from e
     except ckpt_lib.CheckpointError as e:
-        raise errors.FailedPrecondition(field, f"{field}: {e}") from e
+        raise errors.FailedPrecondition(field, str(e)) from e
     except (OSError, ValueError) as e:  # e.g. a malformed URI or unknown scheme
-        raise errors.NotFound(field, f"{field}: cannot read {uri!r}: {e}") from e
+        raise errors.NotFound(field, f"cannot read {uri!r}: {e}") from e
     try:
         tokenizer = ckpt.tokenizer
     except Exception as e:  # noqa: BLE001  (missing or malformed tokenizer JSON)
-        raise errors.FailedPrecondition(field, f"{field}: {uri}: no usable tokenizer: {e}")
+        raise errors.FailedPrecondition(field, f"{uri}: no usable tokenizer: {e}")
     lineage = dict(ckpt.lineage or {})
     model = LanguageModel(ckpt.model, tokenizer, batch_size=batch_size)
     return LoadedCheckpoint(
@@ -67,7 +67,7 @@ class ModelCache:
 
     def get(self, uri: str, field: str = "checkpoint_uri") -> LoadedCheckpoint:
         if not uri:
-            raise errors.InvalidArgument(field, f"{field}: required")
+            raise errors.InvalidArgument(field, "required")
         with self._lock:
             if uri in self._items:
                 self._items.move_to_end(uri)
@@ -79,9 +79,9 @@ class ModelCache:
                     return self._items[uri]
             try:
                 loaded = self._loader(uri)
-            except errors.EvalError as e:
+            except errors.FieldError as e:
                 if e.field != field:  # report the field of this request
-                    raise type(e)(field, e.message.replace(e.field, field, 1)) from e
+                    raise type(e)(field, e.message) from e
                 raise
             with self._lock:
                 self._items[uri] = loaded

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from libs.checkpoint import checkpoint as ckpt_lib
-from services.eval import checkpoints, errors, testing
+from libs import errors
+from services.eval import checkpoints, testing
 from services.eval.lm import LanguageModel
 
 

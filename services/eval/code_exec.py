@@ -12,7 +12,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 from libs.sandbox import sandbox
-from services.eval import errors
+from libs import errors
 
 # Generous for loaded 2-core machines; the reference solutions run in milliseconds.
 DEFAULT_LIMITS = sandbox.Limits(
@@ -36,7 +36,7 @@ class CodeRunner:
         try:
             sandbox.check_available()
         except sandbox.SandboxUnavailable as e:
-            raise errors.FailedPrecondition("tasks", f"tasks: code tasks need the sandbox: {e}")
+            raise errors.FailedPrecondition("tasks", f"code tasks need the sandbox: {e}")
 
     def run(self, jobs: Sequence[tuple[str, str]]) -> list[sandbox.Result]:
         if not jobs:

@@ -165,7 +165,7 @@ def test_missing_sandbox_is_a_failed_precondition(monkeypatch):
         raise sandbox.SandboxUnavailable("no bwrap")
 
     monkeypatch.setattr(sandbox, "check_available", unavailable)
-    from services.eval import errors
+    from libs import errors
 
     with pytest.raises(errors.FailedPrecondition, match="sandbox"):
         code_exec.CodeRunner().check()

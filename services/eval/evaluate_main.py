@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-from services.eval import code_exec, errors, evaluator, flag_defs, heldout
+from libs import errors
+from services.eval import code_exec, evaluator, flag_defs, heldout
 from services.eval.harness import Harness
 from services.eval.results_db import ResultsDB
 
@@ -101,7 +102,7 @@ def main(argv):
         change = {}
         if FLAGS.baseline:
             change = evaluator.relative_change(results, _score(harness, FLAGS.baseline))
-    except errors.EvalError as e:
+    except errors.FieldError as e:
         sys.exit(f"error: {e}")
     print(format_table(results, change))
 

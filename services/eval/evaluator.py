@@ -52,6 +52,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from proto import eval_pb2
 from services.eval import (
     code_exec,
     converters,
@@ -63,7 +64,13 @@ from services.eval import (
 from services.eval.lm import TextModel, cut_at_stop
 
 AGGREGATE_PREFIX = "aggregate/"
-AGGREGATES = ("nl_reasoning", "world_knowledge", "code", "nl_average", "total")
+NL_AVERAGE = tasks_lib.aggregate_name(eval_pb2.AGGREGATE_NL_AVERAGE)
+TOTAL = tasks_lib.aggregate_name(eval_pb2.AGGREGATE_TOTAL)
+AGGREGATES = tuple(
+    tasks_lib.aggregate_name(v)
+    for v in eval_pb2.Aggregate.values()
+    if v != eval_pb2.AGGREGATE_UNSPECIFIED
+)
 PASS_AT_KS = (1, 10, 100)
 SAMPLED_PASS_AT_KS = (10, 100)  # from num_samples sampled completions; pass@1 is greedy
 SAMPLING_TEMPERATURE = 0.8  # pass@k with k > 1 (Chen et al. 2021 use 0.8 for pass@100)
@@ -414,7 +421,7 @@ def aggregate(
     if nl:
         out.append(
             make(
-                "nl_average",
+                NL_AVERAGE,
                 nl,
                 [(r.value, replicates[r.task]) for r in nl],
                 {r.task: r.value for r in nl},
@@ -423,7 +430,7 @@ def aggregate(
     if category_parts:
         out.append(
             make(
-                "total",
+                TOTAL,
                 [],  # the mean of the category scores; continuous metrics are per category
                 [p for _, p in category_parts.values()],
                 {cat: a.value for cat, (a, _) in category_parts.items()},

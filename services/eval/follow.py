@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Union
 import grpc
 
 from proto import trainer_pb2, trainer_pb2_grpc
-from services.eval import errors
+from libs import errors
 
 _TERMINAL = {
     trainer_pb2.SUCCEEDED: "SUCCEEDED",
@@ -152,15 +152,13 @@ def watch_run(
             return
         code = e.code()
         if code == grpc.StatusCode.NOT_FOUND:
-            raise errors.NotFound(
-                "run_id", f"run_id: trainer has no run {run_id!r}: {e.details()}"
-            ) from e
+            raise errors.NotFound("run_id", f"trainer has no run {run_id!r}: {e.details()}") from e
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise errors.InvalidArgument("run_id", f"run_id: {e.details()}") from e
+            raise errors.InvalidArgument("run_id", e.details()) from e
         if code in _TRANSIENT:
             raise StreamBroken(f"{code.name}: {e.details()}") from e
         raise errors.Unavailable(
-            "trainer_address", f"trainer_address: WatchRun failed: {code.name}: {e.details()}"
+            "trainer_address", f"WatchRun failed: {code.name}: {e.details()}"
         ) from e
     finally:
         remove()
@@ -187,9 +185,9 @@ def follow_events(
     a new StartRun) is waited for up to `run_missing_timeout_s`.
     """
     if not trainer_address:
-        raise errors.InvalidArgument("trainer_address", "trainer_address: required")
+        raise errors.InvalidArgument("trainer_address", "required")
     if not run_id:
-        raise errors.InvalidArgument("run_id", "run_id: required")
+        raise errors.InvalidArgument("run_id", "required")
     channel = grpc.insecure_channel(trainer_address, options=list(channel_options))
     try:
         try:
@@ -197,7 +195,7 @@ def follow_events(
         except grpc.FutureTimeoutError as e:
             raise errors.Unavailable(
                 "trainer_address",
-                f"trainer_address: no trainer at {trainer_address} after {connect_timeout_s:.0f} s",
+                f"no trainer at {trainer_address} after {connect_timeout_s:.0f} s",
             ) from e
         next_sequence, backoff = 0, 0.1
         seen_run, missing_since = False, None

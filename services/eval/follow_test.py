@@ -11,7 +11,7 @@ from proto import eval_pb2, eval_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from services.eval import code_exec, follow, tasks, testing
 from services.eval.harness import Harness
 from services.eval.results_db import ResultsDB
-from services.eval.servicer import SERVICE_NAME, EvalServicer
+from services.eval.api.servicer import SERVICE_NAME, EvalServicer
 
 ROOT = tasks.default_benchmarks_dir()
 RUN = "run-1"

@@ -29,10 +29,10 @@ import dataclasses
 import logging
 from typing import Callable, Iterator, Optional, Sequence
 
+from libs import errors
 from services.eval import (
     checkpoints,
     code_exec,
-    errors,
     evaluator,
     follow,
     heldout,
@@ -167,16 +167,12 @@ class Harness:
     ) -> Iterator[Scored]:
         """Each task's result as it finishes, then the aggregates (see module docstring)."""
         if num_samples < 0:
-            raise errors.InvalidArgument(
-                "num_samples", f"num_samples: must be >= 0, got {num_samples}"
-            )
+            raise errors.InvalidArgument("num_samples", f"must be >= 0, got {num_samples}")
         if not checkpoint_uri:
-            raise errors.InvalidArgument("checkpoint_uri", "checkpoint_uri: required")
+            raise errors.InvalidArgument("checkpoint_uri", "required")
         named_heldout = heldout.TASK in task_names
         if named_heldout and not self.heldout_corpus_dir:
-            raise errors.NotFound(
-                "tasks", f"tasks: {heldout.TASK!r} needs a corpus with a held-out slice"
-            )
+            raise errors.NotFound("tasks", f"{heldout.TASK!r} needs a corpus with a held-out slice")
         task_names = [t for t in task_names if t != heldout.TASK]
         if named_heldout and not task_names:
             task_list, limit = [], limit
@@ -230,7 +226,7 @@ class Harness:
                 elif named_heldout:
                     raise errors.FailedPrecondition(
                         "tasks",
-                        f"tasks: {heldout.TASK!r}: {uri} was not trained on the corpus at "
+                        f"{heldout.TASK!r}: {uri} was not trained on the corpus at "
                         f"{self.heldout_corpus_dir} (its tokenizer differs)",
                     )
                 else:
@@ -308,6 +304,24 @@ class Harness:
                     # recorded, so a restart does not try again, and skipped.
                     status = "missing" if isinstance(e, errors.NotFound) else "unreadable"
                     logging.warning("FollowRun %s: %s checkpoint skipped: %s", run_id, status, e)
+                else:
+                    if event.lineage:
+                        loaded = dataclasses.replace(
+                            loaded, lineage={**loaded.lineage, **event.lineage}
+                        )
+                    yield from self._evaluate(
+                        event.uri,
+                        task_list,
+                        limit=limit,
+                        num_samples=num_samples,
+                        seed=seed,
+                        should_stop=lambda: cancellation.cancelled,
+                        loaded=loaded,
+                        with_heldout=bool(self.heldout_corpus_dir) and not task_names,
+                    )
+                    # Cancelled part-way: not followed, so a restart evaluates it again.
+                    status = None if cancellation.cancelled else "done"
+                if status:
                     self.db.mark_followed(
                         run_id,
                         follow_settings,
@@ -315,34 +329,6 @@ class Harness:
                         step=event.step,
                         sequence=event.sequence,
                         status=status,
-                    )
-                    continue
-                if event.lineage:
-                    loaded = dataclasses.replace(
-                        loaded, lineage={**loaded.lineage, **event.lineage}
-                    )
-                finished = True
-                for scored in self._evaluate(
-                    event.uri,
-                    task_list,
-                    limit=limit,
-                    num_samples=num_samples,
-                    seed=seed,
-                    should_stop=lambda: cancellation.cancelled,
-                    loaded=loaded,
-                    with_heldout=bool(self.heldout_corpus_dir) and not task_names,
-                ):
-                    yield scored
-                if cancellation.cancelled:
-                    finished = False
-                if finished:
-                    self.db.mark_followed(
-                        run_id,
-                        follow_settings,
-                        event.uri,
-                        step=event.step,
-                        sequence=event.sequence,
-                        status="done",
                     )
 
         return generate()
@@ -361,8 +347,7 @@ class Harness:
             )
         raise errors.InvalidArgument(
             "judge",
-            "judge: none given and the service has no default judge "
-            "(--judge_base_url / --judge_model)",
+            "none given and the service has no default judge (--judge_base_url / --judge_model)",
         )
 
     def compare(
@@ -377,25 +362,23 @@ class Harness:
         seed: int = 0,
     ) -> judge_lib.Comparison:
         if limit < 0:
-            raise errors.InvalidArgument("limit", f"limit: must be >= 0, got {limit}")
+            raise errors.InvalidArgument("limit", f"must be >= 0, got {limit}")
         if max_new_tokens < 0:
-            raise errors.InvalidArgument(
-                "max_new_tokens", f"max_new_tokens: must be >= 0, got {max_new_tokens}"
-            )
+            raise errors.InvalidArgument("max_new_tokens", f"must be >= 0, got {max_new_tokens}")
         name = prompt_set or "mt_bench"
         if name not in tasks_lib.PROMPT_SETS:
             raise errors.InvalidArgument(
                 "prompt_set",
-                f"prompt_set: unknown prompt set {name!r}; known: {sorted(tasks_lib.PROMPT_SETS)}",
+                f"unknown prompt set {name!r}; known: {sorted(tasks_lib.PROMPT_SETS)}",
             )
         if not checkpoint_a:
-            raise errors.InvalidArgument("checkpoint_a", "checkpoint_a: required")
+            raise errors.InvalidArgument("checkpoint_a", "required")
         if not checkpoint_b:
-            raise errors.InvalidArgument("checkpoint_b", "checkpoint_b: required")
+            raise errors.InvalidArgument("checkpoint_b", "required")
         try:
             rows = tasks_lib.PROMPT_SETS[name].load(self.benchmarks_dir, limit)
         except FileNotFoundError as e:
-            raise errors.NotFound("prompt_set", f"prompt_set: no data for {name!r}: {e}") from e
+            raise errors.NotFound("prompt_set", f"no data for {name!r}: {e}") from e
         the_judge = self._judge(judge)  # validate before generating anything
         model_a = self.models.get(checkpoint_a, field="checkpoint_a").model
         model_b = self.models.get(checkpoint_b, field="checkpoint_b").model

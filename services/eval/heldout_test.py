@@ -6,8 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from services.data import corpus, testing as data_testing
-from services.eval import errors, heldout, lm as lm_lib, scoring, tasks, testing
+from services.data import corpus
+from services.data.api import testing as data_testing
+from libs import errors
+from services.eval import heldout, lm as lm_lib, scoring, tasks, testing
 from services.eval.harness import Harness
 from services.eval.results_db import ResultsDB
 

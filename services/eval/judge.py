@@ -35,7 +35,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, Sequence
 
-from services.eval import errors, metrics
+from libs import errors
+from services.eval import metrics
 from services.eval.lm import TextModel
 
 FIRST, SECOND, TIE, ERROR = "first", "second", "tie", "error"
@@ -108,20 +109,20 @@ class OpenAIJudge:
     @classmethod
     def from_env(cls, base_url: str, model: str, api_key_env: str = "") -> "OpenAIJudge":
         if not base_url:
-            raise errors.InvalidArgument("judge.openai.base_url", "judge.openai.base_url: required")
+            raise errors.InvalidArgument("judge.openai.base_url", "required")
         if not base_url.startswith(("http://", "https://")):
             raise errors.InvalidArgument(
                 "judge.openai.base_url",
-                f"judge.openai.base_url: must be an http(s) URL, got {base_url!r}",
+                f"must be an http(s) URL, got {base_url!r}",
             )
         if not model:
-            raise errors.InvalidArgument("judge.openai.model", "judge.openai.model: required")
+            raise errors.InvalidArgument("judge.openai.model", "required")
         key = ""
         if api_key_env:
             if api_key_env not in os.environ:
                 raise errors.InvalidArgument(
                     "judge.openai.api_key_env",
-                    f"judge.openai.api_key_env: environment variable {api_key_env!r} is not set",
+                    f"environment variable {api_key_env!r} is not set",
                 )
             key = os.environ[api_key_env]
         return cls(base_url=base_url, model=model, api_key=key)
@@ -161,16 +162,14 @@ class OpenAIJudge:
                 if not retriable or attempt == self.retries:
                     raise errors.Unavailable(
                         "judge",
-                        f"judge: {url} answered HTTP {e.code}: "
+                        f"{url} answered HTTP {e.code}: "
                         f"{e.read()[:200].decode('utf-8', 'replace')}",
                     ) from e
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 if attempt == self.retries:
-                    raise errors.Unavailable("judge", f"judge: cannot reach {url}: {e}") from e
+                    raise errors.Unavailable("judge", f"cannot reach {url}: {e}") from e
             except (KeyError, IndexError, TypeError, ValueError) as e:
-                raise errors.Unavailable(
-                    "judge", f"judge: {url} sent no chat completion: {e}"
-                ) from e
+                raise errors.Unavailable("judge", f"{url} sent no chat completion: {e}") from e
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from services.eval import errors, judge as judge_lib, metrics, testing
+from libs import errors
+from services.eval import judge as judge_lib, metrics, testing
 
 
 class _ChatHandler(http.server.BaseHTTPRequestHandler):

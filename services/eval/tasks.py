@@ -31,11 +31,20 @@ import os
 import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
-from services.eval import converters, errors
+from libs import errors
+from proto import eval_pb2
+from services.eval import converters
 
-NL_REASONING = "nl_reasoning"
-WORLD_KNOWLEDGE = "world_knowledge"
-CODE = "code"
+
+def aggregate_name(aggregate: int) -> str:
+    """An eval.proto Aggregate as results spell it: "nl_reasoning"."""
+    return eval_pb2.Aggregate.Name(aggregate).removeprefix("AGGREGATE_").lower()
+
+
+# The task categories: the first three aggregates.
+NL_REASONING = aggregate_name(eval_pb2.AGGREGATE_NL_REASONING)
+WORLD_KNOWLEDGE = aggregate_name(eval_pb2.AGGREGATE_WORLD_KNOWLEDGE)
+CODE = aggregate_name(eval_pb2.AGGREGATE_CODE)
 CATEGORIES = (NL_REASONING, WORLD_KNOWLEDGE, CODE)
 
 MULTIPLE_CHOICE = "multiple_choice"
@@ -392,7 +401,7 @@ def get_task(name: str, field: str = "tasks") -> Task:
         return TASKS[name]
     except KeyError:
         raise errors.InvalidArgument(
-            field, f"{field}: unknown task {name!r}; known tasks: {sorted(TASKS)}"
+            field, f"unknown task {name!r}; known tasks: {sorted(TASKS)}"
         ) from None
 
 
@@ -401,7 +410,7 @@ def get_suite(name: str) -> Suite:
         return SUITES[name]
     except KeyError:
         raise errors.InvalidArgument(
-            "suite", f"suite: unknown suite {name!r}; known suites: {sorted(SUITES)}"
+            "suite", f"unknown suite {name!r}; known suites: {sorted(SUITES)}"
         ) from None
 
 
@@ -423,7 +432,7 @@ def resolve(
     errors.NotFound. `limit` > 0 overrides the suite's default limit.
     """
     if limit < 0:
-        raise errors.InvalidArgument("limit", f"limit: must be >= 0, got {limit}")
+        raise errors.InvalidArgument("limit", f"must be >= 0, got {limit}")
     if tasks:
         seen, chosen = set(), []
         for name in tasks:
@@ -434,13 +443,13 @@ def resolve(
                     if source == "hub"
                     else f"under {benchmarks_dir} (needs {', '.join(task.local_files)})"
                 )
-                raise errors.NotFound("tasks", f"tasks: no data for {name!r} {where}")
+                raise errors.NotFound("tasks", f"no data for {name!r} {where}")
             if name not in seen:
                 seen.add(name)
                 chosen.append(task)
         return chosen, limit
     if not suite:
-        raise errors.InvalidArgument("suite", "suite: give a suite name or a list of tasks")
+        raise errors.InvalidArgument("suite", "give a suite name or a list of tasks")
     s = get_suite(suite)
     chosen = [TASKS[n] for n in s.tasks if TASKS[n].available(benchmarks_dir, source)]
     return chosen, (limit if limit > 0 else s.limit)
@@ -464,13 +473,11 @@ def _fingerprint(task: Task, benchmarks_dir: str, source: str) -> str:
 def _raw_rows(task: Task, benchmarks_dir: str, source: str) -> Iterator[dict]:
     if source == "local":
         if not task.available(benchmarks_dir):
-            raise errors.NotFound(
-                "tasks", f"tasks: no data for {task.name!r} under {benchmarks_dir}"
-            )
+            raise errors.NotFound("tasks", f"no data for {task.name!r} under {benchmarks_dir}")
         return task.read_local(benchmarks_dir)
     if source == "hub":
         if task.hub is None:
-            raise errors.NotFound("tasks", f"tasks: {task.name!r} has no Hugging Face source")
+            raise errors.NotFound("tasks", f"{task.name!r} has no Hugging Face source")
         import datasets
 
         return iter(datasets.load_dataset(task.hub.path, task.hub.name, split=task.hub.split))

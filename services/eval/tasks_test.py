@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from services.eval import converters, errors, tasks
+from libs import errors
+from services.eval import converters, tasks
 
 ROOT = tasks.default_benchmarks_dir()
 

@@ -15,7 +15,8 @@ import inspect
 import threading
 from typing import Sequence
 
-from services.eval import checkpoints, errors
+from libs import errors
+from services.eval import checkpoints
 from services.eval.evaluator import mc_requests
 
 _TEXT = """\
@@ -114,7 +115,7 @@ class ModelRegistry:
         with self._lock:
             self.loads.append(uri)
         if uri not in self.models:
-            raise errors.NotFound("checkpoint_uri", f"checkpoint_uri: no checkpoint at {uri!r}")
+            raise errors.NotFound("checkpoint_uri", f"no checkpoint at {uri!r}")
         model, step, lineage = self.models[uri]
         return checkpoints.LoadedCheckpoint(uri=uri, step=step, lineage=dict(lineage), model=model)
 

@@ -21,6 +21,7 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
+from libs import errors  # noqa: E402
 from libs.model import flops, presets  # noqa: E402
 from proto import study_pb2, trainer_pb2  # noqa: E402
 from services.trainer import spec as spec_lib  # noqa: E402
@@ -112,7 +113,7 @@ def main(argv):
     spec = _run_spec(len(devices))
     try:
         _validate(spec, len(devices))
-    except spec_lib.SpecError as e:
+    except errors.FieldError as e:
         raise app.UsageError(str(e)) from None
     shards = max(spec.mesh.data, 1) * max(spec.mesh.fsdp, 1)
     choices = (

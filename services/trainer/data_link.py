@@ -5,8 +5,8 @@ the run). With several addresses (RunSpec.data_addresses: replicas serving
 the same corpus), process i of the run reads replica i mod R; since a batch
 is a pure function of the request, every replica serves the same bytes.
 The data service's bearer token and CA certificate (ClientCredentials) go
-with every call. Mixture checks are the data service's verdict, turned into
-SpecErrors that name the RunSpec field; a refused token is a
+with every call. Mixture checks are the data service's verdict, its field
+errors re-rooted to name the RunSpec field; a refused token is a
 DataAuthError, said plainly. Batches arrive through the data client's
 prefetching stream, which reconnects and resumes at the next step when the
 data service restarts.
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import grpc
 
+from libs import errors
+from libs.serving import status
 from libs.serving.credentials import ClientCredentials
-from services.data import client as data_client
-from services.trainer import spec as spec_lib
+from services.data.api import client as data_client
 
 
 class DataAuthError(RuntimeError):
@@ -30,9 +31,9 @@ def addresses_of(spec) -> list[str]:
     replicas = list(spec.data_addresses)
     for i, address in enumerate(replicas):
         if not address.strip():
-            raise spec_lib.SpecError(f"data_addresses[{i}]", "empty address")
+            raise errors.InvalidArgument(f"data_addresses[{i}]", "empty address")
     if spec.data_address and replicas and spec.data_address not in replicas:
-        raise spec_lib.SpecError(
+        raise errors.InvalidArgument(
             "data_address",
             f"{spec.data_address!r} is not one of data_addresses; give one or the other",
         )
@@ -90,7 +91,7 @@ class DataLink:
                         else "give the trainer the service's token with --data_auth_token_file"
                     )
                 ) from None
-            raise spec_lib.SpecError(
+            raise errors.InvalidArgument(
                 field,
                 f"cannot reach data service at {address}: {e.code().name} {e.details()}",
             ) from None
@@ -104,16 +105,11 @@ class DataLink:
         try:
             self._client.validate_mixture(mixture, timeout=60)
         except grpc.RpcError as e:
-            # The service names its own field ("mixture.stages[0]...: ..."); re-root it.
-            detail = (e.details() or e.code().name).removeprefix("mixture")
-            sub, sep, message = detail.partition(": ")
-            if sep and (not sub or sub.startswith((".", "["))):
-                raise spec_lib.SpecError(
-                    field + sub, message, not_found=e.code() == grpc.StatusCode.NOT_FOUND
-                ) from None
-            raise spec_lib.SpecError(
-                field, detail, not_found=e.code() == grpc.StatusCode.NOT_FOUND
-            ) from None
+            error = status.field_error(e)
+            if error is None:
+                raise errors.InvalidArgument(field, e.details() or e.code().name) from None
+            # The service names its request's field ("mixture.stages[0]..."); re-root it.
+            raise error.within(field, root="mixture") from None
 
     def batches(self, phase_index: int, phase, start_step: int):
         """The phase's batches from `start_step`, prefetched."""
@@ -155,7 +151,7 @@ def connect(
                 extra_args=data_flags or (), timeout=900, echo=echo
             )
         except RuntimeError as e:
-            raise spec_lib.SpecError(
+            raise errors.InvalidArgument(
                 "data_address", f"no address given and the local data service failed to start: {e}"
             ) from None
         address = owned.address

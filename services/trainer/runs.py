@@ -10,15 +10,11 @@ from typing import Callable, Iterator
 
 import jax
 
-from libs import storage
+from libs import errors, storage
 from proto import trainer_pb2
 from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
 from services.trainer.train import Trainer
-
-
-class RunNotFound(KeyError):
-    pass
 
 
 @dataclasses.dataclass
@@ -47,12 +43,12 @@ class Runs:
         self._console = console
 
     def start(self, spec: trainer_pb2.RunSpec) -> tuple[str, bool]:
-        """Validates and starts a run; (run_id, resumed). Raises SpecError."""
+        """Validates and starts a run; (run_id, resumed). Raises errors.FieldError."""
         spec = spec_lib.with_defaults(spec)
         with self._lock:
             existing = self._runs.get(spec.run_id)
             if existing and existing.thread and existing.thread.is_alive():
-                raise spec_lib.SpecError("run_id", f"{spec.run_id!r} is already running")
+                raise errors.AlreadyExists("run_id", f"{spec.run_id!r} is already running")
         # Everything checkable locally first, so a bad spec never starts a data service.
         spec_lib.validate(spec, num_devices=jax.device_count())
         link = self._connect(spec)
@@ -109,7 +105,7 @@ class Runs:
     def _get(self, run_id: str) -> _Run:
         with self._lock:
             if run_id not in self._runs:
-                raise RunNotFound(run_id)
+                raise errors.NotFound("run_id", f"no run {run_id!r}")
             return self._runs[run_id]
 
     def watch(

@@ -11,21 +11,14 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from libs import errors
 from libs.checkpoint import checkpoint
-from libs.model import presets
+from libs.model import config as model_config, presets
 from proto import trainer_pb2
+from services.data.api import client as data_client
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 Kind = trainer_pb2.LRSchedule.Kind
-
-
-class SpecError(ValueError):
-    """A RunSpec field is wrong. `not_found` marks a missing referent."""
-
-    def __init__(self, field: str, message: str, *, not_found: bool = False):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.not_found = not_found
 
 
 def with_defaults(spec: trainer_pb2.RunSpec) -> trainer_pb2.RunSpec:
@@ -64,115 +57,129 @@ def validate(
     num_devices: int = 1,
     check_mixture: Callable[[str, object], None] | None = None,
 ) -> None:
-    """Raises SpecError for the first bad field of a spec with defaults applied.
+    """Raises errors.FieldError for the first bad field of a spec with defaults applied.
 
-    `check_mixture(field, mixture)` asks the data service; it raises SpecError
+    `check_mixture(field, mixture)` asks the data service; it raises errors.FieldError
     itself (unreachable service, unknown source, bad weights).
     """
     if not _RUN_ID.match(spec.run_id):
-        raise SpecError("run_id", f"{spec.run_id!r} must be 1-128 letters, digits, '.', '_', '-'")
-    try:
-        config = presets.get_preset(spec.preset)
-    except ValueError as e:
-        raise SpecError("preset", str(e).removeprefix("preset: ")) from None
+        raise errors.InvalidArgument(
+            "run_id", f"{spec.run_id!r} must be 1-128 letters, digits, '.', '_', '-'"
+        )
+    config = presets.get_preset(spec.preset)
     if spec.global_batch_size <= 0:
-        raise SpecError("global_batch_size", f"must be positive, got {spec.global_batch_size}")
-    if not 8 <= spec.seq_len <= 1 << 20:
-        raise SpecError("seq_len", f"must be in [8, 1048576], got {spec.seq_len}")
-    if spec.compute_dtype not in ("float32", "bfloat16"):
-        raise SpecError("compute_dtype", f"{spec.compute_dtype!r} is not float32 or bfloat16")
+        raise errors.InvalidArgument(
+            "global_batch_size", f"must be positive, got {spec.global_batch_size}"
+        )
+    if not data_client.MIN_SEQ_LEN <= spec.seq_len <= data_client.MAX_SEQ_LEN:
+        raise errors.InvalidArgument(
+            "seq_len",
+            f"must be in [{data_client.MIN_SEQ_LEN}, {data_client.MAX_SEQ_LEN}], got {spec.seq_len}",
+        )
+    if spec.compute_dtype not in model_config.TRAINING_DTYPES:
+        raise errors.InvalidArgument(
+            "compute_dtype", f"{spec.compute_dtype!r} is not one of {model_config.TRAINING_DTYPES}"
+        )
     if spec.checkpoint_every_steps <= 0:
-        raise SpecError("checkpoint_every_steps", "must be positive")
+        raise errors.InvalidArgument("checkpoint_every_steps", "must be positive")
     if spec.keep_checkpoints < 0:
-        raise SpecError("keep_checkpoints", "must be >= 0")
+        raise errors.InvalidArgument("keep_checkpoints", "must be >= 0")
     o = spec.optimizer
     for name in ("b1", "b2"):
         if not 0 <= getattr(o, name) < 1:
-            raise SpecError(f"optimizer.{name}", "must be in [0, 1)")
+            raise errors.InvalidArgument(f"optimizer.{name}", "must be in [0, 1)")
     for name in ("eps", "weight_decay", "clip_norm"):
         if getattr(o, name) < 0:
-            raise SpecError(f"optimizer.{name}", "must be >= 0")
+            raise errors.InvalidArgument(f"optimizer.{name}", "must be >= 0")
     mesh = spec.mesh
     if min(mesh.data, mesh.fsdp, mesh.tensor) < 0:
-        raise SpecError("mesh", "sizes must be >= 0")
+        raise errors.InvalidArgument("mesh", "sizes must be >= 0")
     fixed = max(mesh.fsdp, 1) * max(mesh.tensor, 1)
     data = mesh.data or num_devices // fixed
     if data * fixed != num_devices:
-        raise SpecError("mesh", f"data*fsdp*tensor = {data * fixed} != {num_devices} devices")
+        raise errors.InvalidArgument(
+            "mesh", f"data*fsdp*tensor = {data * fixed} != {num_devices} devices"
+        )
     # Rows are split over data * fsdp devices, then each device's rows into microbatches.
     shards = data * max(mesh.fsdp, 1)
     if spec.global_batch_size % shards:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "global_batch_size",
             f"{spec.global_batch_size} not divisible by mesh.data*mesh.fsdp={shards}",
         )
     if spec.microbatches < 0:
-        raise SpecError("microbatches", f"must be >= 0, got {spec.microbatches}")
+        raise errors.InvalidArgument("microbatches", f"must be >= 0, got {spec.microbatches}")
     if spec.global_batch_size % (shards * max(spec.microbatches, 1)):
-        raise SpecError(
+        raise errors.InvalidArgument(
             "microbatches",
             f"{spec.global_batch_size} sequences over {shards} batch shards do not split "
             f"into {spec.microbatches} microbatches",
         )
     if not spec.phases:
-        raise SpecError("phases", "a run needs at least one phase")
+        raise errors.InvalidArgument("phases", "a run needs at least one phase")
     names = set()
     for i, phase in enumerate(spec.phases):
         field = f"phases[{i}]"
         if not phase.name:
-            raise SpecError(f"{field}.name", "must be set")
+            raise errors.InvalidArgument(f"{field}.name", "must be set")
         if phase.name in names:
-            raise SpecError(f"{field}.name", f"{phase.name!r} is used twice")
+            raise errors.InvalidArgument(f"{field}.name", f"{phase.name!r} is used twice")
         names.add(phase.name)
         if phase.token_budget <= 0:
-            raise SpecError(f"{field}.token_budget", f"must be positive, got {phase.token_budget}")
+            raise errors.InvalidArgument(
+                f"{field}.token_budget", f"must be positive, got {phase.token_budget}"
+            )
         init = phase.WhichOneof("init")
         if init is None:
-            raise SpecError(
+            raise errors.InvalidArgument(
                 f"{field}.init", "set one of from_scratch, init_checkpoint, continue_previous"
             )
         if init == "continue_previous" and i == 0:
-            raise SpecError(f"{field}.continue_previous", "the first phase has nothing to continue")
+            raise errors.InvalidArgument(
+                f"{field}.continue_previous", "the first phase has nothing to continue"
+            )
         if init == "init_checkpoint":
             _check_parent(f"{field}.init_checkpoint", phase.init_checkpoint, config)
         elif phase.with_optimizer:
-            raise SpecError(f"{field}.with_optimizer", "needs init_checkpoint")
+            raise errors.InvalidArgument(f"{field}.with_optimizer", "needs init_checkpoint")
         _check_schedule(
             f"{field}.schedule", phase.schedule, first=(i == 0 and not phase.with_optimizer)
         )
         if not phase.mixture.stages:
-            raise SpecError(f"{field}.mixture.stages", "a mixture needs at least one stage")
+            raise errors.InvalidArgument(
+                f"{field}.mixture.stages", "a mixture needs at least one stage"
+            )
         if check_mixture is not None:
             check_mixture(f"{field}.mixture", phase.mixture)
 
 
 def _check_schedule(field: str, s: trainer_pb2.LRSchedule, *, first: bool) -> None:
     if s.kind == Kind.KIND_UNSPECIFIED:
-        raise SpecError(
+        raise errors.InvalidArgument(
             f"{field}.kind", "must be set (COSINE, WARMUP_STABLE_DECAY, LINEAR_ANNEAL or CONSTANT)"
         )
     needs_peak = s.kind != Kind.LINEAR_ANNEAL or first
     if needs_peak and not s.peak_lr > 0:
-        raise SpecError(f"{field}.peak_lr", f"must be positive, got {s.peak_lr}")
+        raise errors.InvalidArgument(f"{field}.peak_lr", f"must be positive, got {s.peak_lr}")
     if s.warmup_steps < 0:
-        raise SpecError(f"{field}.warmup_steps", "must be >= 0")
+        raise errors.InvalidArgument(f"{field}.warmup_steps", "must be >= 0")
     if s.final_lr < 0:
-        raise SpecError(f"{field}.final_lr", "must be >= 0")
+        raise errors.InvalidArgument(f"{field}.final_lr", "must be >= 0")
     if s.kind == Kind.WARMUP_STABLE_DECAY and not 0 < s.decay_fraction <= 1:
-        raise SpecError(f"{field}.decay_fraction", "must be in (0, 1]")
+        raise errors.InvalidArgument(f"{field}.decay_fraction", "must be in (0, 1]")
 
 
 def _check_parent(field: str, uri: str, config) -> None:
     try:
         meta = checkpoint.read_meta(uri)
     except checkpoint.NotFoundError as e:
-        raise SpecError(field, str(e), not_found=True) from None
+        raise errors.NotFound(field, str(e)) from None
     except checkpoint.CheckpointError as e:
-        raise SpecError(field, str(e)) from None
+        raise errors.InvalidArgument(field, str(e)) from None
     parent = meta.get("model_config", {})
     for key in ("d_model", "num_layers", "num_heads", "d_ff"):
         if parent.get(key) != getattr(config, key):
-            raise SpecError(
+            raise errors.InvalidArgument(
                 field,
                 f"parent {key}={parent.get(key)} does not match preset ({getattr(config, key)})",
             )

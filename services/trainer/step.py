@@ -29,7 +29,7 @@ from libs.model.config import ModelConfig
 
 # Per-source losses are summed on device into this many slots (source ids index the
 # corpus's source list; the data service sends them as uint8).
-from services.data.mixture import MAX_SOURCES
+from services.data.api.client import MAX_SOURCES
 
 # The batch arrays the step reads ([batch, seq_len] each; see data.proto) and the dtype
 # the compile tool gives each when no data service is there to send real ones.

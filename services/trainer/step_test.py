@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from libs import errors
 from libs.model import sharding
 from libs.model.presets import get_preset
 from proto import trainer_pb2
@@ -89,6 +90,6 @@ def test_microbatches_that_do_not_split_the_batch_are_refused():
     spec = spec_lib.with_defaults(
         trainer_pb2.RunSpec(run_id="r", preset="tiny", global_batch_size=8, microbatches=3)
     )
-    with pytest.raises(spec_lib.SpecError) as err:
+    with pytest.raises(errors.FieldError) as err:
         spec_lib.validate(spec)
     assert err.value.field == "microbatches"

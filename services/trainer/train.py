@@ -29,7 +29,7 @@ from libs import storage
 from libs.checkpoint import checkpoint
 from libs.model import attention, flops, presets, sharding
 from proto import trainer_pb2
-from services.data.batch import Batch
+from services.data.api.client import Batch
 from services.trainer import schedules
 from services.trainer.events import EventLog
 from services.trainer.sinks import Sink, default_sinks, to_json

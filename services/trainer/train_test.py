@@ -19,11 +19,13 @@ import time
 import numpy as np
 import pytest
 
+from libs import errors
 from libs.checkpoint import checkpoint
 from proto import data_pb2, trainer_pb2
 from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
-from services.data.batch import Batch
+from services.data.api import client as data_client
+from services.data.api.client import Batch
 from services.trainer.step import BATCH_FIELDS
 from services.trainer.train import Trainer
 
@@ -211,21 +213,23 @@ def test_bad_specs_name_the_field(tmp_path):
         "phases[0].continue_previous": lambda s: setattr(s.phases[0], "continue_previous", True),
         "phases[0].schedule.kind": lambda s: s.phases[0].schedule.Clear(),
         "global_batch_size": lambda s: setattr(s, "global_batch_size", -1),
+        # The data service's bound and the model's training dtypes, not copies of them.
+        "seq_len": lambda s: setattr(s, "seq_len", data_client.MAX_SEQ_LEN + 1),
+        "compute_dtype": lambda s: setattr(s, "compute_dtype", "float16"),
     }
     for field, mutate in cases.items():
         spec = trainer_pb2.RunSpec()
         spec.CopyFrom(good)
         mutate(spec)
-        with pytest.raises(spec_lib.SpecError) as err:
+        with pytest.raises(errors.FieldError) as err:
             spec_lib.validate(spec)
         assert err.value.field == field, (field, str(err.value))
-    # The not-found flag marks a missing parent:
+    # A missing parent is NOT_FOUND:
     spec = trainer_pb2.RunSpec()
     spec.CopyFrom(good)
     spec.phases[1].init_checkpoint = str(tmp_path / "none" / "3")
-    with pytest.raises(spec_lib.SpecError) as err:
+    with pytest.raises(errors.NotFound):
         spec_lib.validate(spec)
-    assert err.value.not_found
 
 
 def test_init_checkpoint_with_optimizer_carries_on_the_parents_run(tmp_path):
@@ -259,7 +263,7 @@ def test_init_checkpoint_with_optimizer_carries_on_the_parents_run(tmp_path):
     # Without init_checkpoint the flag means nothing: rejected by name.
     bad = make_spec(tmp_path, run_id="bad")
     bad.phases[0].with_optimizer = True
-    with pytest.raises(spec_lib.SpecError) as err:
+    with pytest.raises(errors.FieldError) as err:
         spec_lib.validate(bad)
     assert err.value.field == "phases[0].with_optimizer"
 

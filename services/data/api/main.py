@@ -9,7 +9,8 @@ libs/serving/server.py.
 from absl import app, flags
 
 from libs.serving import server
-from services.data import batch, corpus, servicer
+from services.data import batch, corpus
+from services.data.api import servicer
 
 _CORPUS_DIR = flags.DEFINE_string(
     "corpus_dir",

@@ -13,15 +13,17 @@ import sys
 from absl import app, flags, logging
 from google.protobuf import text_format
 
+from libs import errors
 from libs.serving import credentials as credentials_lib
 from libs.serving import server as serving
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer import data_link
 from services.trainer.runs import Runs
-from services.trainer.servicer import TrainerServicer
-from services.trainer.spec import SpecError
+from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer
 
-DEFAULT_SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", "tiny.textproto")
+DEFAULT_SPEC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tiny.textproto"
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_spec", DEFAULT_SPEC, "RunSpec text proto to train.")
@@ -133,7 +135,7 @@ def main(argv):
         serving.serve_from_flags(
             "TrainerService",
             [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(runs))],
-            ["codelab.trainer.v1.TrainerService"],
+            [SERVICE_NAME],
             on_stop=lambda: runs.stop_all(timeout=60),
         )
         return
@@ -141,7 +143,7 @@ def main(argv):
     runs = Runs(_connect, console=True)
     try:
         run_id, resumed = runs.start(spec)
-    except SpecError as e:
+    except errors.FieldError as e:
         sys.exit(f"error: spec.{e}")
     except data_link.DataAuthError as e:
         sys.exit(f"error: {e}")

@@ -8,9 +8,11 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from libs.serving import server
+from libs import errors
+from libs.serving import server, status
 from proto import data_pb2, data_pb2_grpc
-from services.data import client, mixture, servicer, testing, wire
+from services.data import mixture
+from services.data.api import client, servicer, testing, wire
 from services.data.mixture import Mixture
 
 
@@ -142,7 +144,7 @@ def test_a_group_cut_short_by_the_epoch_cap_is_sent_before_the_error(stub, corpu
     capped = Mixture.of({"markup": 1}, max_epochs=13.5 * 256 / corpus.source("markup").num_tokens)
     reader = mixture.BatchReader(corpus, capped, seed=3, global_batch_size=4, seq_len=64)
     served = 0
-    with pytest.raises(mixture.OutOfRangeError):
+    with pytest.raises(errors.OutOfRange):
         while True:
             reader.batch(served)
             served += 1
@@ -238,6 +240,19 @@ def test_bad_requests_name_the_field(stub, kw, code, field):
         c, details = error_of(lambda: list(method(request(**kw), timeout=30)))
         assert c == grpc.StatusCode[code]
         assert field is None or details.startswith(field), details
+
+
+def test_the_field_at_fault_travels_in_the_status_details(stub):
+    for call in (
+        lambda r: stub.ValidateMixture(data_pb2.ValidateMixtureRequest(mixture=r.mixture)),
+        lambda r: list(stub.StreamBatches(r, timeout=30)),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call(request(mixture=wire.mixture_to_proto(Mixture.of({"text": 1, "web": 1}))))
+        error = status.field_error(e.value)
+        assert type(error) is errors.NotFound
+        assert error.field == "mixture.stages[0].weights[1].source"
+        assert error.message == "unknown source 'web' (known: code, code_adjacent, markup, text)"
 
 
 @pytest.mark.parametrize(

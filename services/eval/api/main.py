@@ -15,7 +15,7 @@ from proto import eval_pb2_grpc
 from services.eval import code_exec, flag_defs
 from services.eval.harness import Harness, JudgeSpec
 from services.eval.results_db import ResultsDB
-from services.eval.servicer import SERVICE_NAME, EvalServicer
+from services.eval.api.servicer import SERVICE_NAME, EvalServicer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

@@ -5,12 +5,12 @@ import os
 import grpc
 import pytest
 
-from libs.serving import server as serving
+from libs.serving import server as serving, status
 from proto import eval_pb2, eval_pb2_grpc
 from services.eval import code_exec, tasks, testing
 from services.eval.harness import Harness
 from services.eval.results_db import ResultsDB
-from services.eval.servicer import SERVICE_NAME, EvalServicer
+from services.eval.api.servicer import SERVICE_NAME, EvalServicer
 
 ROOT = tasks.default_benchmarks_dir()
 
@@ -185,6 +185,7 @@ def test_evaluate_errors_name_the_field(service, request_kwargs, code, field):
         list(stub.Evaluate(eval_pb2.EvaluateRequest(**request_kwargs)))
     assert info.value.code() == code
     assert info.value.details().startswith(field + ":"), info.value.details()
+    assert status.field_error(info.value).field == field
 
 
 def test_compare_with_a_checkpoint_judge(service):
@@ -253,3 +254,4 @@ def test_compare_errors_name_the_field(service, request_kwargs, code, field):
         stub.Compare(eval_pb2.CompareRequest(**request_kwargs))
     assert info.value.code() == code
     assert info.value.details().startswith(field + ":"), info.value.details()
+    assert status.field_error(info.value).field == field

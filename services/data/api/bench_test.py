@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from libs.serving import process
-from services.data import testing
+from services.data.api import testing
 
 
 def test_bench_prints_a_json_line(tmp_path):
@@ -15,7 +15,7 @@ def test_bench_prints_a_json_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "services.data.bench",
+            "services.data.api.bench",
             f"--corpus_dir={corpus.path}",
             "--mixture=text=0.7,code=0.3",
             "--batch_size=2",

@@ -18,9 +18,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from libs import errors
 from proto import data_pb2
 from services.data.batch import Batch, PackedBatch
-from services.data.mixture import MAX_SHARD_TOKENS, Mixture, SourceWeight, SpecError, Stage
+from services.data.mixture import MAX_SHARD_TOKENS, Mixture, SourceWeight, Stage
 
 SERVICE_NAME = data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
 
@@ -79,12 +80,12 @@ def batches_per_message(
     most mixture.MAX_SHARD_TOKENS tokens, like any message."""
     tokens = rows * seq_len
     if not 0 <= requested <= MAX_BATCHES_PER_MESSAGE:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "batches_per_message",
             f"must be in [0, {MAX_BATCHES_PER_MESSAGE}] (0: the server chooses), got {requested}",
         )
     if requested * tokens > MAX_SHARD_TOKENS:
-        raise SpecError(
+        raise errors.InvalidArgument(
             "batches_per_message",
             f"{requested} batches of {rows} x {seq_len} tokens are over the {MAX_SHARD_TOKENS} "
             "tokens one message may carry",

@@ -1,4 +1,4 @@
-"""Data service throughput: `bazel run //services/data:bench`.
+"""Data service throughput: `bazel run //services/data/api:bench`.
 
 Serves one mixture of the default corpus (built into its cache on first
 use) from the data binary in a separate process and reads it with the client
@@ -19,7 +19,8 @@ import time
 import psutil
 from absl import app, flags
 
-from services.data import batch as batch_lib, client, corpus, mixture, wire
+from services.data import batch as batch_lib, corpus, mixture
+from services.data.api import client, wire
 
 _CORPUS_DIR = flags.DEFINE_string(
     "corpus_dir", None, "Corpus to serve (default: the default corpus, built if missing)."

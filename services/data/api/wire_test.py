@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from libs import errors
 from proto import data_pb2
-from services.data import mixture, testing, wire
+from services.data import mixture
+from services.data.api import testing, wire
 from services.data.batch import Batch, PackedBatch
 
 
@@ -130,11 +132,11 @@ def test_batches_per_message():
     assert wire.batches_per_message(0, 1, 8, packed=True, token_bytes=2) == 1024
     assert wire.batches_per_message(7, 16, 2048, packed=True, token_bytes=2) == 7
     for bad in (-1, 1025):
-        with pytest.raises(mixture.SpecError, match="must be in") as e:
+        with pytest.raises(errors.InvalidArgument, match="must be in") as e:
             wire.batches_per_message(bad, 4, 64, packed=True, token_bytes=2)
         assert e.value.field == "batches_per_message"
     # A group holds no more tokens than one message may carry.
     assert wire.batches_per_message(2, 512, 4096, packed=True, token_bytes=2) == 2
-    with pytest.raises(mixture.SpecError, match="tokens one message may carry") as e:
+    with pytest.raises(errors.InvalidArgument, match="tokens one message may carry") as e:
         wire.batches_per_message(3, 512, 4096, packed=True, token_bytes=2)
     assert e.value.field == "batches_per_message"

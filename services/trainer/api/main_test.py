@@ -6,10 +6,11 @@ import subprocess
 import grpc
 import pytest
 
-from libs.serving import process
+from libs.serving import process, status
 from proto import data_pb2, trainer_pb2, trainer_pb2_grpc
+from services.trainer.api.servicer import SERVICE_NAME
 
-MAIN = process.module_command("services.trainer.main")
+MAIN = process.module_command("services.trainer.api.main")
 
 
 def _run(args, timeout=120):
@@ -74,7 +75,7 @@ def _spec(**kw):
 
 
 def test_serving_health_and_bad_specs(trainer_service):
-    process.wait_healthy(trainer_service.address, "codelab.trainer.v1.TrainerService")
+    process.wait_healthy(trainer_service.address, SERVICE_NAME)
     with grpc.insecure_channel(trainer_service.address) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         cases = [
@@ -93,9 +94,11 @@ def test_serving_health_and_bad_specs(trainer_service):
                 stub.StartRun(trainer_pb2.StartRunRequest(spec=spec), timeout=60)
             assert err.value.code() == code, err.value.details()
             assert err.value.details().startswith(field), err.value.details()
+            assert status.field_error(err.value).field == field
         with pytest.raises(grpc.RpcError) as err:
             list(stub.WatchRun(trainer_pb2.WatchRunRequest(run_id="nope"), timeout=10))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert status.field_error(err.value).field == "run_id"
         assert stub.ListRuns(trainer_pb2.ListRunsRequest(), timeout=10).runs == []
 
 

@@ -1,16 +1,19 @@
 """DataService over gRPC: translates messages to library calls and back.
 
 Nothing here knows how a corpus is read or a batch assembled (mixture.py);
-errors the library raises name the offending request field and map to
-INVALID_ARGUMENT, NOT_FOUND or OUT_OF_RANGE.
+errors the library raises name the offending request field and end the call
+through libs/serving/status.
 """
 
 from __future__ import annotations
 
 import grpc
 
+from libs import errors
+from libs.serving import status
 from proto import data_pb2, data_pb2_grpc
-from services.data import mixture as mixture_lib, wire
+from services.data import mixture as mixture_lib
+from services.data.api import wire
 
 SERVICE_NAME = wire.SERVICE_NAME
 
@@ -48,10 +51,6 @@ def add_to_server(data_servicer: "DataServicer", server: grpc.Server) -> None:
 
 def _serialize(message) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
-
-
-def _abort(context: grpc.ServicerContext, error: mixture_lib.SpecError):
-    context.abort(grpc.StatusCode[error.code], str(error))
 
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
@@ -95,8 +94,8 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             budget, plan = mixture_lib.plan(
                 wire.mixture_from_proto(request.mixture), self._available, request.token_budget
             )
-        except mixture_lib.SpecError as e:
-            _abort(context, e)
+        except errors.FieldError as e:
+            status.abort(context, e)
         return data_pb2.ValidateMixtureResponse(
             plan=[
                 data_pb2.SourcePlan(source=name, tokens=t, epochs=e)
@@ -132,7 +131,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             )
             packed = request.encoding == data_pb2.BATCH_ENCODING_PACKED
             if not packed and request.encoding != data_pb2.BATCH_ENCODING_FULL:
-                raise mixture_lib.SpecError("encoding", f"unknown BatchEncoding {request.encoding}")
+                raise errors.InvalidArgument(
+                    "encoding", f"unknown BatchEncoding {request.encoding}"
+                )
             if grouped:
                 size = wire.batches_per_message(
                     request.batches_per_message,
@@ -142,7 +143,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                     token_bytes=self._token_bytes,
                 )
             elif request.batches_per_message not in (0, 1):
-                raise mixture_lib.SpecError(
+                raise errors.InvalidArgument(
                     "batches_per_message",
                     f"StreamBatches sends one batch a message, got {request.batches_per_message}"
                     " (StreamBatchGroups sends several)",
@@ -153,8 +154,8 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 request.start_step, request.num_steps, read_ahead=self.read_ahead, packed=packed
             )
             return batches, size
-        except mixture_lib.SpecError as e:
-            _abort(context, e)
+        except errors.FieldError as e:
+            status.abort(context, e)
 
     @staticmethod
     def _send(batches, size: int, context, encode):
@@ -168,10 +169,10 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 if len(group) == size:
                     yield encode(group)
                     group = []
-        except mixture_lib.SpecError as e:
+        except errors.FieldError as e:
             if group:
                 yield encode(group)
-            _abort(context, e)
+            status.abort(context, e)
         finally:
             close = getattr(batches, "close", None)
             if close:

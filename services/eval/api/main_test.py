@@ -17,7 +17,7 @@ def uri(tmp_path_factory):
 
 def test_binary_serves_and_stops_on_sigterm(tmp_path, uri):
     service = process.start(
-        process.module_command("services.eval.main")
+        process.module_command("services.eval.api.main")
         + [
             "--port=0",
             f"--results_db={tmp_path / 'results.sqlite'}",

@@ -1,30 +1,18 @@
 """EvalService over gRPC: translates messages to Harness calls and back, nothing more.
 
-Library errors become status codes naming the request field: errors.InvalidArgument ->
-INVALID_ARGUMENT, errors.NotFound -> NOT_FOUND, errors.Unavailable -> UNAVAILABLE,
-errors.FailedPrecondition -> FAILED_PRECONDITION.
+Library errors name the request field; libs/serving/status turns them into the
+call's status.
 """
 
 from __future__ import annotations
 
-import grpc
-
+from libs import errors
+from libs.serving import status
 from proto import eval_pb2, eval_pb2_grpc
-from services.eval import errors, follow
+from services.eval import follow
 from services.eval.harness import Harness, JudgeSpec, Scored
 
 SERVICE_NAME = eval_pb2.DESCRIPTOR.services_by_name["EvalService"].full_name
-
-_CODES = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-def _abort(context: grpc.ServicerContext, e: errors.EvalError):
-    context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
 
 
 def _result_message(scored: Scored) -> eval_pb2.EvalResult:
@@ -63,8 +51,8 @@ def _stream(context, results):
     try:
         for scored in results:
             yield _result_message(scored)
-    except errors.EvalError as e:
-        _abort(context, e)
+    except errors.FieldError as e:
+        status.abort(context, e)
 
 
 class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
@@ -94,8 +82,8 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
                 seed=request.seed,
                 should_stop=lambda: not context.is_active(),
             )
-        except errors.EvalError as e:
-            _abort(context, e)
+        except errors.FieldError as e:
+            status.abort(context, e)
         yield from _stream(context, results)
 
     def FollowRun(self, request, context):
@@ -110,8 +98,8 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
                 limit=request.limit,
                 cancellation=cancellation,
             )
-        except errors.EvalError as e:
-            _abort(context, e)
+        except errors.FieldError as e:
+            status.abort(context, e)
         yield from _stream(context, results)
 
     def Compare(self, request, context):
@@ -125,11 +113,9 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
         elif kind == "checkpoint_uri":
             spec = JudgeSpec(checkpoint_uri=request.judge.checkpoint_uri)
             if not spec.checkpoint_uri:
-                _abort(
+                status.abort(
                     context,
-                    errors.InvalidArgument(
-                        "judge.checkpoint_uri", "judge.checkpoint_uri: must not be empty"
-                    ),
+                    errors.InvalidArgument("judge.checkpoint_uri", "must not be empty"),
                 )
         try:
             c = self.harness.compare(
@@ -141,8 +127,8 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
                 max_new_tokens=request.max_new_tokens,
                 seed=request.seed,
             )
-        except errors.EvalError as e:
-            _abort(context, e)
+        except errors.FieldError as e:
+            status.abort(context, e)
         return eval_pb2.CompareResponse(
             win_rate=c.win_rate,
             wins=c.wins,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import grpc
 
+from libs import errors
+from libs.serving import status
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer.data_link import DataAuthError
-from services.trainer.runs import RunNotFound, Runs
-from services.trainer.spec import SpecError
+from services.trainer.runs import Runs
+
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -17,9 +20,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def StartRun(self, request, context):
         try:
             run_id, resumed = self._runs.start(request.spec)
-        except SpecError as e:
-            code = grpc.StatusCode.NOT_FOUND if e.not_found else grpc.StatusCode.INVALID_ARGUMENT
-            context.abort(code, f"spec.{e}")
+        except errors.FieldError as e:
+            status.abort(context, e.within("spec"))
         except DataAuthError as e:
             # The trainer's credentials for the data service, not the caller's.
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
@@ -33,8 +35,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 checkpoints_only=request.checkpoints_only,
                 cancelled=lambda: not context.is_active(),
             )
-        except RunNotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {request.run_id!r}")
+        except errors.FieldError as e:
+            status.abort(context, e)
 
     def ListRuns(self, request, context):
         return trainer_pb2.ListRunsResponse(runs=self._runs.list())
@@ -42,5 +44,5 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def StopRun(self, request, context):
         try:
             return trainer_pb2.StopRunResponse(status=self._runs.stop(request.run_id))
-        except RunNotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {request.run_id!r}")
+        except errors.FieldError as e:
+            status.abort(context, e)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from proto import trainer_pb2
-from services.data import client as data_client
-from services.data import testing as data_testing
+from services.data.api import client as data_client
+from services.data.api import testing as data_testing
 
 S = trainer_pb2.LRSchedule
 

@@ -1,13 +1,13 @@
 """Python client of the DataService, for trainers and other teams.
 
-    from services.data import client, mixture
+    from services.data.api import client
 
     server = client.start_local_server()          # builds the default corpus on first use
     data = client.DataClient(server.address)
-    mix = mixture.Mixture.of({"text": 0.75, "code": 0.25}, name="code25")
+    mix = client.Mixture.of({"text": 0.75, "code": 0.25}, name="code25")
     with data.stream(mix, seed=0, global_batch_size=16, seq_len=2048,
                      start_step=0, shard_index=0, num_shards=1) as batches:
-        for batch in batches:                      # services.data.batch.Batch
+        for batch in batches:                      # client.Batch
             ...                                    # batch.tokens: int32 [16, 2048]
     data.close(); server.stop()
 
@@ -34,9 +34,12 @@ import grpc
 import grpc.experimental
 
 from proto import data_pb2, data_pb2_grpc
-from services.data import wire
+from services.data.api import wire
+
+# Batch and the service's request limits are part of what callers use: the
+# trainer types what it receives and checks its RunSpecs before it asks.
 from services.data.batch import Batch, keep_freed_memory
-from services.data.mixture import Mixture
+from services.data.mixture import MAX_SEQ_LEN, MAX_SOURCES, MIN_SEQ_LEN, Mixture  # noqa: F401
 
 MAX_MESSAGE_BYTES = 256 << 20
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE,)
@@ -355,14 +358,14 @@ def start_local_server(
     timeout: float = 600.0,
     echo: bool = False,
 ):
-    """Starts the data binary (`python -m services.data.main`) as a child
+    """Starts the data binary (`python -m services.data.api.main`) as a child
     process and waits for its `DataService listening on HOST:PORT` line.
     Without `corpus_dir` it serves the default corpus from its cache,
     building it first (under a minute here) when missing. Returns a
     libs.serving.process.ServiceProcess (.address, .stop(), .kill())."""
     from libs.serving import process
 
-    argv = process.module_command("services.data.main") + [f"--host={host}", f"--port={port}"]
+    argv = process.module_command("services.data.api.main") + [f"--host={host}", f"--port={port}"]
     if corpus_dir:
         argv.append(f"--corpus_dir={corpus_dir}")
     argv.append("--build_default_corpus" if build_default_corpus else "--nobuild_default_corpus")

@@ -8,11 +8,11 @@ every process reads a single service.
 import numpy as np
 import pytest
 
+from libs import errors
 from proto import trainer_pb2
-from services.data import client as data_client
-from services.data import testing as data_testing
+from services.data.api import client as data_client
+from services.data.api import testing as data_testing
 from services.trainer import data_link
-from services.trainer import spec as spec_lib
 
 FIELDS = ("tokens", "targets", "segment_ids", "positions", "loss_mask", "source_ids")
 
@@ -69,15 +69,32 @@ def test_two_replicas_serve_the_batches_of_one(replicas):
 
 
 def test_a_bad_replica_list_names_its_field(replicas):
-    with pytest.raises(spec_lib.SpecError, match=r"data_addresses\[1\]"):
+    with pytest.raises(errors.FieldError, match=r"data_addresses\[1\]"):
         data_link.connect(_spec(data_addresses=[replicas[0], " "]), echo=False)
-    with pytest.raises(spec_lib.SpecError, match="data_address"):
+    with pytest.raises(errors.FieldError, match="data_address"):
         data_link.connect(_spec(data_address="127.0.0.1:1", data_addresses=replicas), echo=False)
     # A dead replica is named by its index, for process 1 of 2.
-    with pytest.raises(spec_lib.SpecError, match=r"data_addresses\[1\].*cannot reach"):
+    with pytest.raises(errors.FieldError, match=r"data_addresses\[1\].*cannot reach"):
         data_link.connect(
             _spec(data_addresses=[replicas[0], "127.0.0.1:1"]),
             shard_index=1,
             num_shards=2,
             echo=False,
         )
+
+
+def test_the_data_services_verdict_on_a_mixture_names_the_runspec_field(replicas):
+    link = data_link.connect(_spec(data_address=replicas[0]), echo=False)
+    try:
+        link.check_mixture("phases[0].mixture", data_testing.one_stage_mixture(text=1, code=1))
+        unknown = data_testing.one_stage_mixture(text=1, web=1)
+        with pytest.raises(errors.NotFound) as e:
+            link.check_mixture("phases[0].mixture", unknown)
+        assert e.value.field == "phases[0].mixture.stages[0].weights[1].source"
+        assert e.value.message.startswith("unknown source 'web'")
+        negative = data_testing.one_stage_mixture(text=1, code=-1)
+        with pytest.raises(errors.InvalidArgument) as e:
+            link.check_mixture("phases[1].mixture", negative)
+        assert e.value.field == "phases[1].mixture.stages[0].weights[1].weight"
+    finally:
+        link.close()

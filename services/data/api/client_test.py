@@ -7,7 +7,8 @@ import grpc
 import pytest
 
 from libs.serving import process
-from services.data import client, mixture, testing
+from services.data import mixture
+from services.data.api import client, testing
 from services.data.mixture import Mixture
 
 MIX = Mixture.of({"text": 0.6, "code": 0.2, "code_adjacent": 0.2})

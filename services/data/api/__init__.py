@@ -1,0 +1,1 @@
+"""The data service's gRPC edge: what other services, tests and studies may use."""
