@@ -10,7 +10,7 @@ docs/cluster.md). A phase on N hosts is:
    or a TPU slice's hosts via ray.util.tpu.slice_placement_group), which
    Ray reserves all at once or not at all;
 3. one `TrainerHost` actor per bundle, each running
-   `python -m services.trainer.main --run_spec=... --distributed
+   `python -m services.trainer.api.main --run_spec=... --distributed
    --coordinator_address=HOST0:PORT --num_processes=N --process_id=i`;
    host 0's address is the gang's jax.distributed coordinator.
 
@@ -91,7 +91,7 @@ class TrainerHost:
         fd, spec_path = tempfile.mkstemp(prefix="run_spec-", suffix=".textproto")
         with os.fdopen(fd, "w") as f:
             f.write(spec_text)
-        argv = process.module_command("services.trainer.main") + [f"--run_spec={spec_path}"]
+        argv = process.module_command("services.trainer.api.main") + [f"--run_spec={spec_path}"]
         if num_processes > 1:
             argv += [
                 "--distributed",

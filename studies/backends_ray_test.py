@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from proto import trainer_pb2
-from services.data import client as data_client
-from services.data import testing as data_testing
+from services.data.api import client as data_client
+from services.data.api import testing as data_testing
 from studies import backends_ray
 from studies.backends import PhaseJob
 
@@ -115,7 +115,7 @@ def _trainer_pids(run_id: str, process_id: int) -> list[int]:
                 argv = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "services.trainer.main" not in argv or f"--process_id={process_id}" not in argv:
+        if "services.trainer.api.main" not in argv or f"--process_id={process_id}" not in argv:
             continue
         spec_flag = next((a for a in argv if a.startswith("--run_spec=")), "")
         try:

@@ -23,7 +23,7 @@ import pytest
 from libs import storage
 from libs.serving import process
 from libs.storage import testing as gcs_testing
-from services.data import testing as data_testing
+from services.data.api import testing as data_testing
 from studies import plan as plan_lib
 from studies import spec
 

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from libs.serving import process
-from services.data import testing as data_testing
+from services.data.api import testing as data_testing
 from studies import plan as plan_lib
 from studies import spec
 

@@ -19,7 +19,7 @@ import pytest
 
 from libs.serving import process
 from proto import trainer_pb2, trainer_pb2_grpc
-from services.data import testing as data_testing
+from services.data.api import testing as data_testing
 from studies import plan as plan_lib
 from studies import spec
 
@@ -102,7 +102,7 @@ def test_killed_study_resumes_and_a_finished_one_only_reports(tmp_path, corpus):
     assert os.path.exists(os.path.join(out, "figures", "loss_curves.png"))
 
     # Run 3: everything is recorded; a fresh trainer is never asked to train.
-    trainer = process.start(process.module_command("services.trainer.main") + ["--serve"])
+    trainer = process.start(process.module_command("services.trainer.api.main") + ["--serve"])
     try:
         started = time.monotonic()
         third = subprocess.run(

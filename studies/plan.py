@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+from libs import errors
 from proto import data_pb2, study_pb2, trainer_pb2
 from studies import spec as spec_lib
 from studies.spec import PhaseRef
@@ -232,6 +233,40 @@ def run_spec(
     if study.HasField("mesh"):
         spec.mesh.CopyFrom(study.mesh)
     return spec
+
+
+def validate(plan: Plan, *, check_mixture=None) -> None:
+    """Checks every planned RunSpec with the trainer's own validator (services.
+    trainer.api.validation) before anything trains; `check_mixture(field, mixture)`
+    adds the data service's verdict on each mixture. Raises spec.StudyError naming
+    the study's field: a phase's own fields under its arm and phase, the rest (batch
+    shape, mesh, microbatches, optimizer) as the study's fields of the same name."""
+    from services.trainer.api import validation
+
+    study = plan.study
+    refs = {ref.name(study): ref for ref in spec_lib.all_refs(study)}
+    for p in plan.phases:
+        if p.replicate:
+            continue  # the replicates' RunSpecs differ in their seed only
+        spec = run_spec(
+            study,
+            p,
+            parent_uri=f"planned:{plan.get(p.parent).run_id}" if p.parent else "",
+            data_address="planned",
+            checkpoint_dir="planned",
+        )
+        try:
+            validation.check_run_spec(spec, check_mixture=check_mixture)
+        except errors.FieldError as e:
+            ref = refs[p.name]
+            at = f"arms[{ref.arm}].phases[{ref.phase}]"
+            if e.field == "phases[0]" or e.field.startswith(("phases[0].", "phases[0][")):
+                raise spec_lib.StudyError(
+                    at + e.field.removeprefix("phases[0]"), f"{e.message} ({p.name})"
+                ) from None
+            raise spec_lib.StudyError(
+                e.field, f"{e.message} (the trainer's rule, for {p.name})"
+            ) from None
 
 
 def describe(plan: Plan) -> str:

@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from libs import errors
 from proto import trainer_pb2
 from studies import plan as plan_lib
 from studies import spec
@@ -166,3 +167,30 @@ def test_every_phase_trains_once_per_seed_from_its_own_seeds_parent():
     )
     assert spec_.seed == 2 and "-s2-" in spec_.run_id
     assert three.lookup("code0/init", replicate=1) is three.lookup("text-only/init", replicate=1)
+
+
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        (dict(seq_len=4), "seq_len", "[8, 1048576]"),
+        (dict(compute_dtype="float16"), "compute_dtype", "float16"),
+        (dict(microbatches=3), "microbatches", "3 microbatches"),
+    ],
+)
+def test_planned_run_specs_pass_the_trainers_own_validator(tiny, change, field, words):
+    plan_lib.validate(plan_lib.build(tiny))  # the shipped study passes
+    for name, value in change.items():
+        setattr(tiny, name, value)
+    with pytest.raises(spec.StudyError) as e:
+        plan_lib.validate(plan_lib.build(tiny))
+    assert e.value.field == field and words in str(e.value)
+
+
+def test_a_mixture_the_data_service_refuses_names_the_arms_phase(tiny):
+    def refuse(field, mixture):  # what the data service's verdict arrives as
+        raise errors.InvalidArgument(f"{field}.stages[0].weights[1].source", "too many sources")
+
+    with pytest.raises(spec.StudyError) as e:
+        plan_lib.validate(plan_lib.build(tiny), check_mixture=refuse)
+    assert e.value.field == "arms[0].phases[0].mixture.stages[0].weights[1].source"
+    assert "text-only/init" in str(e.value)

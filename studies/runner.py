@@ -131,6 +131,12 @@ class Runner:
                 self.services.address("trainer")
             self.services.address("data")
             self.state.set_sources(self.services.source_kinds())
+            # Every planned run, by the trainer's rules and the data service's
+            # verdict on its mixture, before the first one trains.
+            try:
+                plan_lib.validate(plan, check_mixture=self.services.check_mixture)
+            except spec_lib.StudyError as e:
+                raise StudyRunError(f"the study is refused before training: {e}") from None
         if to_eval or to_judge:
             self.services.address("eval")
         seeded = spec_lib.seeds(study) > 1
@@ -512,6 +518,11 @@ def main(options: Options, log=log_to_stdout) -> int:
         print(f"error: {resolve_path(options.spec_path)}: {e}", file=sys.stderr)
         return 2
     out_dir = resolve_path(options.out_dir) if options.out_dir else default_out_dir(study)
+    try:
+        plan_lib.validate(plan_lib.build(study))  # the trainer's rules, before anything starts
+    except spec_lib.StudyError as e:
+        print(f"error: {resolve_path(options.spec_path)}: {e}", file=sys.stderr)
+        return 2
     if options.plan_only:
         log(plan_lib.describe(plan_lib.build(study)))
         return 0

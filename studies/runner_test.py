@@ -8,7 +8,9 @@ import threading
 import grpc
 import pytest
 
+from libs import errors
 from libs.serving import server as serving
+from libs.serving import status
 from proto import data_pb2, data_pb2_grpc, eval_pb2, eval_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from studies import runner as runner_lib
 from studies import spec
@@ -18,20 +20,34 @@ SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 
 class FakeData(data_pb2_grpc.DataServiceServicer):
+    """Knows the tiny study's sources; refuses a mixture that names another one,
+    through the services' one error mapping."""
+
+    NAMES = (
+        "text",
+        "code",
+        "markup",
+        "code_adjacent",
+        "synthetic_code",
+        "cooldown",
+        "cooldown_code",
+    )
+
+    def ValidateMixture(self, request, context):
+        for i, stage in enumerate(request.mixture.stages):
+            for j, w in enumerate(stage.weights):
+                if w.source not in self.NAMES:
+                    status.abort(
+                        context,
+                        errors.NotFound(
+                            f"mixture.stages[{i}].weights[{j}].source", f"no source {w.source!r}"
+                        ),
+                    )
+        return data_pb2.ValidateMixtureResponse()
+
     def ListSources(self, request, context):
         return data_pb2.ListSourcesResponse(
-            sources=[
-                data_pb2.SourceInfo(name=n, kind=n)
-                for n in (
-                    "text",
-                    "code",
-                    "markup",
-                    "code_adjacent",
-                    "synthetic_code",
-                    "cooldown",
-                    "cooldown_code",
-                )
-            ]
+            sources=[data_pb2.SourceInfo(name=n, kind=n) for n in self.NAMES]
         )
 
 
@@ -206,6 +222,17 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
     again.run()
     assert again.trained == [] and len(again.reused) == 66 and again.evaluated == []
     assert len(trainer.started) == 66
+
+
+def test_a_mixture_the_data_service_refuses_stops_the_study_before_training(tmp_path, fakes):
+    address, trainer, evaluator = fakes
+    study = spec.load(os.path.join(SPECS, "micro.textproto"))
+    study.mixtures[1].stages[0].weights[1].source = "kode"
+    with pytest.raises(runner_lib.StudyRunError) as e:
+        _runner(study, str(tmp_path), address).run()
+    assert "arms[1].phases[0].mixture.stages[0].weights[1].source" in str(e.value)
+    assert "no source 'kode'" in str(e.value)
+    assert trainer.started == []
 
 
 def test_a_failed_phase_stops_the_study_and_a_rerun_continues(tmp_path, fakes):

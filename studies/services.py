@@ -19,7 +19,8 @@ import time
 
 import grpc
 
-from libs.serving import process
+from libs import errors
+from libs.serving import process, status
 from libs.serving import server as serving
 from libs.serving.credentials import ClientCredentials
 from proto import data_pb2, data_pb2_grpc, eval_pb2_grpc, trainer_pb2_grpc
@@ -28,9 +29,9 @@ LOCK_FILE = "services.lock"
 
 # name -> (module, flags every start passes)
 MODULES = {
-    "data": ("services.data.main", []),
-    "trainer": ("services.trainer.main", ["--serve"]),
-    "eval": ("services.eval.main", []),
+    "data": ("services.data.api.main", []),
+    "trainer": ("services.trainer.api.main", ["--serve"]),
+    "eval": ("services.eval.api.main", []),
 }
 START_TIMEOUT_S = {"data": 1800.0, "trainer": 300.0, "eval": 300.0}
 
@@ -128,6 +129,22 @@ class Services:
             metadata=(("authorization", f"Bearer {token}"),) if token else None,
         )
         return {s.name: s.kind for s in response.sources}
+
+    def check_mixture(self, field: str, mixture) -> None:
+        """The data service's verdict on a mixture: raises the libraries' field
+        error it sends, named from `field` (the mixture's field in a RunSpec)."""
+        token = self._data_credentials.token
+        try:
+            self.data().ValidateMixture(
+                data_pb2.ValidateMixtureRequest(mixture=mixture),
+                timeout=120,
+                metadata=(("authorization", f"Bearer {token}"),) if token else None,
+            )
+        except grpc.RpcError as e:
+            error = status.field_error(e)
+            if error is None:
+                raise errors.Unavailable(field, f"{e.code().name}: {e.details()}") from None
+            raise error.within(field, root="mixture") from None
 
     def _service(self, name: str) -> Service:
         with self._lock:

@@ -17,6 +17,7 @@ import re
 import numpy as np
 from google.protobuf import text_format
 
+from libs import errors
 from libs.model import presets
 from proto import data_pb2, study_pb2, trainer_pb2
 
@@ -29,12 +30,9 @@ PAPER_PRETRAIN_TOKENS = 200e9
 PAPER_COOLDOWN_TOKENS = 40e9
 
 
-class StudyError(ValueError):
-    """A Study field is wrong; `field` is its path, e.g. "arms[1].init_from"."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+# A Study field is wrong; `field` is its path, e.g. "arms[1].init_from". The
+# libraries' one field error type, so a study's errors read like a service's.
+StudyError = errors.InvalidArgument
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,18 +199,13 @@ def validate(study: study_pb2.Study) -> None:
     """Raises StudyError for the first bad field."""
     if not _NAME.match(study.name):
         raise StudyError("name", f"{study.name!r} must be 1-48 letters, digits, '.', '_', '-'")
-    try:
-        presets.get_preset(study.preset)
-    except ValueError as e:
-        raise StudyError("preset", str(e).removeprefix("preset: ")) from None
+    presets.get_preset(study.preset)  # an InvalidArgument naming "preset"
     if not (study.scale > 0 and math.isfinite(study.scale)):
         raise StudyError("scale", f"must be a positive number, got {study.scale}")
     if study.global_batch_size <= 0:
         raise StudyError("global_batch_size", f"must be positive, got {study.global_batch_size}")
-    if not 8 <= study.seq_len <= 1 << 20:
-        raise StudyError("seq_len", f"must be in [8, 1048576], got {study.seq_len}")
-    if study.compute_dtype not in ("", "float32", "bfloat16"):
-        raise StudyError("compute_dtype", f"{study.compute_dtype!r} is not float32 or bfloat16")
+    # seq_len, compute_dtype, mesh and microbatches are the trainer's facts: checked
+    # by its own validator on every planned RunSpec (plan.validate).
     for name in ("checkpoint_every_steps", "log_every_steps"):
         if getattr(study, name) < 0:
             raise StudyError(name, "must be >= 0")

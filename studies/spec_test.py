@@ -60,7 +60,6 @@ def test_a_valid_study_parses():
         (('preset: "tiny"', 'preset: "huge"'), "preset", "unknown name 'huge'"),
         (("scale: 1e-6", "scale: 0"), "scale", "positive"),
         (("global_batch_size: 8", "global_batch_size: -1"), "global_batch_size", "positive"),
-        (("seq_len: 256", "seq_len: 4"), "seq_len", "[8, 1048576]"),
         (
             ('mixture_name: "text" }\n  phases', 'mixture_name: "txt" }\n  phases'),
             "arms[1].phases[0].mixture_name",

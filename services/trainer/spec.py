@@ -56,11 +56,13 @@ def validate(
     *,
     num_devices: int = 1,
     check_mixture: Callable[[str, object], None] | None = None,
+    check_parents: bool = True,
 ) -> None:
     """Raises errors.FieldError for the first bad field of a spec with defaults applied.
 
     `check_mixture(field, mixture)` asks the data service; it raises errors.FieldError
-    itself (unreachable service, unknown source, bad weights).
+    itself (unreachable service, unknown source, bad weights). `check_parents=False`
+    leaves parent checkpoints unopened, for a run planned before its parent exists.
     """
     if not _RUN_ID.match(spec.run_id):
         raise errors.InvalidArgument(
@@ -139,7 +141,8 @@ def validate(
                 f"{field}.continue_previous", "the first phase has nothing to continue"
             )
         if init == "init_checkpoint":
-            _check_parent(f"{field}.init_checkpoint", phase.init_checkpoint, config)
+            if check_parents:
+                _check_parent(f"{field}.init_checkpoint", phase.init_checkpoint, config)
         elif phase.with_optimizer:
             raise errors.InvalidArgument(f"{field}.with_optimizer", "needs init_checkpoint")
         _check_schedule(
