@@ -36,6 +36,7 @@ RESAMPLES = 2000
 CATEGORY_TASKS = {"nl_average": ("nl_reasoning", "world_knowledge")}
 HEADLINE = "headline"  # a task's own metric (accuracy, exact match, F1, pass@1)
 HELDOUT_TASK = "heldout_bpb"  # services/eval's per-source held-out bits per byte
+AGGREGATE_PREFIX = "aggregate/"  # EvalResult.task of a category aggregate (proto/eval.proto)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,7 @@ def units(evaluations: Sequence[dict], category: str, metric: str = HEADLINE) ->
     for record in evaluations:
         found = {}
         for r in record["results"]:
-            if r["task"].startswith("aggregate/"):
+            if r["task"].startswith(AGGREGATE_PREFIX):
                 continue
             if category == "heldout":
                 if r["task"] != HELDOUT_TASK:

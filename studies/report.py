@@ -39,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from proto import study_pb2  # noqa: E402
+from proto import data_pb2, eval_pb2, study_pb2  # noqa: E402
 from studies import compare  # noqa: E402
 from studies import findings as findings_lib  # noqa: E402
 from studies import fit as fit_lib  # noqa: E402
@@ -50,18 +50,40 @@ from studies.state import State  # noqa: E402
 REPORT = "report.md"
 FIGURES = "figures"
 
+
+def _aggregate(value: int) -> str:
+    """An eval.proto Aggregate as results spell it ("aggregate/nl_reasoning")."""
+    return eval_pb2.Aggregate.Name(value).removeprefix("AGGREGATE_").lower()
+
+
+def _kind_name(value: int) -> str:
+    """A data.proto SourceKind as sources spell it ("synthetic_code")."""
+    return data_pb2.SourceKind.Name(value).removeprefix("SOURCE_KIND_").lower()
+
+
+A = eval_pb2.Aggregate
 # (aggregate name in EvalResult.task without "aggregate/", column title)
 CATEGORIES = [
-    ("nl_reasoning", "NL reasoning"),
-    ("world_knowledge", "World knowledge"),
-    ("nl_average", "NL avg."),
-    ("code", "Code"),
-    ("total", "Total"),
+    (_aggregate(A.AGGREGATE_NL_REASONING), "NL reasoning"),
+    (_aggregate(A.AGGREGATE_WORLD_KNOWLEDGE), "World knowledge"),
+    (_aggregate(A.AGGREGATE_NL_AVERAGE), "NL avg."),
+    (_aggregate(A.AGGREGATE_CODE), "Code"),
+    (_aggregate(A.AGGREGATE_TOTAL), "Total"),
 ]
 TITLES = dict(CATEGORIES)
 # Source kinds counted as code tokens (the paper's code-quality variants are
 # all code data); "text" is text; the rest (the cooldown mix) is "other".
-CODE_KINDS = {"code", "markup", "code_adjacent", "synthetic_code"}
+K = data_pb2.SourceKind
+TEXT_KIND = _kind_name(K.SOURCE_KIND_TEXT)
+CODE_KINDS = {
+    _kind_name(k)
+    for k in (
+        K.SOURCE_KIND_CODE,
+        K.SOURCE_KIND_MARKUP,
+        K.SOURCE_KIND_CODE_ADJACENT,
+        K.SOURCE_KIND_SYNTHETIC_CODE,
+    )
+}
 
 Score = tuple  # (value, ci_low, ci_high)
 
@@ -129,8 +151,9 @@ def _scores(row: Row) -> dict[str, Score]:
     per_category: dict[str, list[dict]] = {}
     for e in done:
         for r in e["results"]:
-            if r["task"].startswith("aggregate/"):
-                per_category.setdefault(r["task"].removeprefix("aggregate/"), []).append(r)
+            if r["task"].startswith(compare.AGGREGATE_PREFIX):
+                name = r["task"].removeprefix(compare.AGGREGATE_PREFIX)
+                per_category.setdefault(name, []).append(r)
     out = {}
     for cat, results in per_category.items():
         if len(results) != len(done):
@@ -169,7 +192,7 @@ def paired_gain(
 
 def _kind(source: str, kinds: dict[str, str]) -> str:
     kind = kinds.get(source, source)
-    if kind == "text":
+    if kind == TEXT_KIND:
         return "text"
     return "code" if kind in CODE_KINDS else "other"
 

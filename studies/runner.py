@@ -31,6 +31,7 @@ from google.protobuf import json_format
 from libs import storage
 from libs.serving import credentials as credentials_lib
 from proto import eval_pb2, study_pb2
+from studies import compare
 from studies import plan as plan_lib
 from studies import report as report_lib
 from studies import spec as spec_lib
@@ -324,9 +325,9 @@ class Runner:
         )
         self.evaluated.append(p.name)
         scores = {
-            r["task"].removeprefix("aggregate/"): r["value"]
+            r["task"].removeprefix(compare.AGGREGATE_PREFIX): r["value"]
             for r in results
-            if r["task"].startswith("aggregate/")
+            if r["task"].startswith(compare.AGGREGATE_PREFIX)
         }
         self.log(
             f"{label}: evaluated in {time.monotonic() - started:.0f}s: "
