@@ -6,7 +6,7 @@ checkpoint, the metrics, when it ran, how many attempts it took). It offers
 `capacity` phases at once; the runner never submits more. Two backends:
 
 - `LocalBackend` (the default): the TrainerService the runner reaches
-  (studies/services.py: a child process, or one given by address). StartRun,
+  (studies/service_processes.py: a child process, or one given by address). StartRun,
   then WatchRun until the run ends; no dependency beyond gRPC.
 - `RayBackend` (studies/backends_ray.py): each phase a gang of trainer
   processes on a Ray cluster, one per host, restarted from the last

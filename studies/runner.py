@@ -37,7 +37,7 @@ from studies import report as report_lib
 from studies import spec as spec_lib
 from studies.backends import Backend, LocalBackend, PhaseFailed, PhaseJob, PhaseResult
 from studies.plan import Plan, PlannedPhase
-from studies.services import Services
+from studies.service_processes import Services
 from studies.state import State
 
 

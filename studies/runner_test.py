@@ -3,6 +3,8 @@ judging and reporting, without JAX or real training."""
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 
 import grpc
@@ -14,7 +16,7 @@ from libs.serving import status
 from proto import data_pb2, data_pb2_grpc, eval_pb2, eval_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from studies import runner as runner_lib
 from studies import spec
-from studies.services import Services
+from studies.service_processes import Services
 
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
@@ -318,3 +320,18 @@ def test_report_only_starts_nothing(tmp_path, fakes):
     )
     assert os.path.exists(tmp_path / "report.md")
     assert os.path.exists(tmp_path / "study.textproto")
+
+
+def test_the_runner_script_plans_a_study_run_as_bazel_runs_it(tmp_path):
+    """`bazel run //studies:run` executes runner_main.py as a script, studies/ first
+    on its path: every import must still find the top-level packages."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner_main.py")
+    done = subprocess.run(
+        [sys.executable, script, f"--spec={os.path.join(SPECS, 'tiny.textproto')}", "--plan_only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BUILD_WORKING_DIRECTORY": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "66 trainings" in done.stdout

@@ -12,7 +12,7 @@ from services.data.api import client as data_client
 from services.data.api import testing as data_testing
 from studies import plan as plan_lib
 from studies import spec
-from studies.services import Services
+from studies.service_processes import Services
 
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs", "micro.textproto")
 

@@ -18,7 +18,7 @@ from libs.serving.credentials import ClientCredentials
 from proto import data_pb2, trainer_pb2, trainer_pb2_grpc
 from services.data.api import client as data_client
 from services.data.api import testing as data_testing
-from studies.services import Services
+from studies.service_processes import Services
 
 S = trainer_pb2.LRSchedule
 TOKEN = "s3cret-token"

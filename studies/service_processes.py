@@ -1,12 +1,15 @@
 """The three services a study drives, as child processes of the runner.
 
-Each is started as `python -m services.<name>.main` by libs/serving/process,
+Each is started as `python -m services.<name>.api.main` by libs/serving/process,
 which (1) has the kernel SIGTERM the child when the runner dies, even by
 SIGKILL, and (2) here makes the child hold a shared lock on
 `<out>/services.lock` for its whole life. A runner started again takes that
 lock exclusively before starting its own services, so it waits for any
 orphan of a killed runner to finish exiting: two trainers never write one
 run's checkpoints at once.
+
+(Not named `services.py`: the runner binary runs with studies/ first on its
+path, where such a module would hide the top-level `services` package.)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from studies import services
+from studies import service_processes as services
 
 # A stand-in service: prints its listening line, then serves until SIGTERM.
 FAKE_SERVICE = textwrap.dedent("""
