@@ -1,8 +1,9 @@
-"""Round trips of the three contracts through their wire format."""
+"""Round trips of the three contracts through their wire format, and how their
+enums are spelled as text."""
 
 import numpy as np
 
-from proto import data_pb2, eval_pb2, trainer_pb2
+from proto import data_pb2, eval_pb2, spelling, trainer_pb2
 
 
 def _mixture():
@@ -76,3 +77,19 @@ def test_eval_result_round_trip():
     decoded = eval_pb2.EvalResult.FromString(result.SerializeToString())
     assert decoded == result
     assert decoded.extra["acc_norm"] == 0.55
+
+
+def test_enum_values_are_spelled_without_their_prefix():
+    assert spelling.spelled(data_pb2.SourceKind, data_pb2.SOURCE_KIND_SYNTHETIC_CODE) == (
+        "synthetic_code"
+    )
+    assert spelling.spelled(eval_pb2.Aggregate, eval_pb2.AGGREGATE_NL_REASONING) == "nl_reasoning"
+    assert spelling.spelled(trainer_pb2.Remat, trainer_pb2.REMAT_SAVE_DOTS) == "save_dots"
+    assert spelling.spellings(data_pb2.SourceKind) == (
+        "text",
+        "code",
+        "markup",
+        "code_adjacent",
+        "synthetic_code",
+        "cooldown",
+    )

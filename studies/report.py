@@ -39,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from proto import data_pb2, eval_pb2, study_pb2  # noqa: E402
+from proto import data_pb2, eval_pb2, spelling, study_pb2  # noqa: E402
 from studies import compare  # noqa: E402
 from studies import findings as findings_lib  # noqa: E402
 from studies import fit as fit_lib  # noqa: E402
@@ -52,13 +52,11 @@ FIGURES = "figures"
 
 
 def _aggregate(value: int) -> str:
-    """An eval.proto Aggregate as results spell it ("aggregate/nl_reasoning")."""
-    return eval_pb2.Aggregate.Name(value).removeprefix("AGGREGATE_").lower()
+    return spelling.spelled(eval_pb2.Aggregate, value)
 
 
 def _kind_name(value: int) -> str:
-    """A data.proto SourceKind as sources spell it ("synthetic_code")."""
-    return data_pb2.SourceKind.Name(value).removeprefix("SOURCE_KIND_").lower()
+    return spelling.spelled(data_pb2.SourceKind, value)
 
 
 A = eval_pb2.Aggregate
@@ -100,6 +98,8 @@ class Row:
     evaluations: list[dict | None]  # per seed: the evaluation record, or None
     scores: dict[str, Score]  # category -> mean over seeds; empty when not evaluated
     tokens: dict[str, int] | None  # text / code / other over the chain (first seed)
+    # (category, metric) -> its estimate: each is bootstrapped once per report.
+    _metrics: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def owner(self) -> bool:
@@ -113,9 +113,11 @@ class Row:
     def metric(self, category: str, metric: str = compare.HEADLINE) -> compare.Effect | None:
         """A category metric (or category "heldout" and a source) over the evaluated
         seeds and items; None when nothing carries it."""
-        return compare.estimate(
-            compare.units([e for e in self.evaluations if e is not None], category, metric)
-        )
+        key = (category, metric)
+        if key not in self._metrics:
+            done = [e for e in self.evaluations if e is not None]
+            self._metrics[key] = compare.estimate(compare.units(done, category, metric))
+        return self._metrics[key]
 
 
 def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:

@@ -39,14 +39,10 @@ import sysconfig
 import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from proto import data_pb2
+from proto import data_pb2, spelling
 
 # The paper's kinds, spelled as data.proto's SourceKind names say.
-KINDS = tuple(
-    data_pb2.SourceKind.Name(v).removeprefix("SOURCE_KIND_").lower()
-    for v in data_pb2.SourceKind.values()
-    if v != data_pb2.SOURCE_KIND_UNSPECIFIED
-)
+KINDS = spelling.spellings(data_pb2.SourceKind)
 
 # `datasets` builders that read local files; their data_files are expanded
 # here (sorted, optionally shuffled) so the order of documents is ours.

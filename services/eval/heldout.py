@@ -169,7 +169,6 @@ def evaluate(
         ci_high=float(np.quantile(mean_reps, 0.975)),
         num_examples=len(flat),
         extra=extra,
-        scores=per_source,
         intervals=intervals,
         example_metrics=per_document,
     )

@@ -32,13 +32,13 @@ import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
 from libs import errors
-from proto import eval_pb2
+from proto import eval_pb2, spelling
 from services.eval import converters
 
 
 def aggregate_name(aggregate: int) -> str:
     """An eval.proto Aggregate as results spell it: "nl_reasoning"."""
-    return eval_pb2.Aggregate.Name(aggregate).removeprefix("AGGREGATE_").lower()
+    return spelling.spelled(eval_pb2.Aggregate, aggregate)
 
 
 # The task categories: the first three aggregates.

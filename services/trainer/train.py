@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from libs import storage
 from libs.checkpoint import checkpoint
 from libs.model import attention, flops, presets, sharding
-from proto import trainer_pb2
+from proto import spelling, trainer_pb2
 from services.data.api.client import Batch
 from services.trainer import schedules
 from services.trainer.events import EventLog
@@ -83,13 +83,9 @@ def model_config(spec: trainer_pb2.RunSpec, vocab_size: int, platform: str):
     """The model a RunSpec trains: its preset with the tokenizer's vocabulary, the spec's
     dtype, remat policy and attention (unset: the preset's remat, the platform's kernel)."""
     base = presets.get_preset(spec.preset)
-    remat = (
-        trainer_pb2.Remat.Name(spec.remat).removeprefix("REMAT_").lower()
-        if spec.remat
-        else base.remat
-    )
+    remat = spelling.spelled(trainer_pb2.Remat, spec.remat) if spec.remat else base.remat
     attn = (
-        trainer_pb2.Attention.Name(spec.attention).removeprefix("ATTENTION_").lower()
+        spelling.spelled(trainer_pb2.Attention, spec.attention)
         if spec.attention
         else attention.for_platform(platform)
     )

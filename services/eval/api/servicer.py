@@ -38,13 +38,8 @@ def _result_message(scored: Scored) -> eval_pb2.EvalResult:
 
 def per_example_values(r) -> dict[str, list[float]]:
     """What EvalResult.per_example carries: a task's headline metric per example
-    (its `scores`) and its per-example metrics; nothing for an aggregate."""
-    if r.is_aggregate:
-        return {}
-    out = dict(r.example_metrics)
-    if len(r.scores) == r.num_examples:
-        out[r.metric] = r.scores
-    return out
+    (its `scores`) and its other per-example values (an aggregate has neither)."""
+    return {**r.example_metrics, **({r.metric: r.scores} if r.scores else {})}
 
 
 def _stream(context, results):
