@@ -2,7 +2,7 @@
 judges win rates, and writes the report.
 
 The three services are separate processes reached over gRPC (studies/
-services.py starts them, or uses running ones). Trainings go to a backend
+service_processes.py starts them, or uses running ones). Trainings go to a backend
 (studies/backends.py): the local trainer service, one at a time, or gangs on
 a Ray cluster, as many at once as it has slices. Each phase is submitted as
 soon as its parent's final checkpoint is recorded, and each finished phase
