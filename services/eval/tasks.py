@@ -32,6 +32,7 @@ import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
 from libs import errors
+from libs.benchmarks import benchmarks
 from proto import eval_pb2, spelling
 from services.eval import converters
 
@@ -51,7 +52,6 @@ MULTIPLE_CHOICE = "multiple_choice"
 GENERATION = "generation"
 CODE_KIND = "code"
 
-BENCHMARKS_DIR_ENV = "CODE_LAB_BENCHMARKS_DIR"
 CACHE_DIR_ENV = "CODE_LAB_EVAL_CACHE_DIR"
 
 
@@ -378,15 +378,8 @@ PROMPT_SETS: dict[str, PromptSet] = {
 
 
 def default_benchmarks_dir() -> str:
-    """$CODE_LAB_BENCHMARKS_DIR, else /work/shared/benchmarks, else ../shared/benchmarks
-    from the repository root (the workspace under `bazel run`, else the cwd)."""
-    env = os.environ.get(BENCHMARKS_DIR_ENV)
-    if env:
-        return env
-    if os.path.isdir("/work/shared/benchmarks"):
-        return "/work/shared/benchmarks"
-    root = os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd())
-    return os.path.normpath(os.path.join(root, "..", "shared", "benchmarks"))
+    """$CODE_LAB_BENCHMARKS, else the repository's third_party/benchmarks."""
+    return benchmarks.default_dir()
 
 
 def default_cache_dir() -> str:
@@ -487,7 +480,13 @@ def _raw_rows(task: Task, benchmarks_dir: str, source: str) -> Iterator[dict]:
 def converted_path(
     task: Task, *, benchmarks_dir: str, cache_dir: str, source: str = "local"
 ) -> str:
-    """The task's examples in our format as a JSONL file, converting once if needed."""
+    """The task's examples in our format as a JSONL file, converting once if needed.
+    Local files are checked against their provenance note's checksums first."""
+    if source == "local":
+        for f in task.local_files:
+            if f:
+                path = os.path.join(benchmarks_dir, f)
+                benchmarks.verify_file(os.path.dirname(path), os.path.basename(path))
     out_dir = os.path.join(cache_dir, "converted")
     path = os.path.join(
         out_dir, f"{task.name}-{source}-{_fingerprint(task, benchmarks_dir, source)}.jsonl"

@@ -8,6 +8,8 @@ libs/serving/server.py.
 
 from absl import app, flags
 
+from libs.benchmarks import benchmarks
+from libs.cli import logs, paths
 from libs.serving import server
 from services.data import batch, corpus
 from services.data.api import servicer
@@ -28,7 +30,7 @@ _SCALE = flags.DEFINE_float(
 _BENCHMARKS = flags.DEFINE_string(
     "benchmarks_dir",
     None,
-    "Benchmarks to decontaminate the default corpus against (default: ../shared/benchmarks or /work/shared/benchmarks).",
+    "Benchmarks to decontaminate the default corpus against. " + benchmarks.FLAG_HELP,
 )
 _READ_AHEAD = flags.DEFINE_integer(
     "read_ahead",
@@ -39,13 +41,14 @@ _READ_AHEAD = flags.DEFINE_integer(
 
 def main(argv):
     del argv
+    logs.quiet_libraries()
     batch.keep_freed_memory()
-    path = _CORPUS_DIR.value or corpus.default_corpus_dir()
+    path = paths.resolve(_CORPUS_DIR.value) or corpus.default_corpus_dir()
     if _BUILD.value:
         corpus.ensure_default_corpus(
             path,
             scale=_SCALE.value,
-            benchmarks_dir=_BENCHMARKS.value,
+            benchmarks_dir=paths.resolve(_BENCHMARKS.value),
             log=lambda s: print(s, flush=True),
         )
     data = servicer.DataServicer(corpus.Corpus(path), read_ahead=_READ_AHEAD.value)
