@@ -29,6 +29,7 @@ import grpc
 from google.protobuf import json_format
 
 from libs import storage
+from libs.cli import paths
 from libs.serving import credentials as credentials_lib
 from proto import eval_pb2, study_pb2
 from studies import compare
@@ -450,19 +451,6 @@ def _mixture_words(p: PlannedPhase) -> str:
     return (p.mixture.name + ": " if p.mixture.name else "") + " | ".join(stages)
 
 
-def resolve_path(path: str) -> str:
-    """A path given on the command line, relative to where the user ran
-    `bazel run` (which changes the working directory to the runfiles); a gs://
-    URI is taken as it is."""
-    if storage.is_gcs(path):
-        return path
-    path = os.path.expanduser(path)
-    if os.path.isabs(path):
-        return path
-    base = os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd()
-    return os.path.normpath(os.path.join(base, path))
-
-
 def log_to_stdout(text: str) -> None:
     stamp = time.strftime("%H:%M:%S")
     for line in str(text).splitlines() or [""]:
@@ -514,15 +502,15 @@ def main(options: Options, log=log_to_stdout) -> int:
     import signal
 
     try:
-        study = spec_lib.load(resolve_path(options.spec_path))
+        study = spec_lib.load(paths.resolve(options.spec_path))
     except spec_lib.StudyError as e:
-        print(f"error: {resolve_path(options.spec_path)}: {e}", file=sys.stderr)
+        print(f"error: {paths.resolve(options.spec_path)}: {e}", file=sys.stderr)
         return 2
-    out_dir = resolve_path(options.out_dir) if options.out_dir else default_out_dir(study)
+    out_dir = paths.resolve(options.out_dir) if options.out_dir else default_out_dir(study)
     try:
         plan_lib.validate(plan_lib.build(study))  # the trainer's rules, before anything starts
     except spec_lib.StudyError as e:
-        print(f"error: {resolve_path(options.spec_path)}: {e}", file=sys.stderr)
+        print(f"error: {paths.resolve(options.spec_path)}: {e}", file=sys.stderr)
         return 2
     if options.plan_only:
         log(plan_lib.describe(plan_lib.build(study)))
@@ -556,9 +544,9 @@ def main(options: Options, log=log_to_stdout) -> int:
         return 2
     trainer_flags = flags.setdefault("trainer", [])
     if options.data_auth_token_file:
-        trainer_flags.append(f"--data_auth_token_file={resolve_path(options.data_auth_token_file)}")
+        trainer_flags.append(f"--data_auth_token_file={paths.resolve(options.data_auth_token_file)}")
     if options.data_tls_ca:
-        trainer_flags.append(f"--data_tls_ca={resolve_path(options.data_tls_ca)}")
+        trainer_flags.append(f"--data_tls_ca={paths.resolve(options.data_tls_ca)}")
     eval_flags = flags.setdefault("eval", [])
     if not any(f.startswith("--results_db") for f in eval_flags):
         # Per-task results survive a killed evaluation, beside the study's state.

@@ -10,6 +10,7 @@ import sys
 
 from absl import app, flags
 
+from libs.cli import logs
 from studies import runner
 
 FLAGS = flags.FLAGS
@@ -85,6 +86,7 @@ flags.mark_flag_as_required("spec")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logs.quiet_libraries()
     options = runner.Options(
         spec_path=FLAGS.spec,
         out_dir=FLAGS.out,

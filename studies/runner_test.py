@@ -290,14 +290,6 @@ def test_a_refused_spec_names_the_phase(tmp_path, fakes):
         refusing.stop(0)
 
 
-def test_relative_paths_follow_bazel_run(monkeypatch, tmp_path):
-    monkeypatch.setenv("BUILD_WORKING_DIRECTORY", str(tmp_path))
-    assert runner_lib.resolve_path("specs/x.textproto") == str(tmp_path / "specs/x.textproto")
-    assert runner_lib.resolve_path("/abs/x") == "/abs/x"
-    monkeypatch.delenv("BUILD_WORKING_DIRECTORY")
-    assert runner_lib.resolve_path("x") == os.path.join(os.getcwd(), "x")
-
-
 def test_main_reports_a_bad_spec_with_its_field(tmp_path, capsys):
     bad = tmp_path / "bad.textproto"
     bad.write_text('name: "x" preset: "huge"')

@@ -380,9 +380,9 @@ def test_writes_outside_the_sandbox_do_not_reach_the_host():
         host_tmp,
         f"/var/tmp/escape-{stamp}",
         f"/run/lock/escape-{stamp}",
-        "/root/escape",
+        os.path.join(os.path.expanduser("~"), f"escape-{stamp}"),
+        os.path.join(os.getcwd(), f"escape-{stamp}"),
         "/dev/shm/x",
-        "/work/escape",
     ]
     src = "import os\n" + "".join(
         f"try:\n    open({t!r}, 'w').write('pwned')\n    print('wrote', {t!r})\n"

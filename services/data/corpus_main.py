@@ -15,6 +15,7 @@ import sys
 from absl import app, flags
 
 from libs import errors
+from libs.cli import logs, paths
 from services.data import corpus, mixture, sources
 
 _CORPUS_DIR = flags.DEFINE_string(
@@ -52,10 +53,11 @@ _SHOW = flags.DEFINE_integer("show_chars", 600, "inspect: characters of decoded 
 
 def _build(path: str) -> None:
     config = corpus.BuildConfig(
-        vocab_size=_VOCAB.value, tokenizer_file=_TOKENIZER.value, benchmarks_dir=_BENCHMARKS.value
+        vocab_size=_VOCAB.value, tokenizer_file=paths.resolve(_TOKENIZER.value),
+        benchmarks_dir=paths.resolve(_BENCHMARKS.value),
     )
     if _SOURCES.value:
-        specs = sources.load_spec_file(_SOURCES.value)
+        specs = sources.load_spec_file(paths.resolve(_SOURCES.value))
     else:
         specs = sources.default_sources(_SCALE.value)
         config = dataclasses.replace(
@@ -66,7 +68,7 @@ def _build(path: str) -> None:
 
 def _load_mixture(text: str) -> mixture.Mixture:
     if text.endswith(".json"):
-        with open(text) as f:
+        with open(paths.resolve(text)) as f:
             return mixture.Mixture.from_json(json.load(f))
     return mixture.Mixture.parse(text)
 
@@ -126,7 +128,8 @@ def _inspect(path: str) -> None:
 def main(argv):
     if len(argv) != 2 or argv[1] not in ("build", "inspect"):
         raise app.UsageError("usage: corpus build|inspect [--flags]")
-    path = _CORPUS_DIR.value or corpus.default_corpus_dir()
+    logs.quiet_libraries()
+    path = paths.resolve(_CORPUS_DIR.value) or corpus.default_corpus_dir()
     (_build if argv[1] == "build" else _inspect)(path)
 
 

@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+from libs.cli import logs, paths
 from services.eval import agreement, checkpoints, flag_defs, lm_eval_harness
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required")
-    model = checkpoints.load_checkpoint(FLAGS.checkpoint).model
+    logs.quiet_libraries()
+    model = checkpoints.load_checkpoint(paths.resolve(FLAGS.checkpoint)).model
     try:
         results = agreement.agree(
             model,

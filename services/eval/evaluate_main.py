@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 
 from libs import errors
+from libs.cli import logs, paths
 from services.eval import code_exec, evaluator, flag_defs, heldout
 from services.eval.harness import Harness
 from services.eval.results_db import ResultsDB
@@ -89,6 +90,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required")
+    logs.quiet_libraries()
     harness = Harness(
         benchmarks_dir=flag_defs.benchmarks_dir(),
         results_db=ResultsDB(flag_defs.results_db()),
@@ -98,10 +100,10 @@ def main(argv):
         heldout_corpus_dir=flag_defs.heldout_corpus_dir(),
     )
     try:
-        results = _score(harness, FLAGS.checkpoint)
+        results = _score(harness, paths.resolve(FLAGS.checkpoint))
         change = {}
         if FLAGS.baseline:
-            change = evaluator.relative_change(results, _score(harness, FLAGS.baseline))
+            change = evaluator.relative_change(results, _score(harness, paths.resolve(FLAGS.baseline)))
     except errors.FieldError as e:
         sys.exit(f"error: {e}")
     print(format_table(results, change))

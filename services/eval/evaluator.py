@@ -14,7 +14,7 @@ Aggregates (each the unweighted mean of task headline metrics, the paper's conve
 - total: mean of the category scores present (nl_reasoning, world_knowledge, code).
 
 Beside each task's headline metric, continuous metrics that move where accuracy sits
-at chance (../shared/DESIGN.md "Small-scale signal"; metrics.py defines them):
+at chance (docs/evaluation.md "Small-scale signal"; metrics.py defines them):
 
 - every task: `bpb`, bits per byte of the gold continuation given the prompt
   (multiple choice: " " + the gold choice, or WinoGrande's continuation after the gold

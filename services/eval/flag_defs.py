@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from absl import flags
@@ -62,7 +61,7 @@ def sandbox_parallelism() -> Optional[int]:
 
 
 def results_db() -> str:
-    return os.path.expanduser(FLAGS.results_db)
+    return paths.resolve(FLAGS.results_db)
 
 
 def heldout_corpus_dir() -> str:
@@ -70,4 +69,4 @@ def heldout_corpus_dir() -> str:
         from services.eval import heldout
 
         return heldout.default_corpus_dir()
-    return FLAGS.heldout_corpus_dir
+    return paths.resolve(FLAGS.heldout_corpus_dir)

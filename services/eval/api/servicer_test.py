@@ -29,6 +29,10 @@ def registry():
     return reg
 
 
+# A file beside this test, which a completion tries to write from the sandbox.
+PWNED = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"PWNED-{os.getpid()}")
+
+
 class Hostile:
     """Completions that attack whatever runs them: the parent process, the disk."""
 
@@ -36,7 +40,7 @@ class Hostile:
         "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n"
         "    os.kill(-1, signal.SIGKILL)\n",
         "    import os\n    os._exit(0)\n",
-        "    open('/work/main/services/eval/PWNED', 'w').write('x')\n",
+        f"    open({PWNED!r}, 'w').write('x')\n",
     ]
 
     def generate(self, prompts, **kwargs):
@@ -142,7 +146,7 @@ def test_hostile_completions_leave_the_service_unharmed(service):
         )
     )
     assert [(r.task, r.value) for r in results[:2]] == [("humaneval", 0.0), ("mbpp", 0.0)]
-    assert not os.path.exists("/work/main/services/eval/PWNED")
+    assert not os.path.exists(PWNED)
     assert len(stub.ListTasks(eval_pb2.ListTasksRequest()).tasks) == 13  # still serving
 
 
