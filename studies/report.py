@@ -17,7 +17,7 @@ comparison a paired difference (studies/compare.py). Sections, after the paper:
   (studies/fit.py), validated on held-out arms and random mixtures;
 - cooldown: each model before and after each cooldown;
 - judge win rates against the baseline (the first seed's models);
-- continuous metrics (../shared/DESIGN.md "Small-scale signal"): per category the
+- continuous metrics (docs/evaluation.md "Small-scale signal"): per category the
   bits per byte of the gold answers, the probability of the correct choice
   normalised over the choices and its margin, and the bits per byte of every data
   source's held-out documents, each with its bootstrap interval;

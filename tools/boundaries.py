@@ -1,4 +1,5 @@
-"""Which Python imports cross a service boundary.
+"""Two rules the repository keeps: which Python imports cross a service
+boundary, and that no file names a path outside the repository.
 
 Code of one service (services/<a>/...), of studies/ and of tests/ may use
 another service only through that service's gRPC edge, services.<b>.api (its
@@ -10,6 +11,7 @@ themselves, which a dependency that arrives transitively would let through.
 from __future__ import annotations
 
 import ast
+import re
 from typing import Iterator
 
 # (importing file, imported module) pairs allowed across a boundary, each with
@@ -48,4 +50,27 @@ def violations(path: str, source: str) -> list[str]:
         if parts[2] == "api" or (path, ".".join(parts[:3])) in ALLOWED:
             continue
         found.append(f"{path}: imports {module}; use services.{parts[1]}.api or the protos")
+    return found
+
+
+# Paths that exist on one machine only: the folder beside a checkout, a home
+# or work folder, Bazel's output base. A clone anywhere else has none of them,
+# so code, tests, BUILD files and docs name paths inside the repository,
+# from tmp_path, or from Bazel's runfiles instead.
+_MACHINE_PATH = re.compile(
+    r"\.\./shared\b"  # a folder beside the checkout
+    r"|(?<![\w.~-])/(?:work|root|home)/"  # a machine's own top-level folders
+    r"|_bazel_(?:root)|/\.cache/bazel/"  # Bazel's output base
+)
+
+
+def machine_paths(path: str, text: str) -> list[str]:
+    """One line per mention of a machine-local path in `text` (the file at `path`)."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _MACHINE_PATH.search(line)
+        if match:
+            found.append(
+                f"{path}:{number}: names {match.group(0)!r}, a path outside the repository"
+            )
     return found

@@ -41,10 +41,17 @@ def py_pb2_grpc_library(name, proto, pb2):
     out = _protoc_genrule(name, proto, "_pb2_grpc.py", "--grpc_python_out")
     native.py_library(name = name, srcs = [out], deps = [pb2])
 
-def py_srcs():
-    """`py_srcs`: the package's Python files, which //tools:boundaries_test reads."""
+def py_srcs(files = ["**"]):
+    """`py_srcs`: the package's Python files, which //tools:boundaries_test reads
+    for imports; `package_files`: every file of the package (code, tests, BUILD,
+    docs, specs), which it reads for paths outside the repository."""
     native.filegroup(
         name = "py_srcs",
         srcs = native.glob(["*.py"]),
+        visibility = ["//tools:__pkg__"],
+    )
+    native.filegroup(
+        name = "package_files",
+        srcs = native.glob(files, exclude = ["**/__pycache__/**", "**/*.pyc"]),
         visibility = ["//tools:__pkg__"],
     )
