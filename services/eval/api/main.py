@@ -10,6 +10,7 @@ import os
 
 from absl import app, flags
 
+from libs.cli import logs
 from libs.serving import server as serving
 from proto import eval_pb2_grpc
 from services.eval import code_exec, flag_defs
@@ -36,6 +37,7 @@ flags.DEFINE_integer("max_loaded_models", 2, "Checkpoints kept loaded between re
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logs.quiet_libraries()
     api_key_env = FLAGS.judge_api_key_env if FLAGS.judge_api_key_env in os.environ else ""
     db = ResultsDB(flag_defs.results_db())
     harness = Harness(
