@@ -22,6 +22,7 @@ from absl import app, flags  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from libs import errors  # noqa: E402
+from libs.cli import logs, paths  # noqa: E402
 from libs.model import flops, presets  # noqa: E402
 from proto import study_pb2, trainer_pb2  # noqa: E402
 from services.trainer import spec as spec_lib  # noqa: E402
@@ -55,7 +56,7 @@ def _run_spec(num_devices: int) -> trainer_pb2.RunSpec:
         microbatches=1,
     )
     if FLAGS.spec:
-        with open(FLAGS.spec) as f:
+        with open(paths.resolve(FLAGS.spec)) as f:
             study = text_format.Parse(f.read(), study_pb2.Study())
         spec.preset = study.preset or spec.preset
         spec.global_batch_size = study.global_batch_size or spec.global_batch_size
@@ -108,6 +109,7 @@ def _gib(n: int) -> str:
 
 def main(argv):
     del argv
+    logs.quiet_libraries()
     devices = aot.topology_devices(FLAGS.topology)
     hbm = aot.usable_hbm_bytes(devices[0])
     spec = _run_spec(len(devices))

@@ -10,10 +10,11 @@ import os
 import signal
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from google.protobuf import text_format
 
 from libs import errors
+from libs.cli import logs, paths
 from libs.serving import credentials as credentials_lib
 from libs.serving import server as serving
 from proto import trainer_pb2, trainer_pb2_grpc
@@ -69,10 +70,11 @@ def load_spec(path: str) -> trainer_pb2.RunSpec:
 
 
 def _spec_from_flags() -> trainer_pb2.RunSpec:
-    spec = load_spec(FLAGS.run_spec)
+    spec = load_spec(paths.resolve(FLAGS.run_spec))
     for name in ("preset", "run_id", "data_address", "checkpoint_dir"):
         if FLAGS[name].value is not None:
-            setattr(spec, name, FLAGS[name].value)
+            value = FLAGS[name].value
+            setattr(spec, name, paths.resolve(value) if name == "checkpoint_dir" else value)
     if FLAGS.data_addresses:
         spec.ClearField("data_address")
         spec.data_addresses[:] = FLAGS.data_addresses
@@ -88,8 +90,8 @@ def _spec_from_flags() -> trainer_pb2.RunSpec:
 def _credentials() -> credentials_lib.ClientCredentials:
     try:
         return credentials_lib.load(
-            FLAGS.data_auth_token_file,
-            FLAGS.data_tls_ca,
+            paths.resolve(FLAGS.data_auth_token_file),
+            paths.resolve(FLAGS.data_tls_ca),
             token_flag="data_auth_token_file",
             ca_flag="data_tls_ca",
         )
@@ -124,7 +126,7 @@ def _init_distributed() -> None:
 
 def main(argv):
     # Orbax logs every step of every save at INFO; the trainer reports commits itself.
-    logging.set_verbosity(logging.WARNING)
+    logs.quiet_libraries()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _credentials()  # a bad credentials flag fails at start, not at the first run
