@@ -142,3 +142,97 @@ def test_mismatched_arms_are_refused():
     with pytest.raises(ValueError, match="copa"):
         compare.paired(a, [compare.Unit("copa", np.zeros((2, 5)))])
     assert compare.estimate([]) is None
+
+
+# ---------------------------------------------------------------- calibration on simulated studies
+
+SEEDS, ITEMS = 3, 100
+SEED_SD = (0.0, 0.1, 0.3, 1.0, 3.0)  # seed-to-item noise ratio
+ITEM_SD = (0.0, 1.0)  # arm-by-item interaction (shared by every seed), to item noise
+
+
+def _simulated(rng, effect: float, seed_sd: float, item_sd: float, tasks: int = 1):
+    """One simulated paired study: [S, n] differences per task, d = effect + seed + item + noise."""
+    seed = rng.normal(size=(SEEDS, 1)) * seed_sd  # one seed effect for every task
+    return [
+        compare.Unit(
+            f"t{t}",
+            effect
+            + seed
+            + rng.normal(size=(1, ITEMS // tasks)) * item_sd
+            + rng.normal(size=(SEEDS, ITEMS // tasks)),
+        )
+        for t in range(tasks)
+    ]
+
+
+def _rate(
+    method: str, effect: float, seed_sd: float, item_sd: float, studies: int, tasks: int = 1
+) -> float:
+    rng = np.random.default_rng(hash((effect, seed_sd, item_sd, tasks)) % 2**32)
+    kwargs = {"resamples": 400} if method == "bootstrap" else {}
+    calls = sum(
+        compare.estimate(
+            _simulated(rng, effect, seed_sd, item_sd, tasks), method=method, **kwargs
+        ).resolved
+        for _ in range(studies)
+    )
+    return calls / studies
+
+
+def test_the_interval_keeps_its_false_positive_rate_with_three_seeds():
+    """On null data (no effect), 3 seeds and 100 items, across seed-to-item noise ratios
+    and with or without an arm-by-item interaction, the interval calls at most 6% of
+    comparisons resolved; the percentile bootstrap it replaces does not."""
+    table = {}
+    for item_sd in ITEM_SD:
+        for seed_sd in SEED_SD:
+            table[(seed_sd, item_sd)] = _rate("interval", 0.0, seed_sd, item_sd, studies=2000)
+    table_two_tasks = {s: _rate("interval", 0.0, s, 1.0, studies=1000, tasks=2) for s in (0.3, 1.0)}
+    boot = {s: _rate("bootstrap", 0.0, s, 0.0, studies=300) for s in (0.3, 1.0)}
+    print("\nfalse-positive rate, 3 seeds x 100 items (seed SD / item SD across, interaction down)")
+    for item_sd in ITEM_SD:
+        print(
+            f"  interaction {item_sd}: "
+            + "  ".join(f"{s}: {table[(s, item_sd)]:.3f}" for s in SEED_SD)
+        )
+    print(f"  two tasks, interaction 1: {table_two_tasks}")
+    print(f"  percentile bootstrap, no interaction: {boot}")
+    assert max(table.values()) <= 0.06, table
+    assert max(table_two_tasks.values()) <= 0.06, table_two_tasks
+    assert boot[1.0] > 0.15  # the simulation sees a miscalibrated interval
+
+
+def test_the_interval_has_power_where_the_seeds_allow_it():
+    """Power on the same grid: a planted effect of 1 item SD is found nearly always when
+    seed noise is small, 0.3 item SD about three times in four; power falls as seed
+    noise grows, which three seeds cannot average away."""
+    power = {s: _rate("interval", 0.3, s, 0.0, studies=500) for s in SEED_SD}
+    large = {s: _rate("interval", 1.0, s, 0.0, studies=500) for s in SEED_SD}
+    print(f"\npower, effect 0.3 item SD: {power}\npower, effect 1.0 item SD: {large}")
+    assert power[0.0] > 0.6 and large[0.1] > 0.95 and large[0.3] > 0.7
+    assert power[3.0] < power[0.3] < power[0.1] < power[0.0]
+    assert all(large[s] >= power[s] for s in SEED_SD)
+
+
+def test_the_interval_equals_the_t_interval_when_items_are_independent_noise():
+    """With one task and no item effects the variance reduces to the seeds' own:
+    the interval is nearly the textbook t-interval over per-seed means."""
+    rng = np.random.default_rng(3)
+    (unit,) = _simulated(rng, 0.2, 1.0, 0.0)
+    got = compare.interval([unit])
+    means = unit.values.mean(axis=1)
+    half = 4.302652729911275 * means.std(ddof=1) / math.sqrt(SEEDS)  # t(0.975, 2)
+    assert got.value == pytest.approx(means.mean())
+    assert got.high - got.value == pytest.approx(half, rel=0.35)
+
+
+def test_a_ratio_metric_is_linearised_so_equal_ratios_add_no_item_variance():
+    den = np.array([10.0, 200.0, 35.0, 4.0])
+    same = compare.Unit("code", np.array([den * 0.8, den * 0.9]), denominator=den)
+    got = compare.interval([same])
+    assert got.value == pytest.approx(0.85)
+    assert got.high - got.low == pytest.approx(2 * 12.706204736 * (0.1 / math.sqrt(2)) / math.sqrt(2), rel=1e-6)
+    noisy = compare.Unit("code", np.array([den * [0.7, 0.9, 0.8, 1.0]] * 2), denominator=den)
+    assert compare.interval([noisy]).value == pytest.approx((noisy.values[0].sum()) / den.sum())
+    assert compare.interval([noisy]).high > compare.interval([noisy]).value

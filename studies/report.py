@@ -3,7 +3,7 @@
 Everything here reads the plan and the state file (studies/state.py) only,
 so a report can be rewritten at any time, from partial results too, without
 a service. With several seeds (Study.seeds) every score is the mean over the
-seeds, its interval a bootstrap over seeds and eval items together, and every
+seeds, its interval a t-interval over seeds and eval items together, and every
 comparison a paired difference (studies/compare.py). Sections, after the paper:
 
 - the paper's findings: each claim's paired gain on the continuous metric and
@@ -20,9 +20,9 @@ comparison a paired difference (studies/compare.py). Sections, after the paper:
 - continuous metrics (docs/evaluation.md "Small-scale signal"): per category the
   bits per byte of the gold answers, the probability of the correct choice
   normalised over the choices and its margin, and the bits per byte of every data
-  source's held-out documents, each with its bootstrap interval;
+  source's held-out documents, each with its interval;
 - per-source training loss curves;
-- the bootstrap 95% intervals of every score;
+- the 95% intervals of every score;
 - what ran: run ids, steps, tokens, seconds, checkpoints.
 
 This module puts the sections in order; each part owns its sections:

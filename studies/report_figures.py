@@ -40,7 +40,7 @@ def figure_scores(last_rows: list[report_rows.Row], figures: str) -> list[str]:
         )
     ax.set_xticks(x, [r.arm for r in rows], rotation=30, ha="right")
     ax.set_ylabel("score (%)")
-    ax.set_title("Final scores by arm (bootstrap 95% intervals)")
+    ax.set_title("Final scores by arm (95% intervals)")
     ax.legend(fontsize=8)
     report_rows.save(fig, os.path.join(figures, "scores.png"))
     return ["![Final scores by arm](figures/scores.png)", ""]

@@ -84,7 +84,7 @@ class Row:
     evaluations: list[dict | None]  # per seed: the evaluation record, or None
     scores: dict[str, Score]  # category -> mean over seeds; empty when not evaluated
     tokens: dict[str, int] | None  # text / code / other over the chain (first seed)
-    # (category, metric) -> its estimate: each is bootstrapped once per report.
+    # (category, metric) -> its estimate: each is computed once per report.
     _metrics: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -133,7 +133,7 @@ def collect(study: study_pb2.Study, plan: Plan, state: State) -> list[Row]:
 
 def _scores(row: Row) -> dict[str, Score]:
     """Category -> (mean over the evaluated seeds, interval). One seed: the eval
-    service's interval; several: a bootstrap over seeds and items (none for the
+    service's interval; several: a t-interval over seeds and items (none for the
     total, a mean of category means)."""
     done = [e for e in row.evaluations if e is not None]
     per_category: dict[str, list[dict]] = {}

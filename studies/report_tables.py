@@ -265,8 +265,8 @@ def continuous_section(rows: list[report_rows.Row]) -> list[str]:
             "Means over each category's tasks of the per-example bits per byte of the gold "
             "answer (negative log-likelihood / UTF-8 bytes / ln 2; code: the canonical "
             "solution), the gold choice's probability normalised over the choices, and its "
-            "margin over the best wrong choice, averaged over seeds, with bootstrap 95% "
-            "intervals over seeds and items. Lower BPB and higher p(gold) are better; unlike "
+            "margin over the best wrong choice, averaged over seeds, with 95% "
+            "intervals over seeds and items (studies/compare.py). Lower BPB and higher p(gold) are better; unlike "
             "accuracy they move at sizes where every benchmark sits at chance.",
             "",
         ]
@@ -286,7 +286,7 @@ def continuous_section(rows: list[report_rows.Row]) -> list[str]:
             "",
             "Bits per byte of each data source's held-out documents (chosen by content "
             "hash, never served by any mixture), Paloma-style: a model's loss on each "
-            "domain, comparable across tokenizers, with a bootstrap 95% interval over "
+            "domain, comparable across tokenizers, with a 95% interval over "
             "seeds and documents.",
             "",
         ]

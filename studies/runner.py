@@ -544,7 +544,9 @@ def main(options: Options, log=log_to_stdout) -> int:
         return 2
     trainer_flags = flags.setdefault("trainer", [])
     if options.data_auth_token_file:
-        trainer_flags.append(f"--data_auth_token_file={paths.resolve(options.data_auth_token_file)}")
+        trainer_flags.append(
+            f"--data_auth_token_file={paths.resolve(options.data_auth_token_file)}"
+        )
     if options.data_tls_ca:
         trainer_flags.append(f"--data_tls_ca={paths.resolve(options.data_tls_ca)}")
     eval_flags = flags.setdefault("eval", [])
