@@ -157,7 +157,7 @@ def main(argv):
         f"(headroom {result.headroom:.1%}): {'FITS' if result.fits else 'DOES NOT FIT'}"
     )
     print(
-        f"flops      {flops_per_step:.3e} model FLOPs a step (6N + 12LdT per token, "
+        f"flops      {flops_per_step:.3e} model FLOPs a step (6N + 6LdT per token, causal, "
         f"libs/model/flops.py)"
     )
     if not result.fits and not FLAGS.auto:

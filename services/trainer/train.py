@@ -218,8 +218,8 @@ class Trainer:
             )
         else:
             pos, params, opt_state = Position(), None, None
-        if self._peak is None:
-            self._peak = flops.measure_peak_flops()
+        if self._peak is None:  # one chip's: the datasheet's, or measured on a CPU
+            self._peak, _ = flops.peak_flops_per_chip(self.mesh.devices.flat[0])
         self._status(trainer_pb2.RUNNING, pos)
         total_steps = sum(self.phase_steps)
         state = trainer_pb2.SUCCEEDED
@@ -359,7 +359,13 @@ class Trainer:
             loss=float(metrics["loss"] / steps),
             source_loss=source_loss,
             tokens_per_second=tokens_per_s,
-            mfu=flops.mfu(tokens_per_s, self.config, self.spec.seq_len, self._peak),
+            mfu=flops.mfu(
+                tokens_per_s,
+                self.config,
+                self.spec.seq_len,
+                self._peak,
+                chips=self.mesh.devices.size,
+            ),
             learning_rate=ctx.lr,
             grad_norm=float(metrics["grad_norm"] / steps),
             tokens_seen=ctx.pos.tokens_seen,
