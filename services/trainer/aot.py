@@ -139,6 +139,14 @@ class CompiledStep:
     code_bytes: int
     hbm_bytes: int
     compile_s: float
+    # XLA's cost analysis of the compiled (per-device) step: FLOPs it executes,
+    # recomputation included, and bytes it moves to and from HBM. 0: not compiled.
+    xla_flops: float = 0.0
+    xla_bytes: float = 0.0
+
+    def roofline_s(self, peak_flops: float, hbm_bytes_per_s: float) -> float:
+        """A lower bound of the step time: compute- or memory-bound, whichever is slower."""
+        return max(self.xla_flops / peak_flops, self.xla_bytes / hbm_bytes_per_s)
 
     @property
     def bytes_per_chip(self) -> int:
@@ -181,7 +189,11 @@ def compile_step(program, global_batch_size: int, seq_len: int, hbm_bytes: int) 
         temp = int(float(match.group(1)) * _UNIT[match.group(2)])
         return CompiledStep(0, 0, 0, temp, 0, hbm_bytes, time.perf_counter() - start)
     mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     return CompiledStep(
+        xla_flops=float(cost.get("flops", 0.0)),
+        xla_bytes=float(cost.get("bytes accessed", 0.0)),
         argument_bytes=mem.argument_size_in_bytes,
         output_bytes=mem.output_size_in_bytes,
         alias_bytes=mem.alias_size_in_bytes,

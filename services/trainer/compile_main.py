@@ -30,6 +30,8 @@ from services.trainer import train  # noqa: E402
 from services.trainer.step import StepProgram  # noqa: E402
 
 FLAGS = flags.FLAGS
+# The paper's training budget: what the chip-hours are quoted for.
+TOKENS_PER_TRAINING = 200e9
 flags.DEFINE_string("topology", "v5e-16", f"TPU slice: one of {', '.join(aot.TOPOLOGY_SHAPES)}.")
 flags.DEFINE_string("spec", "", "A study spec (textproto): take preset, batch, mesh, ... from it.")
 flags.DEFINE_string("preset", "470m", "Model preset.")
@@ -160,6 +162,30 @@ def main(argv):
         f"flops      {flops_per_step:.3e} model FLOPs a step (6N + 6LdT per token, causal, "
         f"libs/model/flops.py)"
     )
+    # Time and cost: XLA's count of the compiled step against the chip's datasheet.
+    chip = flops.chip_for(devices[0].device_kind)
+    roofline_s = chip_hours = model_s = 0.0
+    if chip is not None and result.xla_flops:
+        roofline_s = result.roofline_s(chip.bf16_flops, chip.hbm_bytes_per_s)
+        model_s = flops_per_step / (len(devices) * chip.bf16_flops)  # at MFU 1
+        steps = TOKENS_PER_TRAINING / tokens
+        chip_hours = steps * max(roofline_s, model_s) * len(devices) / 3600
+        # XLA counts a while loop's body once (the scanned layers, the microbatch
+        # loop) and not Pallas kernels (splash attention): its figures undercount a
+        # scanned step, so the bound also takes the model's own FLOPs at MFU 1.
+        print(
+            f"xla        {result.xla_flops:.3e} FLOPs and {result.xla_bytes:.3e} bytes a chip a step "
+            f"(cost analysis: loop bodies once, custom kernels not counted)"
+        )
+        print(
+            f"roofline   step >= {max(roofline_s, model_s):.2f} s on {chip.name} "
+            f"({chip.bf16_flops / 1e12:.0f} TFLOP/s bf16, {chip.hbm_bytes_per_s / 1e9:.0f} GB/s): "
+            f"model FLOPs at MFU 1 {model_s:.2f} s, XLA's count {roofline_s:.2f} s"
+        )
+        print(
+            f"cost       {chip_hours:,.0f} chip-hours per {TOKENS_PER_TRAINING / 1e9:.0f}B tokens "
+            f"at that bound; {chip_hours / 0.5:,.0f} at MFU 0.5"
+        )
     if not result.fits and not FLAGS.auto:
         print("hint       --auto tries more microbatches; --remat=full keeps less per layer")
     print(
@@ -181,6 +207,10 @@ def main(argv):
                 "hbm_bytes_per_chip": hbm,
                 "headroom": round(result.headroom, 4),
                 "flops_per_step": flops_per_step,
+                "xla_flops_per_chip": result.xla_flops,
+                "xla_bytes_per_chip": result.xla_bytes,
+                "roofline_step_s": round(max(roofline_s, model_s), 4),
+                "chip_hours_per_200b_tokens": round(chip_hours, 1),
                 "fits": result.fits,
                 "compile_s": round(result.compile_s, 1),
             }
