@@ -6,7 +6,7 @@ and attention) is lowered for the devices of `jax.experimental.topologies` and c
 by libtpu, and XLA's memory analysis gives the bytes each chip needs. The usable HBM is
 libtpu's own figure, read from its answer to an allocation no chip can hold.
 
-libtpu lives in a repository of its own (@libtpu, see WORKSPACE); `use_libtpu()` points
+libtpu lives in a repository of its own (@libtpu_wheel, see WORKSPACE); `use_libtpu()` points
 JAX at it and must run before JAX starts a backend.
 """
 
@@ -50,7 +50,7 @@ TOPOLOGY_SHAPES = {
 
 
 def find_libtpu() -> str | None:
-    """Path of libtpu.so from the @libtpu repository in this binary's runfiles."""
+    """Path of libtpu.so from the @libtpu_wheel repository in this binary's runfiles."""
     here = os.path.abspath(__file__)
     roots = [os.environ.get("RUNFILES_DIR", "")]
     parent = os.path.dirname(here)
@@ -58,18 +58,18 @@ def find_libtpu() -> str | None:
         roots += [parent, os.path.join(parent, "external")]
         parent = os.path.dirname(parent)
     for root in roots:
-        path = os.path.join(root, "libtpu", "site", "libtpu", "libtpu.so")
+        path = os.path.join(root, "libtpu_wheel", "site", "libtpu", "libtpu.so")
         if root and os.path.exists(path):
             return path
     return None
 
 
 def use_libtpu() -> str:
-    """Point JAX's TPU plugin at @libtpu (call before JAX starts a backend)."""
+    """Point JAX's TPU plugin at @libtpu_wheel (call before JAX starts a backend)."""
     path = os.environ.get("TPU_LIBRARY_PATH") or find_libtpu()
     if not path or not os.path.exists(path):
         raise RuntimeError(
-            "libtpu not found: run through Bazel (the @libtpu repository) or set "
+            "libtpu not found: run through Bazel (the @libtpu_wheel repository) or set "
             "TPU_LIBRARY_PATH to a libtpu.so"
         )
     os.environ["TPU_LIBRARY_PATH"] = path

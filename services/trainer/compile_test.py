@@ -64,3 +64,20 @@ def test_the_paper_scale_study_specs_fit_their_slices_with_headroom(spec, topolo
     assert rc == 0, out
     assert figures["global_batch_size"] == 512 and figures["seq_len"] == 8192
     assert figures["headroom"] >= 0.1
+
+
+def test_the_trainer_compiles_its_start_up_for_a_topology():
+    """`--compile_only`: the trainer's own start-up (its RunSpec, the mesh of the topology's
+    devices, sharded initialisation, the step) compiled for v5e-4, with the tool's report."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.trainer.api.main", "--compile_only", "--topology=v5e-4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert figures["fits"] and figures["preset"] == "tiny" and figures["devices"] == 4
+    assert "startup    parameters:" in proc.stdout and "startup    optimizer:" in proc.stdout

@@ -6,21 +6,29 @@ model on the default corpus, starting a local data service.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
-from absl import app, flags
-from google.protobuf import text_format
+# --compile_only compiles for a TPU topology with libtpu, which JAX must be pointed
+# at before it is imported.
+if "--compile_only" in sys.argv[1:]:
+    from services.trainer import aot
 
-from libs import errors
-from libs.cli import logs, paths
-from libs.serving import credentials as credentials_lib
-from libs.serving import server as serving
-from proto import trainer_pb2, trainer_pb2_grpc
-from services.trainer import data_link
-from services.trainer.runs import Runs
-from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer
+    aot.use_libtpu()
+
+import os  # noqa: E402
+import signal  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+
+from libs import errors  # noqa: E402
+from libs.cli import logs, paths  # noqa: E402
+from libs.serving import credentials as credentials_lib  # noqa: E402
+from libs.serving import server as serving  # noqa: E402
+from proto import trainer_pb2, trainer_pb2_grpc  # noqa: E402
+from services.trainer import aot, compile_report, data_link  # noqa: E402
+from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer  # noqa: E402
+from services.trainer.runs import Runs  # noqa: E402
 
 DEFAULT_SPEC = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tiny.textproto"
@@ -55,6 +63,15 @@ flags.DEFINE_bool(
     "rest; on CPUs give the three flags below).",
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.")
+flags.DEFINE_bool(
+    "compile_only",
+    False,
+    "Run the start-up for --topology on this host and stop: spec checks, the mesh of the "
+    "topology's devices, the sharded initialisation and the step compiled by libtpu; prints "
+    "the compile tool's report. The run is --spec (a study) or --run_spec.",
+)
+flags.DEFINE_string("topology", "v5e-16", "--compile_only: the TPU slice (v5e-16, v4-8, ...).")
+flags.DEFINE_string("spec", None, "--compile_only: a study spec whose step to compile.")
 flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
 
@@ -129,6 +146,8 @@ def main(argv):
     logs.quiet_libraries()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.compile_only:
+        sys.exit(_compile_only())
     _credentials()  # a bad credentials flag fails at start, not at the first run
     if FLAGS.distributed:
         _init_distributed()
@@ -162,6 +181,21 @@ def main(argv):
         sys.exit(f"run {run_id} stopped at step {status.step}; start it again to resume")
     if status.state != trainer_pb2.SUCCEEDED:
         sys.exit(f"run {run_id} ended {trainer_pb2.RunState.Name(status.state)}: {status.error}")
+
+
+def _compile_only() -> int:
+    """The trainer's start-up for a topology, compiled on this host (0: it fits)."""
+    aot.use_libtpu()  # before JAX starts a backend
+    devices = aot.topology_devices(FLAGS.topology)
+    if FLAGS.spec:
+        spec = compile_report.spec_from_study(paths.resolve(FLAGS.spec), len(devices))
+    else:
+        spec = _spec_from_flags()
+    try:
+        fits = compile_report.report(spec, devices, topology=FLAGS.topology, startup=True)
+    except errors.FieldError as e:
+        raise app.UsageError(f"spec.{e}") from None
+    return 0 if fits else 1
 
 
 def _summarise(runs: Runs, run_id: str, status) -> None:
