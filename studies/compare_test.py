@@ -232,7 +232,9 @@ def test_a_ratio_metric_is_linearised_so_equal_ratios_add_no_item_variance():
     same = compare.Unit("code", np.array([den * 0.8, den * 0.9]), denominator=den)
     got = compare.interval([same])
     assert got.value == pytest.approx(0.85)
-    assert got.high - got.low == pytest.approx(2 * 12.706204736 * (0.1 / math.sqrt(2)) / math.sqrt(2), rel=1e-6)
+    assert got.high - got.low == pytest.approx(
+        2 * 12.706204736 * (0.1 / math.sqrt(2)) / math.sqrt(2), rel=1e-6
+    )
     noisy = compare.Unit("code", np.array([den * [0.7, 0.9, 0.8, 1.0]] * 2), denominator=den)
     assert compare.interval([noisy]).value == pytest.approx((noisy.values[0].sum()) / den.sum())
     assert compare.interval([noisy]).high > compare.interval([noisy]).value

@@ -53,7 +53,8 @@ _SHOW = flags.DEFINE_integer("show_chars", 600, "inspect: characters of decoded 
 
 def _build(path: str) -> None:
     config = corpus.BuildConfig(
-        vocab_size=_VOCAB.value, tokenizer_file=paths.resolve(_TOKENIZER.value),
+        vocab_size=_VOCAB.value,
+        tokenizer_file=paths.resolve(_TOKENIZER.value),
         benchmarks_dir=paths.resolve(_BENCHMARKS.value),
     )
     if _SOURCES.value:

@@ -103,7 +103,9 @@ def main(argv):
         results = _score(harness, paths.resolve(FLAGS.checkpoint))
         change = {}
         if FLAGS.baseline:
-            change = evaluator.relative_change(results, _score(harness, paths.resolve(FLAGS.baseline)))
+            change = evaluator.relative_change(
+                results, _score(harness, paths.resolve(FLAGS.baseline))
+            )
     except errors.FieldError as e:
         sys.exit(f"error: {e}")
     print(format_table(results, change))
