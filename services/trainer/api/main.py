@@ -10,15 +10,16 @@ import os
 import signal
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from google.protobuf import text_format
 
 from libs import errors
+from libs.cli import logs, paths
 from libs.serving import credentials as credentials_lib
 from libs.serving import server as serving
 from proto import trainer_pb2, trainer_pb2_grpc
 from services.trainer import data_link
-from services.trainer.runs import Runs
+from services.trainer.runs import STOPPED_EXIT_STATUS, Runs
 from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer
 
 DEFAULT_SPEC = os.path.join(
@@ -59,6 +60,7 @@ flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def load_spec(path: str) -> trainer_pb2.RunSpec:
+    path = paths.resolve(path)
     try:
         with open(path) as f:
             return text_format.Parse(f.read(), trainer_pb2.RunSpec())
@@ -70,9 +72,11 @@ def load_spec(path: str) -> trainer_pb2.RunSpec:
 
 def _spec_from_flags() -> trainer_pb2.RunSpec:
     spec = load_spec(FLAGS.run_spec)
-    for name in ("preset", "run_id", "data_address", "checkpoint_dir"):
+    for name in ("preset", "run_id", "data_address"):
         if FLAGS[name].value is not None:
             setattr(spec, name, FLAGS[name].value)
+    if FLAGS.checkpoint_dir is not None:
+        spec.checkpoint_dir = paths.resolve(FLAGS.checkpoint_dir)
     if FLAGS.data_addresses:
         spec.ClearField("data_address")
         spec.data_addresses[:] = FLAGS.data_addresses
@@ -88,8 +92,8 @@ def _spec_from_flags() -> trainer_pb2.RunSpec:
 def _credentials() -> credentials_lib.ClientCredentials:
     try:
         return credentials_lib.load(
-            FLAGS.data_auth_token_file,
-            FLAGS.data_tls_ca,
+            paths.resolve(FLAGS.data_auth_token_file),
+            paths.resolve(FLAGS.data_tls_ca),
             token_flag="data_auth_token_file",
             ca_flag="data_tls_ca",
         )
@@ -124,7 +128,7 @@ def _init_distributed() -> None:
 
 def main(argv):
     # Orbax logs every step of every save at INFO; the trainer reports commits itself.
-    logging.set_verbosity(logging.WARNING)
+    logs.quiet_libraries()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _credentials()  # a bad credentials flag fails at start, not at the first run
@@ -157,7 +161,8 @@ def main(argv):
     status = runs.wait(run_id)
     _summarise(runs, run_id, status)
     if status.state == trainer_pb2.STOPPED:
-        sys.exit(f"run {run_id} stopped at step {status.step}; start it again to resume")
+        print(f"run {run_id} stopped at step {status.step}; start it again to resume", file=sys.stderr)
+        sys.exit(STOPPED_EXIT_STATUS)
     if status.state != trainer_pb2.SUCCEEDED:
         sys.exit(f"run {run_id} ended {trainer_pb2.RunState.Name(status.state)}: {status.error}")
 
