@@ -260,6 +260,8 @@ class Trainer:
         self._interval_start, self._interval_tokens, self._interval = time.perf_counter(), 0, None
         while pos.phase_step < num_steps:
             stop, save_due = self._agree()
+            # A time-based save waits for a step of this phase (its start is saved already).
+            save_due = save_due and pos.phase_step > 0
             if (stop or save_due) and pos.last_uri != self.writer.uri(pos.step):
                 self._save(pos, params, opt_state, phase_end=False)  # not saved at this step yet
             if stop:
