@@ -80,7 +80,9 @@ def _process(out: str, shard: int, num_shards: int, pause_step: int | None, mark
     state = trainer.run()
     # What this process saw committed: every process must see the same last step.
     with open(os.path.join(out, f"process{shard}.json"), "w") as f:
-        json.dump({"state": trainer_pb2.RunState.Name(state), "latest": trainer.writer.latest_step()}, f)
+        json.dump(
+            {"state": trainer_pb2.RunState.Name(state), "latest": trainer.writer.latest_step()}, f
+        )
     if state == trainer_pb2.STOPPED:
         return STOPPED_EXIT_STATUS
     return 0 if state == trainer_pb2.SUCCEEDED else 1
@@ -93,8 +95,7 @@ def _start_pair(out, extra=()):
         port = s.getsockname()[1]
     me = [sys.executable, os.path.abspath(__file__), str(out), f"127.0.0.1:{port}", "2"]
     return [
-        subprocess.Popen(me + [str(i)] + (list(extra) if i == 1 else []), env=env)
-        for i in range(2)
+        subprocess.Popen(me + [str(i)] + (list(extra) if i == 1 else []), env=env) for i in range(2)
     ]
 
 

@@ -161,7 +161,9 @@ def main(argv):
     status = runs.wait(run_id)
     _summarise(runs, run_id, status)
     if status.state == trainer_pb2.STOPPED:
-        print(f"run {run_id} stopped at step {status.step}; start it again to resume", file=sys.stderr)
+        print(
+            f"run {run_id} stopped at step {status.step}; start it again to resume", file=sys.stderr
+        )
         sys.exit(STOPPED_EXIT_STATUS)
     if status.state != trainer_pb2.SUCCEEDED:
         sys.exit(f"run {run_id} ended {trainer_pb2.RunState.Name(status.state)}: {status.error}")
