@@ -50,7 +50,9 @@ def test_round_trip_and_commit_on_gcs(gcs):
 
 def test_a_killed_save_on_gcs_is_removed_and_the_step_saved_again(gcs):
     config = presets.get_preset("tiny")
-    params = nnx.to_pure_dict(nnx.state(model_lib.Transformer(config, rngs=nnx.Rngs(1)), nnx.Param))
+    params = nnx.to_pure_dict(
+        nnx.state(model_lib.Transformer(config, rngs=nnx.Rngs(1)), nnx.Param)
+    )
     opt_state = optax.adamw(1e-3).init(params)
     meta = {"step": 4, "model_config": config.to_dict(), "tokenizer_json": "{}"}
     directory = gcs.uri("runs", "killed", "checkpoints")

@@ -14,16 +14,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 # Loggers of libraries whose INFO records are not for the tool's user.
-LIBRARY_LOGGERS = (
-    "absl",
-    "jax",
-    "jax._src",
-    "orbax",
-    "orbax.checkpoint",
-    "etils",
-    "ray",
-    "tensorstore",
-)
+LIBRARY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "orbax.checkpoint", "etils", "ray", "tensorstore")
 
 
 def quiet_libraries() -> None:
