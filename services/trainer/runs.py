@@ -16,6 +16,12 @@ from services.trainer import spec as spec_lib
 from services.trainer.events import EventLog
 from services.trainer.train import Trainer
 
+# The exit status of a trainer process whose run stopped on request (SIGTERM, Ctrl-C,
+# or another host's SIGTERM, agreed by every process) after saving a checkpoint to
+# resume from: 128 + SIGTERM, the status a process killed by SIGTERM has, which
+# launchers already read as a preemption to restart, not as an error.
+STOPPED_EXIT_STATUS = 143
+
 
 @dataclasses.dataclass
 class _Run:

@@ -84,6 +84,11 @@ def validate(
         )
     if spec.checkpoint_every_steps <= 0:
         raise errors.InvalidArgument("checkpoint_every_steps", "must be positive")
+    if not spec.checkpoint_every_seconds >= 0:  # also refuses NaN
+        raise errors.InvalidArgument(
+            "checkpoint_every_seconds",
+            f"must be >= 0 (0: by steps only), got {spec.checkpoint_every_seconds}",
+        )
     if spec.keep_checkpoints < 0:
         raise errors.InvalidArgument("keep_checkpoints", "must be >= 0")
     o = spec.optimizer

@@ -9,7 +9,10 @@ function of it. Checkpoints carry the lineage: parent, phase, tokens per source.
 
 The loop itself only steps (step.py's jitted program) and runs its hooks: logging
 metrics to the sinks (sinks.py), checkpointing, and reporting committed checkpoints,
-each with a cadence in steps and always at a phase's end. Metrics and token counts are
+each with a cadence in steps and always at a phase's end. Before each step the
+processes agree (one small all-gather) on whether to stop, which any one of them
+may have been asked to, and on whether a checkpoint is due by process 0's clock,
+so that all of them save the same step. Metrics and token counts are
 summed on device and read back only when a hook needs them.
 """
 
@@ -24,6 +27,8 @@ from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from libs import storage
 from libs.checkpoint import checkpoint
@@ -167,6 +172,7 @@ class Trainer:
         # The current phase's sources, which index the per-source sums of the step.
         self._source_names: tuple[str, ...] = ()
         self._unreported: dict[int, dict] = {}  # step -> record of a save not yet committed
+        self._last_save_time = time.monotonic()  # for checkpoint_every_seconds
 
     # -- phases ----------------------------------------------------------------------
 
@@ -256,9 +262,12 @@ class Trainer:
         self._total_steps = total_steps
         self._interval_start, self._interval_tokens, self._interval = time.perf_counter(), 0, None
         while pos.phase_step < num_steps:
-            if self.stop_event.is_set():
-                if pos.last_uri != self.writer.uri(pos.step):  # not saved at this step yet
-                    self._save(pos, params, opt_state, phase_end=False)
+            stop, save_due = self._agree()
+            # A time-based save waits for a step of this phase (its start is saved already).
+            save_due = save_due and pos.phase_step > 0
+            if (stop or save_due) and pos.last_uri != self.writer.uri(pos.step):
+                self._save(pos, params, opt_state, phase_end=False)  # not saved at this step yet
+            if stop:
                 return params, opt_state, True
             batch = next(batches)
             lr = float(schedule(pos.phase_step))
@@ -293,6 +302,22 @@ class Trainer:
                     hook.run(ctx)
         return params, opt_state, False
 
+    def _agree(self) -> tuple[bool, bool]:
+        """(stop now, save now by time), the same on every process, before each step.
+
+        A stop request reaches one host (its SIGTERM) and a clock differs per host; a
+        process that stopped or saved alone would leave the others waiting in the next
+        step's collectives. So every process contributes its stop flag, process 0 its
+        clock's verdict, and all act on the gathered flags: any stop stops everyone at
+        the same step. One all-gather of two integers per step: a few ms on CPUs over
+        gloo, small beside a step of a model worth a slice."""
+        every = self.spec.checkpoint_every_seconds
+        due = self.primary and every > 0 and time.monotonic() - self._last_save_time >= every
+        local = np.array([self.stop_event.is_set(), due], dtype=np.int32)
+        if jax.process_count() > 1:
+            local = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 2).max(0)
+        return bool(local[0]), bool(local[1])
+
     def _read_tokens(self, pos: Position) -> None:
         """Add the tokens counted on device since the last read to the position."""
         if self._unread_tokens is None:
@@ -323,6 +348,7 @@ class Trainer:
         }
         self._unreported[pos.step] = meta
         self.writer.save(pos.step, params, opt_state, meta, protect=phase_end)
+        self._last_save_time = time.monotonic()
 
     def _emit_committed(self, committed) -> None:
         for step, uri in committed:

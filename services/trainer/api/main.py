@@ -28,7 +28,7 @@ from libs.serving import server as serving  # noqa: E402
 from proto import trainer_pb2, trainer_pb2_grpc  # noqa: E402
 from services.trainer import aot, compile_report, data_link  # noqa: E402
 from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer  # noqa: E402
-from services.trainer.runs import Runs  # noqa: E402
+from services.trainer.runs import STOPPED_EXIT_STATUS, Runs  # noqa: E402
 
 DEFAULT_SPEC = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tiny.textproto"
@@ -77,6 +77,7 @@ flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def load_spec(path: str) -> trainer_pb2.RunSpec:
+    path = paths.resolve(path)
     try:
         with open(path) as f:
             return text_format.Parse(f.read(), trainer_pb2.RunSpec())
@@ -88,10 +89,11 @@ def load_spec(path: str) -> trainer_pb2.RunSpec:
 
 def _spec_from_flags() -> trainer_pb2.RunSpec:
     spec = load_spec(paths.resolve(FLAGS.run_spec))
-    for name in ("preset", "run_id", "data_address", "checkpoint_dir"):
+    for name in ("preset", "run_id", "data_address"):
         if FLAGS[name].value is not None:
-            value = FLAGS[name].value
-            setattr(spec, name, paths.resolve(value) if name == "checkpoint_dir" else value)
+            setattr(spec, name, FLAGS[name].value)
+    if FLAGS.checkpoint_dir is not None:
+        spec.checkpoint_dir = paths.resolve(FLAGS.checkpoint_dir)
     if FLAGS.data_addresses:
         spec.ClearField("data_address")
         spec.data_addresses[:] = FLAGS.data_addresses
@@ -178,7 +180,10 @@ def main(argv):
     status = runs.wait(run_id)
     _summarise(runs, run_id, status)
     if status.state == trainer_pb2.STOPPED:
-        sys.exit(f"run {run_id} stopped at step {status.step}; start it again to resume")
+        print(
+            f"run {run_id} stopped at step {status.step}; start it again to resume", file=sys.stderr
+        )
+        sys.exit(STOPPED_EXIT_STATUS)
     if status.state != trainer_pb2.SUCCEEDED:
         sys.exit(f"run {run_id} ended {trainer_pb2.RunState.Name(status.state)}: {status.error}")
 
