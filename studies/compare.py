@@ -93,6 +93,14 @@ def _value(units: Sequence[Unit], seed_w: np.ndarray, item_w: list[np.ndarray]) 
     return np.mean(per_unit, axis=0)
 
 
+def _seeds(units: Sequence[Unit]) -> int:
+    """The units' common number of seeds."""
+    seeds = units[0].values.shape[0]
+    if any(u.values.shape[0] != seeds for u in units):
+        raise ValueError("units: every unit needs the same seeds")
+    return seeds
+
+
 def _contributions(u: Unit) -> np.ndarray:
     """[S, n] per-item contributions whose item mean is the unit's value per seed. A
     ratio metric's R = sum num / sum den is linearised (the delta method): item i
@@ -110,9 +118,7 @@ def interval(units: Sequence[Unit], *, confidence: float = 0.95) -> Effect | Non
     module docstring); None without units."""
     if not units:
         return None
-    seeds = units[0].values.shape[0]
-    if any(u.values.shape[0] != seeds for u in units):
-        raise ValueError("units: every unit needs the same seeds")
+    seeds = _seeds(units)
     c = [_contributions(u) for u in units]
     per_seed = np.mean([x.mean(axis=1) for x in c], axis=0)  # D_s, [S]
     point = float(per_seed.mean())
@@ -163,9 +169,7 @@ def bootstrap(units: Sequence[Unit], *, resamples: int = RESAMPLES, seed: int = 
     draws for both arms of a paired difference); None without units."""
     if not units:
         return None
-    seeds = units[0].values.shape[0]
-    if any(u.values.shape[0] != seeds for u in units):
-        raise ValueError("units: every unit needs the same seeds")
+    seeds = _seeds(units)
     point = float(
         _value(
             units, np.full((1, seeds), 1 / seeds), [np.ones((1, u.values.shape[1])) for u in units]

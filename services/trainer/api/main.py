@@ -88,7 +88,7 @@ def load_spec(path: str) -> trainer_pb2.RunSpec:
 
 
 def _spec_from_flags() -> trainer_pb2.RunSpec:
-    spec = load_spec(paths.resolve(FLAGS.run_spec))
+    spec = load_spec(FLAGS.run_spec)  # load_spec resolves it
     for name in ("preset", "run_id", "data_address"):
         if FLAGS[name].value is not None:
             setattr(spec, name, FLAGS[name].value)
