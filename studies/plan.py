@@ -16,6 +16,10 @@ cooldown carries on its parent's run instead (`with_optimizer`: the
 parent's AdamW state too, and the learning rate annealed from where the
 parent's schedule ended), so each cooldown arm of a shared parent continues
 the same run.
+
+A twin arm (Arm.twin_of) trains its phases on seeds of its own, offset past
+its original's (spec_verdicts.seed_offset), so it shares no training with its
+original; a phase it starts from (init_from) is another arm's and is shared.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import hashlib
 from libs import errors
 from proto import data_pb2, study_pb2, trainer_pb2
 from studies import spec as spec_lib
+from studies import spec_verdicts
 from studies.spec import PhaseRef
 
 # Checkpoints kept per run besides the phase-final one (enough to resume).
@@ -48,7 +53,8 @@ class PlannedPhase:
     steps: int
     tokens: int
     replicate: int = 0  # which of the study's seeds
-    seed: int = 0  # of its initialisation and data order: Study.seed + replicate
+    # Of its initialisation and data order: Study.seed + replicate (+ a twin's offset).
+    seed: int = 0
 
     @property
     def name(self) -> str:
@@ -121,14 +127,16 @@ def build(study: study_pb2.Study) -> Plan:
 
 
 def _build_replicate(study: study_pb2.Study, replicate: int):
-    identity = _study_identity(study, study.seed + replicate)
     fingerprints: dict[PhaseRef, str] = {}
+
+    def seed(ref: PhaseRef) -> int:
+        return study.seed + replicate + spec_verdicts.seed_offset(study, ref.arm)
 
     def fingerprint(ref: PhaseRef) -> str:
         if ref not in fingerprints:
             parent = spec_lib.parent(study, ref)
             fingerprints[ref] = _digest(
-                identity,
+                _study_identity(study, seed(ref)),
                 fingerprint(parent).encode() if parent else b"scratch",
                 str(spec_lib.phase(study, ref).kind).encode(),
                 str(spec_lib.trained_tokens(study, ref)).encode(),
@@ -172,7 +180,7 @@ def _build_replicate(study: study_pb2.Study, replicate: int):
             steps=spec_lib.steps(study, ref),
             tokens=spec_lib.trained_tokens(study, ref),
             replicate=replicate,
-            seed=study.seed + replicate,
+            seed=seed(ref),
         )
         planned[fp] = p
         order.append(fp)

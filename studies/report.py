@@ -6,9 +6,11 @@ a service. With several seeds (Study.seeds) every score is the mean over the
 seeds, its interval a t-interval over seeds and eval items together, and every
 comparison a paired difference (studies/compare.py). Sections, after the paper:
 
-- the paper's findings: each claim's paired gain on the continuous metric and
-  on accuracy, with its interval and a verdict (studies/findings.py), and a
-  figure of the effects;
+- the paper's findings: each claim's paired gain on its category's primary
+  metric, with its Holm-adjusted interval and a verdict (studies/findings.py),
+  the secondary metrics, held-out text BPB and text tokens beside it, and a
+  figure of the effects; then the A/A null comparisons of twin arms against
+  their originals, with the rate at which they are called resolved;
 - Table 2: per arm and phase, NL reasoning, world knowledge, NL average,
   code, total, and the text / code tokens the model has seen in its chain;
 - relative change of every arm against the baseline (text-only);
@@ -27,8 +29,9 @@ comparison a paired difference (studies/compare.py). Sections, after the paper:
 
 This module puts the sections in order; each part owns its sections:
 report_rows (the rows and shared formatting), report_verdicts (the
-findings), report_tables (header, Table 2, relative change, cooldown,
-continuous metrics, intervals), report_laws (sweeps and mixture laws),
+findings), report_nulls (the A/A null comparisons), report_tables (header,
+Table 2, relative change, cooldown, continuous metrics, intervals),
+report_laws (sweeps and mixture laws),
 report_figures (scores, win rates, loss curves) and report_provenance
 (what ran).
 """
@@ -41,6 +44,7 @@ from proto import study_pb2
 from studies import (
     report_figures,
     report_laws,
+    report_nulls,
     report_provenance,
     report_rows,
     report_tables,
@@ -66,6 +70,7 @@ def write(study: study_pb2.Study, plan: Plan, state: State, out_dir: str) -> str
     laws = {sweep.name: report_laws.sweep_laws(study, sweep, by_ref) for sweep in study.sweeps}
     lines = report_tables.header_section(study, plan, rows, state)
     lines += report_verdicts.findings_section(study, by_ref, laws, figures)
+    lines += report_nulls.nulls_section(study, by_ref)
     lines += report_tables.table2(rows)
     lines += report_figures.figure_scores(last_rows, figures)
     if baseline is not None:

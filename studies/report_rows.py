@@ -161,6 +161,14 @@ def paired_gain(
 ):
     """A's gain over B (A - B; B - A for a loss), paired over the seeds both have
     evaluated and the items both scored; None when nothing pairs."""
+    diff = paired_units(a, b, category, metric, lower_better=lower_better)
+    return compare.estimate(diff) if diff else None
+
+
+def paired_units(
+    a: Row, b: Row, category: str, metric: str = compare.HEADLINE, *, lower_better=False
+) -> list[compare.Unit] | None:
+    """The units of A's gain over B (see paired_gain); None when nothing pairs."""
     seeds = [
         i
         for i, (x, y) in enumerate(zip(a.evaluations, b.evaluations))
@@ -175,7 +183,7 @@ def paired_gain(
     ub = [u for u in ub if u.name in names]
     if not ua:
         return None
-    return compare.paired(ub, ua) if lower_better else compare.paired(ua, ub)
+    return compare.difference(ub, ua) if lower_better else compare.difference(ua, ub)
 
 
 def _kind(source: str, kinds: dict[str, str]) -> str:

@@ -377,7 +377,8 @@ class Runner:
             return []
         j = self.study.judge
         baseline = self.plan.lookup(self.study.baseline)
-        refs = list(j.compare) or [arm.name for arm in self.study.arms]
+        # A twin repeats its original on other seeds: nothing for a judge to add.
+        refs = list(j.compare) or [arm.name for arm in self.study.arms if not arm.twin_of]
         judge_identity = self._judge_identity()
         out, seen = [], set()
         for ref in refs:

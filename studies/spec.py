@@ -5,7 +5,8 @@ Validation runs before anything starts and names the offending field
 seconds, not a training run. The facts other modules ask a spec for live
 here too: what "arm/phase" points at, a phase's chain of ancestors, its
 mixture, its budget in trained tokens, its learning-rate schedule, and the
-code fraction of a sweep arm.
+code fraction of a sweep arm. Twin arms and primary metrics are checked
+and expanded by studies/spec_verdicts.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from google.protobuf import text_format
 from libs import errors
 from libs.model import presets
 from proto import data_pb2, study_pb2, trainer_pb2
+from studies import spec_verdicts
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
 Kind = study_pb2.Phase.Kind
@@ -64,13 +66,14 @@ def parse(text: str, *, source: str = "<text>") -> study_pb2.Study:
     except text_format.ParseError as e:
         raise StudyError("spec", f"{source}: {e}") from None
     validate(study)
+    spec_verdicts.add_twin_arms(study)
     add_random_arms(study)
     validate(study)
     return study
 
 
 # Replicates of every phase at most (Study.seeds), and random mixtures per sweep.
-MAX_SEEDS = 16
+MAX_SEEDS = spec_verdicts.MAX_SEEDS
 MAX_RANDOM_MIXTURES = 16
 
 
@@ -236,7 +239,9 @@ def validate(study: study_pb2.Study) -> None:
         if arm.name in arm_names:
             raise StudyError(f"{field}.name", f"{arm.name!r} is used twice")
         arm_names.add(arm.name)
-        if not arm.phases:
+        if arm.twin_of:
+            spec_verdicts.check_twin(study, i)
+        elif not arm.phases:
             raise StudyError(f"{field}.phases", "an arm needs at least one phase")
         phase_names = set()
         for j, p in enumerate(arm.phases):
@@ -266,6 +271,7 @@ def validate(study: study_pb2.Study) -> None:
         _check_judge(study)
     for i, sweep in enumerate(study.sweeps):
         _check_sweep(study, f"sweeps[{i}]", sweep)
+    spec_verdicts.check_primary_metrics(study)
 
 
 def _check_mixture(field: str, m: data_pb2.MixtureSpec) -> None:
