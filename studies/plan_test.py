@@ -27,8 +27,8 @@ def tiny():
 def test_each_shared_phase_is_planned_once(tiny):
     plan = plan_lib.build(tiny)
     refs = [r.name(tiny) for r in spec.all_refs(tiny)]
-    assert len(refs) == 24  # with the sweep's two random mixtures
-    assert len(plan.phases) == 22
+    assert len(refs) == 26  # with the sweep's two random mixtures and the two twins
+    assert len(plan.phases) == 24
     # Explicit sharing (init_from) and identical spellings (the sweep's 0% and
     # 50% arms are the text-only and balanced inits) are each one training.
     assert plan.by_ref["code0/init"] is plan.by_ref["text-only/init"]
@@ -41,8 +41,8 @@ def test_each_shared_phase_is_planned_once(tiny):
         "balanced-to-text/continue",
     ]
     assert sorted(balanced.refs) == ["balanced-only/init", "code50/init"]
-    assert len({p.fingerprint for p in plan.phases}) == 22
-    assert len({p.run_id for p in plan.phases}) == 22
+    assert len({p.fingerprint for p in plan.phases}) == 24
+    assert len({p.run_id for p in plan.phases}) == 24
 
 
 def test_phases_come_in_dependency_order(tiny):
@@ -140,7 +140,7 @@ def test_run_specs(tiny):
 
 def test_describe_lists_every_training_once(tiny):
     text = plan_lib.describe(plan_lib.build(tiny))
-    assert "22 trainings" in text
+    assert "24 trainings" in text
     assert "(also code0/init)" in text
     assert "from balanced-to-text/continue" in text
 
@@ -156,7 +156,8 @@ def test_every_phase_trains_once_per_seed_from_its_own_seeds_parent():
     assert len({p.run_id for p in three.phases}) == len(three.phases)
     for name, replicates in three.replicates.items():
         assert [p.replicate for p in replicates] == [0, 1, 2]
-        assert [p.seed for p in replicates] == [0, 1, 2]
+        twin = name.split("/")[0] in ("code0.twin", "code25.twin")
+        assert [p.seed for p in replicates] == ([16, 17, 18] if twin else [0, 1, 2])
         for p in replicates:
             if p.parent is not None:
                 assert three.get(p.parent).replicate == p.replicate
@@ -167,6 +168,30 @@ def test_every_phase_trains_once_per_seed_from_its_own_seeds_parent():
     )
     assert spec_.seed == 2 and "-s2-" in spec_.run_id
     assert three.lookup("code0/init", replicate=1) is three.lookup("text-only/init", replicate=1)
+
+
+def test_a_twin_trains_its_originals_phases_on_seeds_of_its_own():
+    study = spec.parse(
+        open(os.path.join(SPECS, "tiny.textproto")).read()
+        + 'arms { name: "bt.twin" twin_of: "balanced-to-text" }\n'
+        + 'arms { name: "code0.twin2" twin_of: "code0" }\n'
+    )
+    plan = plan_lib.build(study)
+    for twin, original in [
+        ("code25.twin/init", "code25/init"),
+        ("bt.twin/continue", "balanced-to-text/continue"),
+    ]:
+        originals, twins = plan.replicates[original], plan.replicates[twin]
+        for o, t in zip(originals, twins):
+            assert t.fingerprint != o.fingerprint and t.run_id != o.run_id
+            assert t.mixture == o.mixture and t.steps == o.steps and t.parent == o.parent
+            assert t.replicate == o.replicate and t.seed == o.seed + spec.MAX_SEEDS
+    # A phase the twin starts from (init_from) is its original's parent, shared.
+    assert plan.lookup("bt.twin").parent == plan.lookup("balanced-only/init").fingerprint
+    # A second twin of one original starts past the first's seeds.
+    seeds = [p.seed for p in plan.replicates["code0.twin2/init"]]
+    assert seeds == [32, 33, 34]
+    assert plan.lookup("code0.twin") is not plan.lookup("code0")
 
 
 @pytest.mark.parametrize(

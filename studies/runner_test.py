@@ -196,10 +196,13 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
     out = str(tmp_path)
     r = _runner(study, out, address)
     report = r.run()
-    # 22 trainings (the sweep's two random mixtures among them), once per seed.
-    assert len(trainer.started) == 66
-    assert len(evaluator.evaluated) == 66
-    assert sorted(s.seed for s in trainer.started) == [0] * 22 + [1] * 22 + [2] * 22
+    # 24 trainings (the sweep's two random mixtures and two twins among them), once
+    # per seed; the twins' seeds start past the study's.
+    assert len(trainer.started) == 72
+    assert len(evaluator.evaluated) == 72
+    assert sorted(s.seed for s in trainer.started) == (
+        [0] * 22 + [1] * 22 + [2] * 22 + [16] * 2 + [17] * 2 + [18] * 2
+    )
     # Children start from their parent's final checkpoint, reported by the trainer.
     started_before = set()
     for s in trainer.started:
@@ -222,8 +225,8 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
 
     again = runner_lib.Runner(study, out, NoServices(out), log=lambda s: None)
     again.run()
-    assert again.trained == [] and len(again.reused) == 66 and again.evaluated == []
-    assert len(trainer.started) == 66
+    assert again.trained == [] and len(again.reused) == 72 and again.evaluated == []
+    assert len(trainer.started) == 72
 
 
 def test_a_mixture_the_data_service_refuses_stops_the_study_before_training(tmp_path, fakes):
@@ -326,4 +329,4 @@ def test_the_runner_script_plans_a_study_run_as_bazel_runs_it(tmp_path):
         env={**os.environ, "BUILD_WORKING_DIRECTORY": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "66 trainings" in done.stdout
+    assert "72 trainings" in done.stdout

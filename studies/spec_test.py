@@ -5,7 +5,7 @@ import pytest
 from google.protobuf import text_format
 
 from proto import trainer_pb2
-from studies import spec
+from studies import spec, spec_verdicts
 
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
@@ -296,3 +296,63 @@ def test_seeds_are_bounded(change, field):
 def test_random_mixtures_are_bounded():
     bad = (BASE + SWEEP).replace("random_mixtures: 3", "random_mixtures: 17")
     assert _error(bad).field == "sweeps[0].random_mixtures"
+
+
+TWIN = 'arms { name: "bt.twin" twin_of: "balanced-to-text" description: "null" }\n'
+
+
+def test_a_twin_takes_its_originals_init_from_and_phases():
+    study = spec.parse(BASE + TWIN)
+    twin, original = study.arms[2], study.arms[1]
+    assert twin.init_from == original.init_from == "balanced/init"
+    assert list(twin.phases) == list(original.phases)
+    assert spec_verdicts.twins(study) == [("bt.twin", "balanced-to-text")]
+    assert [spec_verdicts.seed_offset(study, i) for i in range(3)] == [0, 0, spec.MAX_SEEDS]
+    # Written out and loaded again, the twin keeps the phases it was given.
+    again = spec.parse(text_format.MessageToString(study))
+    assert list(again.arms) == list(study.arms)
+
+
+@pytest.mark.parametrize(
+    "twin, field, words",
+    [
+        ('arms { name: "x" twin_of: "nope" }', "arms[2].twin_of", "no arm named 'nope'"),
+        ('arms { name: "x" twin_of: "x" }', "arms[2].twin_of", "cannot be its own twin"),
+        (
+            TWIN + 'arms { name: "x" twin_of: "bt.twin" }',
+            "arms[3].twin_of",
+            "'bt.twin' is itself a twin (of 'balanced-to-text')",
+        ),
+        (
+            'arms { name: "x" twin_of: "balanced" '
+            'phases { name: "init" kind: PRETRAIN paper_tokens: 100e9 mixture_name: "text" } }',
+            "arms[2].phases",
+            "a twin repeats 'balanced'",
+        ),
+        (
+            'arms { name: "x" twin_of: "balanced" init_from: "balanced-to-text" }',
+            "arms[2].phases",
+            "leave them out",
+        ),
+    ],
+)
+def test_twin_errors_name_the_field(twin, field, words):
+    e = _error(BASE + twin)
+    assert e.field == field and words in str(e)
+
+
+def test_primary_metrics_are_declared_per_category():
+    study = spec.parse(BASE + 'primary_metrics { key: "nl_reasoning" value: "margin" }')
+    assert spec_verdicts.primary_metric(study, "nl_reasoning") == "margin"
+    assert spec_verdicts.primary_metric(study, "code") == "bpb"  # the default
+    tiny = spec.load(os.path.join(SPECS, "tiny.textproto"))
+    assert dict(tiny.primary_metrics) == {
+        "nl_reasoning": "prob_correct",
+        "world_knowledge": "bpb",
+        "code": "bpb",
+    }
+    # World knowledge generates its answers: it has no choices to normalise over.
+    e = _error(BASE + 'primary_metrics { key: "world_knowledge" value: "prob_correct" }')
+    assert e.field == "primary_metrics['world_knowledge']" and "not a metric" in str(e)
+    e = _error(BASE + 'primary_metrics { key: "total" value: "bpb" }')
+    assert e.field == "primary_metrics['total']" and "not a category" in str(e)
