@@ -178,6 +178,9 @@ def seed_se(values: Sequence[float] | None) -> float:
 # anything: over three it can only be +-1 or +-0.5.
 MIN_RANK_POINTS = 5
 
+# Errors closer than this are equal: the differences are rounding.
+_TIE = 1e-9
+
 
 def with_extrapolation(
     points: Sequence[tuple[str, float, float]],
@@ -259,11 +262,11 @@ class Surface:
 
     @property
     def beats_interpolation(self) -> bool:
-        return bool(self.validation) and self.held_out_rmse < self.interpolation_rmse
+        return bool(self.validation) and self.held_out_rmse < self.interpolation_rmse - _TIE
 
     @property
     def within_seed_noise(self) -> bool:
-        return math.isfinite(self.seed_noise) and self.held_out_rmse <= self.seed_noise
+        return math.isfinite(self.seed_noise) and self.held_out_rmse <= self.seed_noise + _TIE
 
     def verdict(self) -> str:
         """The law against its baselines, in words."""
