@@ -59,6 +59,9 @@ class PhaseResult:
     attempts: int = 1
     preemptions: int = 0
     failures: int = 0
+    # Where the last attempt's processes ran, by process id ("slice/worker id"
+    # on TPU slices); empty when the backend does not say.
+    hosts: tuple[str, ...] = ()
 
 
 def metrics_record(m: trainer_pb2.Metrics) -> dict:

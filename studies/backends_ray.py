@@ -1,26 +1,42 @@
 """The Ray backend: each training phase a gang of trainer processes on a Ray cluster.
 
-Capacity is a Ray custom resource, one unit per slice (`slice_resource`,
-e.g. set `resources: {"code_lab_slice": 1}` on each slice's first host; see
-docs/cluster.md). A phase on N hosts is:
+A phase on N hosts is a gang task that places N host bundles all at once
+(a Ray placement group: all or none), starts one `TrainerHost` actor per
+bundle, each running `python -m services.trainer.api.main --run_spec=...
+--distributed --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=i` (host 0's address is the gang's jax.distributed
+coordinator), and waits for them. Capacity, the phases that train at once,
+is the number of slices, counted in one of two ways (docs/cluster.md):
 
-1. a gang task holding one unit of that resource (Ray queues it until a
-   slice is free, so at most `capacity` phases train at once);
-2. inside it, a placement group of N bundles (one per host: `host_bundle`,
-   or a TPU slice's hosts via ray.util.tpu.slice_placement_group), which
-   Ray reserves all at once or not at all;
-3. one `TrainerHost` actor per bundle, each running
-   `python -m services.trainer.api.main --run_spec=... --distributed
-   --coordinator_address=HOST0:PORT --num_processes=N --process_id=i`;
-   host 0's address is the gang's jax.distributed coordinator.
+- TPU slices (`tpu_topology` and `tpu_version` set): the cluster's intact
+  slices of that topology, as Ray sees them from the labels TPU VMs declare
+  (`ray.io/tpu-slice-name`, `-worker-id`, `-pod-type`) and the head resource
+  (`TPU-<pod type>-head: 1` on worker 0). The gang reserves one slice's head
+  and then its hosts with `ray.util.tpu.slice_placement_group`, bundle i
+  pinned by label to TPU worker i: the trainer's process id is the host's
+  TPU worker id. The gang task itself holds nothing, so the head it
+  reserves is the slice's only head.
+- Other clusters: a Ray custom resource, one unit per slice
+  (`slice_resource`, e.g. `resources: {"code_lab_slice": 1}` on each slice's
+  first host); the gang task holds one unit, and its hosts are `hosts`
+  bundles of `host_bundle`.
 
-A worker that dies fails the gang: the others are killed, the placement
-group is released, and the gang starts again; the trainer resumes from the
-run's last committed checkpoint (its checkpoint directory is the same). A
-host lost to Ray (actor or node died) or a trainer ended by a signal
-(SIGTERM/SIGKILL: preemption, maintenance) counts as a preemption; a
-trainer that exits with an error counts as a failure. Each has its own
-bound (`max_preemptions`, `max_failures`); past it the phase fails.
+How a gang ends, and what is counted:
+
+- every trainer exits 0: the phase succeeded;
+- a host lost to Ray (actor or node died) or a trainer ended by a signal
+  (SIGTERM/SIGKILL: preemption, maintenance): a preemption, bounded by
+  `max_preemptions`;
+- a trainer that exits with an error: a failure;
+- the hosts not placed within `placement_timeout_s` (no intact slice, or a
+  bundle no host can hold): a failure reported as "unplaced";
+- no new metrics line for `stall_timeout_s` (a hung collective, a stuck
+  host): the gang is ended, a failure reported as "stalled".
+
+Failures of every kind share `max_failures`. Past a bound the phase fails;
+below it the gang starts again (a gang that ended early kills its other
+trainers and releases its placement groups, the head's included) and the
+trainer resumes from the run's last committed checkpoint.
 
 The outcome (metrics, final checkpoint) is read from the run directory's
 events.jsonl through libs/storage, where process 0 of the gang wrote it.
@@ -55,10 +71,23 @@ class GangPolicy:
     host_bundle: dict = dataclasses.field(default_factory=lambda: {"CPU": 1})
     # Set both for TPU slices: the gang's hosts are one slice's hosts.
     tpu_topology: str = ""  # e.g. "4x4" (v5e-16)
-    tpu_version: str = ""  # e.g. "v5e"
+    tpu_version: str = ""  # as Ray names it: "v4", "v5litepod" (v5e), "v5p", "v6e"
     max_failures: int = 2
     max_preemptions: int = 20
     placement_timeout_s: float = 600.0
+    # A gang whose metrics.jsonl has not grown for this long is ended and
+    # restarted (0: never). Longer than start-up plus compile plus the time
+    # between two logged steps.
+    stall_timeout_s: float = 1800.0
+    watch_interval_s: float = 10.0
+
+    def accelerator_type(self) -> str:
+        """Ray's name of the TPU type ("TPU-V5LITEPOD")."""
+        return "TPU-" + self.tpu_version.upper()
+
+
+class _Unplaced(Exception):
+    """The gang's hosts could not be placed in time."""
 
 
 def _free_port() -> int:
@@ -112,6 +141,87 @@ class TrainerHost:
         return code, tail
 
 
+def _place(policy: GangPolicy, hosts: int):
+    """Reserves the gang's hosts, all at once: (placement group, bundles,
+    release). Raises _Unplaced when they are not placed in time."""
+    import ray
+
+    timeout = policy.placement_timeout_s
+    if policy.tpu_topology:
+        from ray.util import tpu
+
+        hosts, _ = tpu.get_tpu_worker_resources(policy.tpu_topology, policy.tpu_version)
+        try:
+            slice_pg = tpu.slice_placement_group(
+                policy.tpu_topology,
+                policy.tpu_version,
+                # Bundle i on TPU worker i: process id i is the host's worker id.
+                bundle_label_selector=[
+                    {ray._raylet.RAY_NODE_TPU_WORKER_ID_KEY: str(i)} for i in range(hosts)
+                ],
+                head_reservation_timeout_s=timeout,
+            )
+        except (TimeoutError, RuntimeError) as e:
+            raise _Unplaced(
+                f"no {policy.tpu_version} {policy.tpu_topology} slice's head reserved in "
+                f"{timeout:.0f}s: {str(e)[:300]}"
+            ) from None
+        pg, release = slice_pg.placement_group, slice_pg.shutdown
+    else:
+        bundles = [dict(policy.host_bundle)] * hosts
+        pg = ray.util.placement_group(bundles, strategy="PACK" if hosts == 1 else "SPREAD")
+
+        def release():
+            ray.util.remove_placement_group(pg)
+
+    try:
+        ray.get(pg.ready(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        release()
+        raise _Unplaced(
+            f"{len(pg.bundle_specs)} hosts of {pg.bundle_specs[0]} not placed in {timeout:.0f}s"
+        ) from None
+    return pg, pg.bundle_specs, release
+
+
+def _hosts(pg) -> list[str]:
+    """Where each bundle was placed: "slice-name/worker-id" on a TPU host,
+    else the node id, in bundle (= process id) order."""
+    import ray
+
+    keys = ray._raylet
+    placed = ray.util.placement_group_table(pg)["bundles_to_node_id"]
+    labels = {n["NodeID"]: n.get("Labels") or {} for n in ray.nodes()}
+    out = []
+    for i in sorted(placed):
+        node = labels.get(placed[i], {})
+        name = node.get(keys.RAY_NODE_TPU_SLICE_NAME_KEY)
+        out.append(f"{name}/{node.get(keys.RAY_NODE_TPU_WORKER_ID_KEY)}" if name else placed[i])
+    return out
+
+
+class _Progress:
+    """When a run last logged a step: the size of its metrics.jsonl, which
+    process 0 appends to at every logged step."""
+
+    def __init__(self, metrics_uri: str):
+        self._uri = metrics_uri
+        self._size = self._read()
+        self._since = time.monotonic()
+
+    def _read(self) -> int:
+        try:
+            return storage.size(self._uri)
+        except FileNotFoundError:
+            return 0
+
+    def idle_s(self) -> float:
+        size = self._read()
+        if size != self._size:
+            self._size, self._since = size, time.monotonic()
+        return time.monotonic() - self._since
+
+
 def _run_gang(
     spec_text: str,
     hosts: int,
@@ -119,36 +229,29 @@ def _run_gang(
     flags: list[str],
     env: dict[str, str],
     log_dir: str,
+    metrics_uri: str,
 ) -> dict:
     """The gang task: places N hosts all or none, runs a trainer on each, and
-    returns how the gang ended: {"outcome": succeeded|failed|preempted, ...}."""
+    returns how the gang ended: {"outcome": succeeded | failed | preempted |
+    unplaced | stalled, ...}."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     host_actor = ray.remote(max_restarts=0)(TrainerHost)
-
-    if policy.tpu_topology:
-        from ray.util import tpu
-
-        slice_pg = tpu.slice_placement_group(policy.tpu_topology, policy.tpu_version)
-        pg = slice_pg.placement_group
-        bundles = pg.bundle_specs
-        hosts = len(bundles)  # a slice's hosts, one trainer process each
-    else:
-        bundles = [dict(policy.host_bundle)] * hosts
-        pg = ray.util.placement_group(bundles, strategy="PACK" if hosts == 1 else "SPREAD")
     try:
-        try:
-            ray.get(pg.ready(), timeout=policy.placement_timeout_s)
-            started = time.time()
-        except ray.exceptions.GetTimeoutError:
-            return {
-                "outcome": "failed",
-                "detail": f"{hosts} hosts of {bundles[0]} could not be placed in "
-                f"{policy.placement_timeout_s:.0f}s",
-            }
-        workers = []
-        for i, bundle in enumerate(bundles[:hosts]):
+        pg, bundles, release = _place(policy, hosts)
+    except _Unplaced as e:
+        return {"outcome": "unplaced", "detail": str(e)}
+    started = time.time()
+    workers = []
+    placed = _hosts(pg)
+
+    def end(outcome: str, **fields) -> dict:
+        times = {"started_at": started, "ended_at": time.time()}
+        return {"outcome": outcome, "hosts": placed, **times, **fields}
+
+    try:
+        for i, bundle in enumerate(bundles):
             resources = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
             workers.append(
                 host_actor.options(
@@ -160,6 +263,7 @@ def _run_gang(
                     ),
                 ).remote()
             )
+        hosts = len(workers)
         coordinator = ray.get(workers[0].coordinator.remote()) if hosts > 1 else ""
         refs = {
             w.train.remote(
@@ -167,38 +271,28 @@ def _run_gang(
             ): i
             for i, w in enumerate(workers)
         }
-        try:
-            while refs:
-                ready, _ = ray.wait(list(refs), num_returns=1)
-                i = refs.pop(ready[0])
-                try:
-                    code, tail = ray.get(ready[0])
-                except ray.exceptions.RayActorError as e:
-                    return {
-                        "outcome": "preempted",
-                        "worker": i,
-                        "detail": f"host lost: {e}",
-                        "started_at": started,
-                        "ended_at": time.time(),
-                    }
-                if code == 0:
-                    continue
+        progress = _Progress(metrics_uri)
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=policy.watch_interval_s)
+            if not ready:
+                idle = progress.idle_s()
+                if policy.stall_timeout_s and idle > policy.stall_timeout_s:
+                    return end("stalled", detail=f"no step logged for {idle:.0f}s")
+                continue
+            i = refs.pop(ready[0])
+            try:
+                code, tail = ray.get(ready[0])
+            except ray.exceptions.RayActorError as e:
+                return end("preempted", worker=i, detail=f"host lost: {e}")
+            if code != 0:
                 kind = "preempted" if code in _PREEMPTED_SIGNALS else "failed"
-                return {
-                    "outcome": kind,
-                    "worker": i,
-                    "code": code,
-                    "detail": tail,
-                    "started_at": started,
-                    "ended_at": time.time(),
-                }
-            return {"outcome": "succeeded", "started_at": started, "ended_at": time.time()}
-        finally:
-            # All or none: one worker down takes the others down with it.
-            for w in workers:
-                ray.kill(w)
+                return end(kind, worker=i, code=code, detail=tail)
+        return end("succeeded")
     finally:
-        ray.util.remove_placement_group(pg)
+        # All or none: one worker down takes the others down with it.
+        for w in workers:
+            ray.kill(w)
+        release()
 
 
 class RayBackend(Backend):
@@ -227,13 +321,7 @@ class RayBackend(Backend):
             ray.init(address=address, **(init_kwargs or {}))
         self._ray = ray
         self.policy = policy
-        slices = int(ray.cluster_resources().get(policy.slice_resource, 0))
-        if slices < 1:
-            raise ValueError(
-                f"slice_resource: the Ray cluster offers no {policy.slice_resource!r} "
-                f"resource (one unit per slice); it has {sorted(ray.cluster_resources())}"
-            )
-        self.capacity = slices
+        self.capacity = _count_slices(policy)
         self._flags = list(trainer_flags or [])
         self._env = default_env() if env is None else dict(env)
         self._log = log
@@ -254,6 +342,7 @@ class RayBackend(Backend):
         started = None  # when the first attempt's trainers started
         spec_text = text_format.MessageToString(job.spec)
         events_uri = storage.join(job.spec.checkpoint_dir, job.run_id, "events.jsonl")
+        metrics_uri = storage.join(job.spec.checkpoint_dir, job.run_id, "metrics.jsonl")
         resumed = storage.exists(events_uri)
         failures = preemptions = attempts = 0
         while True:
@@ -267,8 +356,11 @@ class RayBackend(Backend):
                 )
             )
             log_dir = os.path.join(self._log_dir, job.run_id, f"attempt-{attempts}")
-            ref = self._gang.options(resources={policy.slice_resource: 1}).remote(
-                spec_text, job.hosts, policy, self._flags, self._env, log_dir
+            # On TPU the gang reserves its slice's head itself; elsewhere it
+            # holds a unit of the slice resource while it runs.
+            holds = {} if policy.tpu_topology else {policy.slice_resource: 1}
+            ref = self._gang.options(resources=holds).remote(
+                spec_text, job.hosts, policy, self._flags, self._env, log_dir, metrics_uri
             )
             with self._lock:
                 self._inflight[job.run_id] = ref
@@ -286,22 +378,21 @@ class RayBackend(Backend):
             if job.run_id in self._cancelled or end["outcome"] == "cancelled":
                 raise PhaseFailed(f"{job.name}: run {job.run_id} cancelled; a rerun resumes it")
             if end["outcome"] == "succeeded":
+                self._log(f"{job.name}: gang done on {', '.join(end['hosts'])}")
                 break
-            where = f"worker {end.get('worker', '?')}"
             if end["outcome"] == "preempted":
                 preemptions += 1
                 over = preemptions > policy.max_preemptions
-                self._log(f"{job.name}: {where} preempted ({end.get('code', 'host lost')})")
             else:
                 failures += 1
                 over = failures > policy.max_failures
-                self._log(f"{job.name}: {where} failed (exit {end.get('code', '?')})")
+            what = _describe_end(end)
+            self._log(f"{job.name}: {what}")
             if over:
                 raise PhaseFailed(
                     f"{job.name}: run {job.run_id} gave up after {preemptions} preemptions and "
                     f"{failures} failures (limits {policy.max_preemptions} and "
-                    f"{policy.max_failures}); last: {where} {end['outcome']}:\n"
-                    f"{end.get('detail', '')}"
+                    f"{policy.max_failures}); last: {what}:\n{end.get('detail', '')}"
                 )
         outcome = RunOutcome().add_all(_read_events(events_uri))
         if not outcome.succeeded():
@@ -319,6 +410,7 @@ class RayBackend(Backend):
             attempts=attempts,
             preemptions=preemptions,
             failures=failures,
+            hosts=tuple(end["hosts"]),
         )
 
     def cancel(self, run_id: str) -> None:
@@ -337,6 +429,42 @@ class RayBackend(Backend):
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._owns_ray:
             self._ray.shutdown()
+
+
+def _describe_end(end: dict) -> str:
+    """One line for a gang that did not succeed."""
+    if end["outcome"] == "preempted":
+        return f"worker {end.get('worker', '?')} preempted ({end.get('code', 'host lost')})"
+    if end["outcome"] == "unplaced":
+        return f"gang not placed: {end['detail']}"
+    if end["outcome"] == "stalled":
+        return f"gang stalled, ended: {end['detail']}"
+    return f"worker {end.get('worker', '?')} failed (exit {end.get('code', '?')})"
+
+
+def _count_slices(policy: GangPolicy) -> int:
+    """The slices the cluster offers to the policy's gangs (see the module
+    docstring). Raises ValueError naming the option when there are none."""
+    import ray
+
+    if policy.tpu_topology:
+        from ray.util import tpu
+
+        slices = tpu.get_num_tpu_slices(policy.tpu_topology, policy.accelerator_type())
+        if slices < 1:
+            raise ValueError(
+                f"tpu_topology: the Ray cluster has no intact {policy.tpu_version} "
+                f"{policy.tpu_topology} slice (hosts with TPU chips, ray.io/tpu-slice-name, "
+                "-worker-id and -pod-type labels, the head resource on worker 0)"
+            )
+        return slices
+    slices = int(ray.cluster_resources().get(policy.slice_resource, 0))
+    if slices < 1:
+        raise ValueError(
+            f"slice_resource: the Ray cluster offers no {policy.slice_resource!r} "
+            f"resource (one unit per slice); it has {sorted(ray.cluster_resources())}"
+        )
+    return slices
 
 
 def _read_events(uri: str) -> list[trainer_pb2.RunEvent]:

@@ -8,6 +8,9 @@ gang host takes one CPU. Checked here:
   ends with the losses of a 1-host gang;
 - a gang whose host 1 trainer is SIGKILLed after a committed checkpoint is
   restarted (one preemption) and ends with the uninterrupted losses;
+- a gang whose host 1 trainer stops (SIGSTOP) logs no step; the watchdog
+  ends it after `stall_timeout_s` (one failure) and the restarted gang ends
+  with the uninterrupted losses;
 - two independent phases run at the same time with capacity 2, one after
   the other with capacity 1 (the trainers' own start and end times).
 """
@@ -143,6 +146,28 @@ def test_a_killed_gang_worker_restarts_the_gang_from_its_checkpoint(cluster, one
     backend.close()
     assert result.attempts == 2, result
     assert result.preemptions == 1 and result.failures == 0
+    assert result.final.step == STEPS
+    np.testing.assert_allclose(_losses(str(tmp_path), run_id), one_host, rtol=2e-4)
+
+
+def test_a_stalled_gang_is_ended_and_restarted(cluster, one_host, tmp_path):
+    # Host 1's trainer stopped (SIGSTOP): host 0 waits in a collective, no
+    # step is logged, and the watchdog ends the gang after stall_timeout_s.
+    run_id = f"stalled-{uuid.uuid4().hex[:6]}"
+    policy = backends_ray.GangPolicy(stall_timeout_s=30, watch_interval_s=1)
+    backend = backends_ray.RayBackend(policy=policy, log=print)
+    future = backend.submit(PhaseJob("stalled", _spec(run_id, str(tmp_path), cluster), hosts=2))
+    committed = tmp_path / run_id / "checkpoints" / "2"
+    deadline = time.monotonic() + 300
+    while not committed.exists():
+        assert not future.done(), future.result()
+        assert time.monotonic() < deadline, "no checkpoint committed in 300s"
+        time.sleep(0.1)
+    (pid,) = _trainer_pids(run_id, 1)
+    os.kill(pid, signal.SIGSTOP)
+    result = future.result(timeout=600)
+    backend.close()
+    assert result.attempts == 2 and result.failures == 1 and result.preemptions == 0, result
     assert result.final.step == STEPS
     np.testing.assert_allclose(_losses(str(tmp_path), run_id), one_host, rtol=2e-4)
 

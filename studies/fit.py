@@ -12,10 +12,21 @@ Two forms, each three parameters:
 
 The form is chosen by leave-one-out error over the fitted points (in-fit
 error when too few points remain), and the fit is validated on arms held out
-of the fit altogether (a sweep's held-out arm and its random mixtures): their
-prediction errors, RMSE, and the Spearman rank correlation of predicted with
-actual values (RegMix's test of a mixture law: does it rank unseen mixtures
-right?), so the reader sees how far to trust the predicted best fraction.
+of the fit altogether (a sweep's held-out arm, its random mixtures and, through
+`with_extrapolation`, its largest fraction, so that one held-out point lies
+beyond the fitted range). A law earns trust only against baselines, so each
+held-out point carries, beside the law's prediction:
+
+- the interpolation baseline (`interpolate`): straight lines between the
+  fitted arms' values, extended linearly beyond them. A law that does not
+  beat it adds nothing over the arms already run.
+- the seed noise: the standard error of the held-out arm's mean over seeds.
+  A law whose error is within it is as good as these means can show.
+
+The Spearman rank correlation of predicted with actual values (RegMix's test
+of a mixture law: does it rank unseen mixtures right?) is computed only over
+at least MIN_RANK_POINTS held-out points; over fewer it takes too few values
+to mean anything.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Callable, Collection, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -136,16 +147,85 @@ def leave_one_out_rmse(form: str, p: Sequence[float], y: Sequence[float]) -> flo
     return float(np.sqrt(np.mean(np.square(errors))))
 
 
+def interpolate(p_fit: Sequence[float], y_fit: Sequence[float], p) -> np.ndarray:
+    """The baseline a law must beat: straight lines between the fitted points'
+    values, piecewise linear in the fraction. Beyond the fitted range the end
+    segment is extended (linear extrapolation from the two nearest fitted
+    fractions), so an extrapolated point is held to the trend the data show
+    there rather than to a constant. Points at one fraction are averaged; with a
+    single fraction the baseline is that constant."""
+    p_fit, y_fit = np.asarray(p_fit, dtype=float), np.asarray(y_fit, dtype=float)
+    xs = np.unique(p_fit)
+    ys = np.array([y_fit[p_fit == x].mean() for x in xs])
+    p = np.asarray(p, dtype=float)
+    if len(xs) == 1:
+        return np.full_like(p, ys[0])
+    out = np.interp(p, xs, ys)
+    below, above = p < xs[0], p > xs[-1]
+    out[below] = ys[0] + (p[below] - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0])
+    out[above] = ys[-1] + (p[above] - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return out
+
+
+def seed_se(values: Sequence[float] | None) -> float:
+    """Standard error of a mean over seeds (NaN with fewer than two)."""
+    if values is None or len(values) < 2:
+        return math.nan
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+# Rank correlation over fewer held-out points takes too few values to mean
+# anything: over three it can only be +-1 or +-0.5.
+MIN_RANK_POINTS = 5
+
+# Errors closer than this are equal: the differences are rounding.
+_TIE = 1e-9
+
+
+def with_extrapolation(
+    points: Sequence[tuple[str, float, float]],
+    held_out: Collection[str],
+    *,
+    min_fitted: int = max(f.num_params for f in FORMS.values()) + 1,
+) -> list[str]:
+    """The held-out names, plus the largest-fraction point when none of them lies
+    beyond the fitted range, so that the law is tested on an extrapolation as
+    well as on interpolations. Added only when `min_fitted` distinct fractions
+    remain in the fit (by default enough to choose the form left-one-out)."""
+    held = list(held_out)
+    fitted = [(n, p) for n, p, _ in points if n not in held]
+    if not fitted:
+        return held
+    lo, hi = min(p for _, p in fitted), max(p for _, p in fitted)
+    if any(p < lo or p > hi for n, p, _ in points if n in held):
+        return held
+    top = [n for n, p in fitted if p == hi]
+    if len({p for _, p in fitted if p != hi}) < min_fitted:
+        return held
+    return held + top
+
+
 @dataclasses.dataclass
 class HeldOut:
     name: str
     fraction: float
     actual: float
-    predicted: float
+    predicted: float  # by the law
+    interpolated: float  # by the interpolation baseline (`interpolate`)
+    extrapolation: bool = False  # beyond the fitted range of fractions
+    seed_se: float = math.nan  # standard error of `actual` over seeds
 
     @property
     def error(self) -> float:
         return self.predicted - self.actual
+
+    @property
+    def interpolation_error(self) -> float:
+        return self.interpolated - self.actual
+
+
+def _rms(values: Sequence[float]) -> float:
+    return float(np.sqrt(np.mean(np.square(values)))) if len(values) else math.nan
 
 
 @dataclasses.dataclass
@@ -166,21 +246,65 @@ class Surface:
 
     @property
     def held_out_rmse(self) -> float:
+        return _rms([h.error for h in self.validation])
+
+    @property
+    def interpolation_rmse(self) -> float:
+        """The interpolation baseline's RMSE over the held-out points."""
+        return _rms([h.interpolation_error for h in self.validation])
+
+    @property
+    def seed_noise(self) -> float:
+        """Root mean square of the held-out points' standard errors over seeds:
+        the RMSE even a true law would show against these means (NaN unless
+        every held-out point has several seeds)."""
+        return _rms([h.seed_se for h in self.validation])
+
+    @property
+    def beats_interpolation(self) -> bool:
+        return bool(self.validation) and self.held_out_rmse < self.interpolation_rmse - _TIE
+
+    @property
+    def within_seed_noise(self) -> bool:
+        return math.isfinite(self.seed_noise) and self.held_out_rmse <= self.seed_noise + _TIE
+
+    def verdict(self) -> str:
+        """The law against its baselines, in words."""
         if not self.validation:
-            return math.nan
-        return float(np.sqrt(np.mean([h.error**2 for h in self.validation])))
+            return "not validated: no held-out points"
+        parts = [
+            "the law beats interpolation"
+            if self.beats_interpolation
+            else "the law does not beat interpolation"
+        ]
+        if self.within_seed_noise:
+            parts.append("its error is within the seed noise")
+        elif math.isfinite(self.seed_noise):
+            parts.append("its error exceeds the seed noise")
+        return "; ".join(parts)
 
     @property
     def spearman(self) -> float:
         """Rank correlation of predicted with actual over the held-out points
-        (NaN with fewer than three, or when either side is constant)."""
-        if len(self.validation) < 3:
+        (NaN with fewer than MIN_RANK_POINTS, or when either side is constant:
+        `spearman_note` says why)."""
+        if self.spearman_note:
             return math.nan
         actual = [h.actual for h in self.validation]
         predicted = [h.predicted for h in self.validation]
-        if len(set(actual)) < 2 or len(set(predicted)) < 2:
-            return math.nan
         return float(stats.spearmanr(actual, predicted).statistic)
+
+    @property
+    def spearman_note(self) -> str:
+        """Why the rank correlation is not computed; empty when it is."""
+        n = len(self.validation)
+        if n < MIN_RANK_POINTS:
+            return f"not computed: {n} held-out points (needs {MIN_RANK_POINTS})"
+        if len({h.actual for h in self.validation}) < 2:
+            return "not computed: the held-out values are all equal"
+        if len({h.predicted for h in self.validation}) < 2:
+            return "not computed: the predictions are all equal"
+        return ""
 
 
 def response_surface(
@@ -189,10 +313,12 @@ def response_surface(
     held_out: str | Collection[str] = (),
     forms: Sequence[str] = ("quadratic", "exp"),
     minimise: bool = False,
+    seeds: Mapping[str, Sequence[float]] | None = None,
 ) -> Surface:
     """Fits (name, code fraction, value) points, leaving the `held_out` names
     out to validate on; the best fraction maximises the fit (minimises it with
-    `minimise`, for a loss).
+    `minimise`, for a loss). `seeds`: per-seed values by name, whose spread
+    gives each held-out point's seed noise.
 
     Raises ValueError when the points left are too few for any form.
     """
@@ -216,9 +342,18 @@ def response_surface(
     best = candidates[chosen]
     lo, hi = float(min(t[1] for t in points)), float(max(t[1] for t in points))
     best_p, best_y = best.best_fraction(lo, hi, minimise=minimise)
+    seeds = seeds or {}
     validation = sorted(
         (
-            HeldOut(n, float(hp), float(hy), float(best.predict(hp)))
+            HeldOut(
+                n,
+                float(hp),
+                float(hy),
+                float(best.predict(hp)),
+                float(interpolate(p, y, [hp])[0]),
+                extrapolation=bool(hp < p.min() or hp > p.max()),
+                seed_se=seed_se(seeds.get(n)),
+            )
             for n, hp, hy in points
             if n in held
         ),

@@ -1,5 +1,6 @@
 """The code-proportion sweeps: each sweep's scores, the mixture law fitted to
-them (studies/fit.py), its validation on held-out arms, and its figure.
+them (studies/fit.py), its validation on held-out arms against the
+interpolation baseline and the seed noise, and its figure.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ class SweepLaw:
     targets: list[tuple[str, str, str]]  # (category, metric, title)
     laws: dict[tuple[str, str], fit_lib.Surface | str]
 
+    @property
+    def extrapolated(self) -> set[str]:
+        """Held-out arms beyond the fitted range of code fractions."""
+        held = set(self.held_out)
+        fitted = [f for arm, f, _ in self.points if arm not in held]
+        if not fitted:
+            return set()
+        lo, hi = min(fitted), max(fitted)
+        return {arm for arm, f, _ in self.points if arm in held and not lo <= f <= hi}
+
 
 def heldout_sources(rows: list[report_rows.Row]) -> list[str]:
     sources = set()
@@ -58,38 +69,59 @@ def sweep_laws(study, sweep, by_ref) -> SweepLaw:
         (arm, fraction, by_ref[ref.name(study)])
         for arm, ref, fraction in spec_lib.sweep_points(study, sweep)
     ]
-    held = spec_lib.held_out_arms(study, sweep)
+    # The spec's held-out arms are interpolations; the largest fraction joins
+    # them, when the sweep has arms to spare, to test the law beyond its range.
+    held = fit_lib.with_extrapolation(
+        [(arm, f, 0.0) for arm, f, _ in points], spec_lib.held_out_arms(study, sweep)
+    )
     targets = [
         ("heldout", s, f"held-out `{s}` BPB") for s in heldout_sources([p[2] for p in points])
     ]
     targets += LAW_CATEGORY_METRICS
     laws: dict[tuple[str, str], fit_lib.Surface | str] = {}
     for cat, metric, _ in targets:
-        data = []
+        data, seeds = [], {}
         for arm, f, row in points:
             m = row.metric(cat, metric)
             if m is not None:
                 data.append((arm, f, m.value))
+                seeds[arm] = seed_values(row, cat, metric)
         if len(data) < len(points):
             laws[(cat, metric)] = f"{len(points) - len(data)} arms not evaluated yet"
             continue
         try:
             laws[(cat, metric)] = fit_lib.response_surface(
-                data, held_out=held, forms=("exp", "quadratic"), minimise=True
+                data, held_out=held, forms=("exp", "quadratic"), minimise=True, seeds=seeds
             )
         except ValueError as e:
             laws[(cat, metric)] = str(e)
     return SweepLaw(points, held, targets, laws)
 
 
+def seed_values(row: report_rows.Row, category: str, metric: str) -> list[float]:
+    """A row's metric seed by seed (empty with fewer than two seeds): each
+    seed's mean over the items, whose average is the row's metric."""
+    done = [e for e in row.evaluations if e is not None]
+    units = compare.units(done, category, metric)
+    if len(done) < 2 or not units:
+        return []
+    return [
+        compare.interval(
+            [compare.Unit(u.name, u.values[s : s + 1], u.denominator) for u in units]
+        ).value
+        for s in range(len(done))
+    ]
+
+
 def sweep_section(study, sweep, law: SweepLaw, figures: str) -> list[str]:
     lines = [f"## Code proportion: sweep `{sweep.name}`", ""]
-    held = set(law.held_out)
+    held, extrapolated = set(law.held_out), law.extrapolated
     header = ["Arm", "Code fraction", "In the fit"] + [t for _, t in report_rows.CATEGORIES]
     header += [title for _, _, title in law.targets]
     body = []
     for arm, f, row in law.points:
-        cells = [arm, f"{f:.1%}", "held out" if arm in held else "yes"]
+        fitted = "held out" if arm in held else "yes"
+        cells = [arm, f"{f:.1%}", fitted + (" (extrapolation)" if arm in extrapolated else "")]
         cells += [
             report_rows.pct(row.scores[c][0]) if c in row.scores else "—"
             for c, _ in report_rows.CATEGORIES
@@ -111,27 +143,36 @@ def sweep_section(study, sweep, law: SweepLaw, figures: str) -> list[str]:
         f"Each continuous target is fitted as a function of the code fraction r on the "
         f"arms in the fit, in the data-mixing-law form c + k*exp(t*r) (Ye et al., 2024) or "
         f"a quadratic, whichever predicts the fitted arms better left-one-out, then "
-        f"validated on arms it never saw: {', '.join(f'`{h}`' for h in law.held_out)}. "
-        "Spearman ρ ranks the held-out arms by predicted against actual value (over "
-        "three arms it can only be ±1 or ±0.5: read it with the held-out errors).",
+        f"validated on arms it never saw: {_held_text(law)}. "
+        "The law's held-out RMSE stands beside two baselines: interpolation (straight "
+        "lines between the fitted arms' means, the end segment extended beyond them) and "
+        "the seed noise (the root mean square of the held-out arms' standard errors over "
+        "seeds). A law that does not beat interpolation predicts no better than the arms "
+        "already run; one within the seed noise is as good as these means can show. "
+        f"Spearman ρ ranks the held-out arms by predicted against actual value, computed "
+        f"only over at least {fit_lib.MIN_RANK_POINTS} of them (over fewer it takes too "
+        "few values to mean anything).",
         "",
     ]
     fit_rows = []
     for cat, metric, title in law.targets:
         s = law.laws[(cat, metric)]
         if isinstance(s, str):
-            fit_rows.append([title, "—", s, "—", "—", "—", "—", "—"])
+            fit_rows.append([title, "—", s] + ["—"] * 8)
             continue
         fit_rows.append(
             [
                 title,
                 s.fit.form,
                 s.fit.describe(),
-                "—" if math.isnan(s.loo_rmse[s.fit.form]) else f"{s.loo_rmse[s.fit.form]:.3f}",
-                f"{s.held_out_rmse:.3f}",
-                "—" if math.isnan(s.spearman) else f"{s.spearman:+.2f} ({len(s.validation)})",
+                _num(s.loo_rmse[s.fit.form]),
+                _num(s.held_out_rmse),
+                _num(s.interpolation_rmse),
+                _num(s.seed_noise),
+                s.verdict(),
+                s.spearman_note or f"{s.spearman:+.2f} ({len(s.validation)})",
                 f"{s.best_fraction:.0%}",
-                "; ".join(f"`{h.name}` {h.actual:.3f} vs {h.predicted:.3f}" for h in s.validation),
+                "; ".join(_held_out_text(h) for h in s.validation),
             ]
         )
     lines += report_rows.table(
@@ -141,9 +182,12 @@ def sweep_section(study, sweep, law: SweepLaw, figures: str) -> list[str]:
             "Parameters",
             "LOO RMSE",
             "Held-out RMSE",
+            "Interpolation RMSE",
+            "Seed noise",
+            "Law against baselines",
             "Spearman ρ (n)",
             "Lowest at",
-            "Held out: actual vs predicted",
+            "Held out: actual vs law (interpolation)",
         ],
         fit_rows,
     )
@@ -153,6 +197,21 @@ def sweep_section(study, sweep, law: SweepLaw, figures: str) -> list[str]:
         _law_figure(law, sweep.name, os.path.join(figures, path))
         lines += [f"![Code proportion sweep {sweep.name}](figures/{path})", ""]
     return lines
+
+
+def _num(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.3f}"
+
+
+def _held_text(law: SweepLaw) -> str:
+    return ", ".join(
+        f"`{h}`" + (" (extrapolation)" if h in law.extrapolated else "") for h in law.held_out
+    )
+
+
+def _held_out_text(h: fit_lib.HeldOut) -> str:
+    where = " (extrapolation)" if h.extrapolation else ""
+    return f"`{h.name}`{where} {h.actual:.3f} vs {h.predicted:.3f} ({h.interpolated:.3f})"
 
 
 def _sweep_effects(law: SweepLaw) -> list[str]:

@@ -232,9 +232,17 @@ def test_report_from_recorded_results(tmp_path, tiny):
     # The mixture law on held-out code BPB (1.75 - share), validated on held-out arms.
     law = _table_rows(text, "### Mixture law")
     heldout_code = next(r for r in law if r.startswith("| held-out `code` BPB |"))
-    assert "| +1.00 (3) | 100% |" in heldout_code
-    assert "`code75` 1.000 vs 1.000" in heldout_code
+    # Linear in the share: the law is exact, and so is interpolation.
+    assert "| 0.000 | 0.000 | 0.000 | the law does not beat interpolation;" in heldout_code
+    assert "| not computed: 4 held-out points (needs 5) | 100% |" in heldout_code
+    assert "`code75` 1.000 vs 1.000 (1.000)" in heldout_code
     assert "`code-proportion.random0`" in heldout_code
+    # The largest code fraction is held out too, beyond the fitted range.
+    assert "`code100` (extrapolation) 0.750 vs 0.750 (0.750)" in heldout_code
+    sweep = _table_rows(text, "## Code proportion: sweep")
+    assert next(r for r in sweep if r.startswith("| code100 |")).startswith(
+        "| code100 | 100.0% | held out (extrapolation) |"
+    )
 
     assert "## Cooldown" in text
     assert "cooldown-code20/cooldown" in text and "balanced-to-text/continue (no cooldown)" in text
@@ -276,6 +284,30 @@ def test_report_from_recorded_results(tmp_path, tiny):
         with open(tmp_path / "figures" / name, "rb") as f:
             assert f.read(8) == PNG
         assert f"figures/{name}" in text
+
+
+def test_the_law_is_weighed_against_the_seed_noise(tmp_path, tiny):
+    plan = plan_lib.build(tiny)
+    state = State(str(tmp_path))
+    _record(tiny, plan, state, judge=False)
+    settings = spec.eval_settings(tiny)
+    for p in plan.phases:  # held-out code BPB 1% low, exact, 1% high on seeds 0, 1, 2
+        record = state.evaluation(p.fingerprint, settings)
+        for r in record["results"]:
+            if r["task"] == "heldout_bpb":
+                nll = r["per_example"]["code/nll"]["values"]
+                r["per_example"]["code/nll"]["values"] = [
+                    x * (1 + 0.01 * (p.replicate - 1)) for x in nll
+                ]
+        state.finish_evaluation(p.fingerprint, settings, record)
+    text = open(report.write(tiny, plan, state, str(tmp_path))).read()
+    law = _table_rows(text, "### Mixture law")
+    heldout_code = next(r for r in law if r.startswith("| held-out `code` BPB |"))
+    # The standard error over seeds of a mean m is m * 0.01 / sqrt(3); its root mean
+    # square over code75 (1.000), code100 (0.750) and the random mixtures (1.113, 1.480).
+    noise = math.sqrt(sum((m * 0.01 / math.sqrt(3)) ** 2 for m in (1.0, 0.75, 1.113, 1.48)) / 4)
+    assert f"| 0.000 | 0.000 | {noise:.3f} |" in heldout_code
+    assert "its error is within the seed noise" in heldout_code
 
 
 def test_partial_results_still_make_a_report(tmp_path, tiny):

@@ -488,6 +488,8 @@ class Options:
     data_replicas: list = dataclasses.field(default_factory=list)  # more data services
     max_failures: int = 2
     max_preemptions: int = 20
+    placement_timeout_s: float = 600.0
+    stall_timeout_s: float = 1800.0
 
 
 RUNNER_LOCK = "runner.lock"
@@ -619,6 +621,8 @@ def make_backend(options: Options, trainer_flags: list[str], log) -> Backend | N
         tpu_version=options.tpu_version,
         max_failures=options.max_failures,
         max_preemptions=options.max_preemptions,
+        placement_timeout_s=options.placement_timeout_s,
+        stall_timeout_s=options.stall_timeout_s,
     )
     init = {}
     if not options.ray_address:

@@ -80,6 +80,15 @@ flags.DEFINE_list(
 flags.DEFINE_integer("hosts_per_phase", 1, "Trainer processes (hosts) of each phase's gang.")
 flags.DEFINE_integer("max_failures", 2, "Restarts of a phase after trainer errors, at most.")
 flags.DEFINE_integer("max_preemptions", 20, "Restarts of a phase after lost hosts, at most.")
+flags.DEFINE_float(
+    "placement_timeout_s", 600, "Ray backend: a gang not placed in this time fails (unplaced)."
+)
+flags.DEFINE_float(
+    "stall_timeout_s",
+    1800,
+    "Ray backend: a gang that logs no step for this long is ended and restarted "
+    "(0: never); longer than start-up, compile and the time between logged steps.",
+)
 flags.mark_flag_as_required("spec")
 
 
@@ -122,6 +131,8 @@ def main(argv):
         data_replicas=FLAGS.data_replicas,
         max_failures=FLAGS.max_failures,
         max_preemptions=FLAGS.max_preemptions,
+        placement_timeout_s=FLAGS.placement_timeout_s,
+        stall_timeout_s=FLAGS.stall_timeout_s,
     )
     sys.exit(runner.main(options))
 

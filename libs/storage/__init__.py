@@ -18,6 +18,7 @@ from libs.storage.storage import (  # noqa: F401
     read_bytes,
     read_text,
     remove,
+    size,
     upload_tree,
     write_bytes,
     write_text,

@@ -209,6 +209,17 @@ def listdir(uri: str) -> list[str]:
     return sorted(os.listdir(uri))
 
 
+def size(uri: str) -> int:
+    """A file's size in bytes; FileNotFoundError when there is none."""
+    uri = os.fspath(uri)
+    if is_gcs(uri):
+        try:
+            return int(filesystem().size(_key(uri)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{uri}: no such object") from None
+    return os.path.getsize(uri)
+
+
 def read_bytes(uri: str) -> bytes:
     uri = os.fspath(uri)
     if is_gcs(uri):

@@ -59,6 +59,7 @@ def test_append_survives_reopen(root):
         f.flush()
         # Visible after a flush, before the close: what a killed process leaves.
         assert storage.read_text(path) == "1\n"
+        assert storage.size(path) == 2
         f.write("2\n")
     with storage.open(path, "a") as f:
         f.write("3\n")
@@ -66,6 +67,9 @@ def test_append_survives_reopen(root):
         assert f.read() == "1\n2\n3\n"
     with storage.open(path, "rb") as f:
         assert f.read() == b"1\n2\n3\n"
+    assert storage.size(path) == 6
+    with pytest.raises(FileNotFoundError):
+        storage.size(storage.join(root, "missing.jsonl"))
 
 
 def test_open_for_writing_and_missing_files(root):
