@@ -58,6 +58,9 @@ import numpy as np
 from services.data import decontam, sources as sources_lib
 
 FORMAT = "code_lab.corpus/1"
+# Sources in shards ("shards": [{tokens_file, offsets_file, num_tokens, ...}]),
+# written by the sharded build (pipeline.py).
+SHARDED_FORMAT = "code_lab.corpus/2"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 TOKEN_DTYPE = np.dtype("<u4")
@@ -97,9 +100,10 @@ class Corpus:
             raise FileNotFoundError(f"no corpus at {self.path} (missing {MANIFEST})")
         with open(manifest_path) as f:
             self.manifest = json.load(f)
-        if self.manifest.get("format") != FORMAT:
+        if self.manifest.get("format") not in (FORMAT, SHARDED_FORMAT):
             raise ValueError(
-                f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}"
+                f"{manifest_path}: format {self.manifest.get('format')!r}, expected "
+                f"{FORMAT!r} or {SHARDED_FORMAT!r}"
             )
         self.sources = [
             SourceInfo(
@@ -129,31 +133,46 @@ class Corpus:
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
 
-    def _file(self, name: str, key: str) -> str:
+    def _shards(self, name: str) -> list[dict]:
+        """The source's files: one {tokens_file, offsets_file, num_tokens} a shard."""
         entry = next(s for s in self.manifest["sources"] if s["name"] == name)
-        return os.path.join(self.path, entry[key])
+        return entry.get("shards") or [entry]
 
-    def tokens(self, name: str) -> np.ndarray:
-        """The source's flat uint32 token array (read-only, memory-mapped)."""
+    def tokens(self, name: str):
+        """The source's uint32 tokens, read-only and memory-mapped: an array
+        for a source in one file, a Concatenated view over its shards'."""
         arr = self._tokens.get(name)
         if arr is None:
-            info = self._by_name[name]
-            if info.num_tokens == 0:
-                arr = np.zeros(0, TOKEN_DTYPE)
-            else:
+            parts = [
                 # A plain ndarray view: fancy indexing on np.memmap subclasses
                 # is measurably slower.
-                arr = np.memmap(
-                    self._file(name, "tokens_file"), TOKEN_DTYPE, "r", shape=(info.num_tokens,)
+                np.memmap(
+                    os.path.join(self.path, s["tokens_file"]),
+                    TOKEN_DTYPE,
+                    "r",
+                    shape=(s["num_tokens"],),
                 ).view(np.ndarray)
+                for s in self._shards(name)
+                if s["num_tokens"]
+            ]
+            if not parts:
+                arr = np.zeros(0, TOKEN_DTYPE)
+            else:
+                arr = parts[0] if len(parts) == 1 else Concatenated(parts)
             self._tokens[name] = arr
         return arr
 
     def offsets(self, name: str) -> np.ndarray:
-        """Document boundaries: document i is tokens[offsets[i]:offsets[i+1]]."""
+        """Document boundaries over the source's tokens (its shards in order):
+        document i is tokens[offsets[i]:offsets[i+1]]."""
         arr = self._offsets.get(name)
         if arr is None:
-            arr = np.fromfile(self._file(name, "offsets_file"), OFFSET_DTYPE)
+            parts, base = [np.zeros(1, OFFSET_DTYPE)], 0
+            for s in self._shards(name):
+                off = np.fromfile(os.path.join(self.path, s["offsets_file"]), OFFSET_DTYPE)
+                parts.append(off[1:] + base)
+                base += int(off[-1]) if off.size else 0
+            arr = np.concatenate(parts)
             self._offsets[name] = arr
         return arr
 
@@ -184,6 +203,44 @@ class Corpus:
 
             self._tokenizer = tokenizer.load(os.path.join(self.path, TOKENIZER))
         return self._tokenizer
+
+
+class Concatenated:
+    """Read-only arrays end to end, indexed as one: an int, a slice (one
+    shard's view when it lies in one) or an integer array (gathered shard by
+    shard)."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = list(parts)
+        self.starts = np.concatenate([[0], np.cumsum([p.size for p in self.parts])])
+        self.size = int(self.starts[-1])
+        self.dtype = self.parts[0].dtype
+        self.shape = (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.size)
+            if step != 1:
+                raise IndexError("Concatenated: slices take step 1")
+            i = int(np.searchsorted(self.starts, start, "right")) - 1
+            if stop <= self.starts[i + 1] or start >= stop:
+                return self.parts[min(i, len(self.parts) - 1)][
+                    start - self.starts[i] : max(stop, start) - self.starts[i]
+                ]
+            return self[np.arange(start, stop)]
+        if np.isscalar(index):
+            i = int(np.searchsorted(self.starts, index, "right")) - 1
+            return self.parts[i][index - self.starts[i]]
+        index = np.asarray(index)
+        which = np.searchsorted(self.starts, index, "right") - 1
+        out = np.empty(index.shape, self.dtype)
+        for i in np.unique(which):
+            mask = which == i
+            out[mask] = self.parts[i][index[mask] - self.starts[i]]
+        return out
 
 
 # ---------------------------------------------------------------------------
