@@ -1,8 +1,12 @@
 """Corpus CLI: `bazel run //services/data:corpus -- build|inspect [flags]`.
 
-build    builds a corpus from the default sources (real material on this
-         machine) or from a source-spec file (--sources=spec.json; see
-         sources.load_spec_file), and prints the decontamination report.
+build    builds the default corpus (real material on this machine, in this
+         process), or the corpus of a source-spec file (--sources=spec.json;
+         see sources.load_spec_file and services/data/recipes/) with the
+         sharded build (pipeline.py): its input files spread over Ray
+         workers (--workers on this machine, or --ray_address), written to
+         a folder or gs://, resumed when run again after a stop; then prints
+         the decontamination report.
 inspect  prints a corpus's sources and, with --mixture, the mixture's
          token plan (tokens and epochs per source), the sources of one
          sample batch and its first row decoded, segment by segment.
@@ -38,6 +42,15 @@ _BENCHMARKS = flags.DEFINE_string(
     None,
     "build: benchmarks to decontaminate against ('' for none but HumanEval).",
 )
+_WORKERS = flags.DEFINE_integer(
+    "workers", 0, "build --sources: Ray workers on this machine (0: build in this process)."
+)
+_RAY_ADDRESS = flags.DEFINE_string(
+    "ray_address", "", "build --sources: a running Ray cluster to build on (e.g. auto)."
+)
+_SAMPLE = flags.DEFINE_integer(
+    "tokenizer_sample_chars", 2_000_000, "build: characters the tokenizer is trained on, in all."
+)
 _MIXTURE = flags.DEFINE_string(
     "mixture", None, 'inspect: "text=0.75,code=0.25", or a mixture JSON file (Mixture.from_json).'
 )
@@ -55,16 +68,31 @@ def _build(path: str) -> None:
     config = corpus.BuildConfig(
         vocab_size=_VOCAB.value,
         tokenizer_file=paths.resolve(_TOKENIZER.value),
+        tokenizer_sample_chars=_SAMPLE.value,
         benchmarks_dir=paths.resolve(_BENCHMARKS.value),
     )
-    if _SOURCES.value:
-        specs = sources.load_spec_file(paths.resolve(_SOURCES.value))
-    else:
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if not _SOURCES.value:
         specs = sources.default_sources(_SCALE.value)
         config = dataclasses.replace(
             config, recipe=corpus.default_recipe(_SCALE.value, _VOCAB.value)
         )
-    corpus.build(specs, path, config, log=lambda s: print(s, flush=True))
+        corpus.build(specs, path, config, log=log)
+        return
+    from services.data import pipeline
+
+    specs = sources.load_spec_file(paths.resolve(_SOURCES.value))
+    try:
+        manifest = pipeline.build_sharded(
+            specs, path, config, workers=_WORKERS.value, ray_address=_RAY_ADDRESS.value, log=log
+        )
+    except errors.FieldError as e:
+        sys.exit(f"error ({type(e).__name__}): {e}")
+    from services.data import decontam
+
+    print(decontam.format_report(manifest["decontamination"]))
+    for s in manifest["sources"]:
+        print(f"{s['name']}: {s['num_tokens']} tokens, dropped {s['dropped']}")
 
 
 def _load_mixture(text: str) -> mixture.Mixture:
@@ -99,7 +127,7 @@ def _inspect(path: str) -> None:
         )
         batch = reader.batch(_STEP.value)
     except errors.FieldError as e:
-        sys.exit(f"error ({e.code}): {e}")
+        sys.exit(f"error ({type(e).__name__}): {e}")
     print(f"\nmixture {mix.name or _MIXTURE.value}: plan over {budget} tokens")
     for name, (tokens, epochs) in plan.items():
         print(f"  {name:<16}{tokens:>14} tokens {epochs:>10.3f} epochs")

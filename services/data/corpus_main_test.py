@@ -32,7 +32,7 @@ def test_build_then_inspect(tmp_path):
         "--vocab_size=300",
         f"--benchmarks_dir={tmp_path / 'bench'}",
     )
-    assert "decontamination:" in out and "encoded code:" in out
+    assert "decontamination:" in out and "code: " in out and "shards" in out
 
     out = run(
         "inspect",
