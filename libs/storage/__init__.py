@@ -16,6 +16,7 @@ from libs.storage.storage import (  # noqa: F401
     parent,
     prepare_gcs,
     read_bytes,
+    read_range,
     read_text,
     remove,
     size,

@@ -68,6 +68,8 @@ def test_append_survives_reopen(root):
     with storage.open(path, "rb") as f:
         assert f.read() == b"1\n2\n3\n"
     assert storage.size(path) == 6
+    assert storage.read_range(path, 2, 3) == b"2\n3"
+    assert storage.read_range(path, 4, 10) == b"3\n"  # short at the end
     with pytest.raises(FileNotFoundError):
         storage.size(storage.join(root, "missing.jsonl"))
 

@@ -30,6 +30,14 @@ arrays add a layer we do not need on a local disk. uint32 holds any
 vocabulary (the paper's 256k does not fit uint16). The offsets are small
 (8 bytes per document) and are read into memory.
 
+A corpus on gs:// (the sharded build writes there as well as to a folder)
+is read without copying it: the offsets are read whole, the tokens by byte
+range through a block cache shared by every source and stream of the Corpus
+(`cache_bytes`, least recently used blocks evicted), so a data replica holds
+what it serves now, not every source of its mixtures. The stream's read
+ahead (the service's --read_ahead) assembles later batches, and so fetches
+their blocks, while earlier ones are sent.
+
 Building (`build`): every source is read through `sources.iter_source`
 (one `datasets` code path for local files, Hugging Face names and registered
 readers), exact duplicates are dropped, documents sharing a 13-gram with a
@@ -41,6 +49,7 @@ name and renamed into place, so a killed build leaves no half corpus.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -50,12 +59,15 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from services.data import decontam, sources as sources_lib
+from libs import storage
+from services.data import decontam
+from services.data import sources as sources_lib
 
 FORMAT = "code_lab.corpus/1"
 # Sources in shards ("shards": [{tokens_file, offsets_file, num_tokens, ...}]),
@@ -90,16 +102,18 @@ class SourceInfo:
 
 
 class Corpus:
-    """A built corpus, opened for reading. Token arrays are memory-mapped on
-    first use; nothing is read until a window is gathered."""
+    """A built corpus, opened for reading: a folder (token arrays memory-mapped
+    on first use) or gs:// (tokens read by range through a block cache of
+    `cache_bytes`); nothing is read until a window is gathered."""
 
-    def __init__(self, path: str):
-        self.path = os.path.abspath(path)
-        manifest_path = os.path.join(self.path, MANIFEST)
-        if not os.path.exists(manifest_path):
+    def __init__(self, path: str, *, cache_bytes: int = 512 << 20):
+        self.remote = storage.is_gcs(path)
+        self.path = path.rstrip("/") if self.remote else os.path.abspath(path)
+        manifest_path = storage.join(self.path, MANIFEST)
+        if not storage.exists(manifest_path):
             raise FileNotFoundError(f"no corpus at {self.path} (missing {MANIFEST})")
-        with open(manifest_path) as f:
-            self.manifest = json.load(f)
+        self.manifest = json.loads(storage.read_text(manifest_path))
+        self._blocks = BlockCache(cache_bytes) if self.remote else None
         if self.manifest.get("format") not in (FORMAT, SHARDED_FORMAT):
             raise ValueError(
                 f"{manifest_path}: format {self.manifest.get('format')!r}, expected "
@@ -144,14 +158,7 @@ class Corpus:
         arr = self._tokens.get(name)
         if arr is None:
             parts = [
-                # A plain ndarray view: fancy indexing on np.memmap subclasses
-                # is measurably slower.
-                np.memmap(
-                    os.path.join(self.path, s["tokens_file"]),
-                    TOKEN_DTYPE,
-                    "r",
-                    shape=(s["num_tokens"],),
-                ).view(np.ndarray)
+                self._token_file(s["tokens_file"], s["num_tokens"])
                 for s in self._shards(name)
                 if s["num_tokens"]
             ]
@@ -169,12 +176,21 @@ class Corpus:
         if arr is None:
             parts, base = [np.zeros(1, OFFSET_DTYPE)], 0
             for s in self._shards(name):
-                off = np.fromfile(os.path.join(self.path, s["offsets_file"]), OFFSET_DTYPE)
+                uri = storage.join(self.path, s["offsets_file"])
+                off = np.frombuffer(storage.read_bytes(uri), OFFSET_DTYPE)
                 parts.append(off[1:] + base)
                 base += int(off[-1]) if off.size else 0
             arr = np.concatenate(parts)
             self._offsets[name] = arr
         return arr
+
+    def _token_file(self, rel: str, size: int):
+        uri = storage.join(self.path, rel)
+        if self.remote:
+            return RangeArray(uri, TOKEN_DTYPE, size, self._blocks)
+        # A plain ndarray view: fancy indexing on np.memmap subclasses is
+        # measurably slower.
+        return np.memmap(uri, TOKEN_DTYPE, "r", shape=(size,)).view(np.ndarray)
 
     def document(self, name: str, i: int) -> np.ndarray:
         off = self.offsets(name)
@@ -186,23 +202,96 @@ class Corpus:
         entry = next(s for s in self.manifest["sources"] if s["name"] == name)
         if "heldout" not in entry:
             return []
-        with open(os.path.join(self.path, entry["heldout"]["file"]), encoding="utf-8") as f:
-            return [json.loads(line)["text"] for line in f if line.strip()]
+        text = storage.read_text(storage.join(self.path, entry["heldout"]["file"]))
+        return [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
 
     def tokenizer_json(self) -> str:
         """The tokenizer as HF `tokenizers` JSON ("" if the corpus has none)."""
-        path = os.path.join(self.path, self.manifest["tokenizer"].get("file", TOKENIZER))
-        if not os.path.exists(path):
-            return ""
-        with open(path) as f:
-            return f.read()
+        uri = storage.join(self.path, self.manifest["tokenizer"].get("file", TOKENIZER))
+        return storage.read_text(uri) if storage.exists(uri) else ""
 
     def tokenizer(self):
         if self._tokenizer is None:
+            import tokenizers
+
             from services.data import tokenizer
 
-            self._tokenizer = tokenizer.load(os.path.join(self.path, TOKENIZER))
+            text = self.tokenizer_json()
+            self._tokenizer = tokenizer.Tokenizer(tokenizers.Tokenizer.from_str(text))
         return self._tokenizer
+
+
+class BlockCache:
+    """Fixed-size blocks of remote files, least recently used evicted past
+    `capacity` bytes; safe to share between threads."""
+
+    BLOCK = 4 << 20
+
+    def __init__(self, capacity: int):
+        self.capacity = max(capacity, self.BLOCK)
+        self._blocks: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.fetched = 0  # blocks read from storage
+
+    def get(self, uri: str, block: int) -> bytes:
+        key = (uri, block)
+        with self._lock:
+            data = self._blocks.get(key)
+            if data is not None:
+                self._blocks.move_to_end(key)
+                return data
+        data = storage.read_range(uri, block * self.BLOCK, self.BLOCK)
+        with self._lock:
+            if key not in self._blocks:
+                self._blocks[key] = data
+                self._size += len(data)
+                self.fetched += 1
+                while self._size > self.capacity:
+                    _, old = self._blocks.popitem(last=False)
+                    self._size -= len(old)
+        return data
+
+
+class RangeArray:
+    """A read-only 1-D array in a remote file, read by block through a
+    BlockCache: indexed by an int, a slice of step 1 or an integer array."""
+
+    def __init__(self, uri: str, dtype, size: int, cache: BlockCache):
+        self.uri, self.dtype, self.size, self.cache = uri, np.dtype(dtype), size, cache
+        self.shape = (size,)
+        self._per_block = BlockCache.BLOCK // self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _block(self, b: int) -> np.ndarray:
+        return np.frombuffer(self.cache.get(self.uri, b), self.dtype)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.size)
+            if step != 1:
+                raise IndexError("RangeArray: slices take step 1")
+            if stop <= start:
+                return np.zeros(0, self.dtype)
+            first, last = start // self._per_block, (stop - 1) // self._per_block
+            if first == last:
+                base = first * self._per_block
+                return self._block(first)[start - base : stop - base]
+            whole = np.concatenate([self._block(b) for b in range(first, last + 1)])
+            base = first * self._per_block
+            return whole[start - base : stop - base]
+        if np.isscalar(index):
+            b, i = divmod(int(index), self._per_block)
+            return self._block(b)[i]
+        index = np.asarray(index)
+        blocks = index // self._per_block
+        out = np.empty(index.shape, self.dtype)
+        for b in np.unique(blocks):
+            mask = blocks == b
+            out[mask] = self._block(int(b))[index[mask] - b * self._per_block]
+        return out
 
 
 class Concatenated:
@@ -321,7 +410,8 @@ def build(
 ) -> dict:
     """Builds a corpus from `specs` into `out_dir` (replacing it) and returns
     its manifest."""
-    from services.data import synthetic, tokenizer as tokenizer_lib
+    from services.data import synthetic
+    from services.data import tokenizer as tokenizer_lib
 
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

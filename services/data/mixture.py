@@ -49,6 +49,7 @@ import hashlib
 import math
 import queue
 import threading
+import weakref
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -399,6 +400,23 @@ def _name_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
 
 
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def source_stream(corpus, name: str, seed: int) -> _SourceStream:
+    """The stream of (corpus, source, seed), one per Corpus object: readers of
+    the same corpus and seed (streams of a data service, at any step, for any
+    trainer shard) share its epochs' permutations instead of each keeping its
+    own."""
+    with _SHARED_LOCK:
+        streams = _SHARED.setdefault(corpus, {})
+        stream = streams.get((name, seed))
+        if stream is None:
+            stream = streams[(name, seed)] = _SourceStream(corpus, name, seed)
+        return stream
+
+
 class _SourceStream:
     """One source read as an endless stream of epochs of shuffled documents."""
 
@@ -414,23 +432,25 @@ class _SourceStream:
         self._epochs: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = (
             collections.OrderedDict()
         )
+        self._lock = threading.Lock()  # streams on several threads share this
 
     def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """(stream offset of each document of epoch e, in order, plus the end;
         file offset of each document)."""
-        hit = self._epochs.get(e)
-        if hit is not None:
-            self._epochs.move_to_end(e)
-            return hit
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.entropy + [e])))
-        perm = rng.permutation(self.lengths.size)
-        starts = np.zeros(perm.size + 1, np.int64)
-        np.cumsum(self.lengths[perm], out=starts[1:])
-        value = (starts, self.doc_starts[perm])
-        self._epochs[e] = value
-        if len(self._epochs) > self._CACHE:
-            self._epochs.popitem(last=False)
-        return value
+        with self._lock:
+            hit = self._epochs.get(e)
+            if hit is not None:
+                self._epochs.move_to_end(e)
+                return hit
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.entropy + [e])))
+            perm = rng.permutation(self.lengths.size)
+            starts = np.zeros(perm.size + 1, np.int64)
+            np.cumsum(self.lengths[perm], out=starts[1:])
+            value = (starts, self.doc_starts[perm])
+            self._epochs[e] = value
+            if len(self._epochs) > self._CACHE:
+                self._epochs.popitem(last=False)
+            return value
 
     def read(self, position: int, out: np.ndarray) -> None:
         """Fills `out` with stream tokens [position, position + len(out))."""
@@ -504,7 +524,7 @@ class BatchReader:
         self.schedule = Schedule(mixture, global_batch_size * seq_len)
         self.names = self.schedule.names
         self.sizes = np.array([available[n] for n in self.names], np.int64)
-        self._streams = [_SourceStream(corpus, n, self.seed) for n in self.names]
+        self._streams = [source_stream(corpus, n, self.seed) for n in self.names]
         self.eos_id = corpus.eos_id
         self._flat_starts = np.concatenate(
             [
