@@ -318,7 +318,8 @@ class RayBackend(Backend):
 
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(address=address, **(init_kwargs or {}))
+            # None: a new local cluster, never one another process started here.
+            ray.init(address=address or "local", **(init_kwargs or {}))
         self._ray = ray
         self.policy = policy
         self.capacity = _count_slices(policy)

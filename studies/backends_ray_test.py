@@ -41,6 +41,7 @@ def cluster(tmp_path_factory):
     corpus = data_testing.build_small_corpus(str(tmp_path_factory.mktemp("corpus")))
     data = data_client.start_local_server(corpus.path, build_default_corpus=False)
     ray.init(
+        address="local",
         num_cpus=2,
         resources={"code_lab_slice": 2, "one_slice": 1},
         include_dashboard=False,

@@ -72,7 +72,7 @@ def _inputs(root: str) -> list[sources.SourceSpec]:
 def _build(specs, out: str, workers: int) -> dict:
     import ray
 
-    ray.init(num_cpus=workers, include_dashboard=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False)
     lines: list[str] = []
     t = time.perf_counter()
     try:

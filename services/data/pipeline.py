@@ -56,6 +56,7 @@ import numpy as np
 from libs import errors, storage
 from services.data import corpus as corpus_lib
 from services.data import decontam
+from services.data import filters as filters_lib
 from services.data import sources as sources_lib
 
 FORMAT = corpus_lib.SHARDED_FORMAT
@@ -70,6 +71,7 @@ class Shard:
     index: int  # shard index within the source
     name: str  # the source's name
     input: sources_lib.Input  # what this shard reads
+    filters: filters_lib.Filters = filters_lib.Filters()  # the source's rules
 
     @property
     def tag(self) -> str:
@@ -102,7 +104,8 @@ def plan_shards(specs: Sequence[sources_lib.SourceSpec]) -> list[Shard]:
             raise errors.InvalidArgument(
                 f"sources[{s}].inputs", f"{len(pieces)} files; at most {1 << 24} a source"
             )
-        shards += [Shard(s, i, spec.name, inp) for i, inp in enumerate(pieces)]
+        rules = filters_lib.Filters.from_json(spec.filters, field=f"sources.{spec.name}.filters")
+        shards += [Shard(s, i, spec.name, inp, rules) for i, inp in enumerate(pieces)]
     return shards
 
 
@@ -166,7 +169,11 @@ def clean_task(root: str, shard: Shard, index, config: corpus_lib.BuildConfig) -
     marker = {
         "documents": len(kept),
         "chars": sum(map(len, kept)),
-        "dropped": {"heldout": counts["heldout"], "contaminated": overlap.dropped},
+        "dropped": {
+            "heldout": counts["heldout"],
+            "contaminated": overlap.dropped,
+            **{k: v for k, v in counts.items() if k.startswith("filter:")},
+        },
         "read": counts["read"],
         "overlap": {
             "documents": overlap.documents,
@@ -179,8 +186,14 @@ def clean_task(root: str, shard: Shard, index, config: corpus_lib.BuildConfig) -
 
 
 def _read(shard: Shard, counts: dict):
+    """The shard's documents that pass its source's filters; a document
+    failing one is counted as "filter:<rule>"."""
     for text in sources_lib.iter_documents(shard.input):
         counts["read"] += 1
+        reason = shard.filters.check(text) if shard.filters else None
+        if reason:
+            counts["filter:" + reason] = counts.get("filter:" + reason, 0) + 1
+            continue
         yield text
 
 
@@ -427,7 +440,9 @@ class _Executor:
 
             if not ray.is_initialized():
                 kwargs = {} if address else {"num_cpus": workers, "include_dashboard": False}
-                ray.init(address=address or None, **kwargs)
+                # "local": a new cluster of this process, never one another
+                # process started on this machine.
+                ray.init(address=address or "local", **kwargs)
                 self._owns = True
             self._ray = ray
 

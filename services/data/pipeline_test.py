@@ -66,6 +66,9 @@ def inputs(tmp_path_factory):
         for i, docs in enumerate(files):
             with open(root / f"{name}-{i}.jsonl", "w") as f:
                 f.writelines(json.dumps({"content": d}) + "\n" for d in docs)
+    # Text keeps documents of 50 words or more: a short one is planted.
+    with open(root / "text-0.jsonl", "a") as f:
+        f.write(json.dumps({"content": "a document of six words only"}) + "\n")
     specs = [
         sources.SourceSpec(
             name,
@@ -76,6 +79,7 @@ def inputs(tmp_path_factory):
                     path="json", data_files=(str(root / f"{name}-*.jsonl"),), text_field="content"
                 ),
             ),
+            filters={"min_words": 50} if name == "text" else {},
         )
         for name in ("text", "code")
     ]
@@ -108,6 +112,8 @@ def test_duplicates_across_sources_and_contamination_are_dropped(inputs, inline)
     assert by_name["code"]["dropped"]["near_duplicate"] == 2
     assert by_name["text"]["dropped"]["near_duplicate"] == 0
     assert by_name["code"]["dropped"]["contaminated"] == 1
+    assert by_name["text"]["dropped"]["filter:min_words"] == 1
+    assert "filter:min_words" not in by_name["code"]["dropped"]
     c = corpus.Corpus(out)
     tok = c.tokenizer()
     served = {

@@ -40,6 +40,7 @@ import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from proto import data_pb2, spelling
+from services.data import filters as filters_lib
 
 # The paper's kinds, spelled as data.proto's SourceKind names say.
 KINDS = spelling.spellings(data_pb2.SourceKind)
@@ -101,6 +102,8 @@ class SourceSpec:
     inputs: what to read, in order.
     max_tokens: cap on the source's tokens (whole documents, EOS included);
         0 means no cap.
+    filters: quality and language rules, {rule: threshold} (filters.py);
+        applied by the sharded build (pipeline.py).
     """
 
     name: str
@@ -108,6 +111,7 @@ class SourceSpec:
     description: str
     inputs: tuple[Input, ...]
     max_tokens: int = 0
+    filters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name or ""):
@@ -118,6 +122,7 @@ class SourceSpec:
             raise ValueError(f"source {self.name}: no inputs")
         if self.max_tokens < 0:
             raise ValueError(f"source {self.name}: max_tokens must be >= 0")
+        filters_lib.Filters.from_json(self.filters, field=f"sources.{self.name}.filters")
         for i, inp in enumerate(self.inputs):
             if bool(inp.path) == bool(inp.reader):
                 raise ValueError(
@@ -131,6 +136,9 @@ class SourceSpec:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["inputs"] = [dict(dataclasses.asdict(i), options=dict(i.options)) for i in self.inputs]
+        d["filters"] = dict(self.filters)
+        if not d["filters"]:
+            del d["filters"]  # specs without filters keep their JSON form
         return d
 
 
@@ -151,7 +159,7 @@ def source_from_json(d: Mapping[str, Any]) -> SourceSpec:
             if key in raw:
                 raw[key] = tuple(raw[key])
         inputs.append(Input(**raw))
-    unknown = set(d) - {"name", "kind", "description", "inputs", "max_tokens"}
+    unknown = set(d) - {"name", "kind", "description", "inputs", "max_tokens", "filters"}
     if unknown:
         raise ValueError(f"source {d.get('name')}: unknown fields {sorted(unknown)}")
     return SourceSpec(
@@ -160,6 +168,7 @@ def source_from_json(d: Mapping[str, Any]) -> SourceSpec:
         description=d.get("description", ""),
         inputs=tuple(inputs),
         max_tokens=int(d.get("max_tokens", 0)),
+        filters=dict(d.get("filters") or {}),
     )
 
 
