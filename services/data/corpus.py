@@ -31,12 +31,16 @@ vocabulary (the paper's 256k does not fit uint16). The offsets are small
 (8 bytes per document) and are read into memory.
 
 A corpus on gs:// (the sharded build writes there as well as to a folder)
-is read without copying it: the offsets are read whole, the tokens by byte
-range through a block cache shared by every source and stream of the Corpus
-(`cache_bytes`, least recently used blocks evicted), so a data replica holds
-what it serves now, not every source of its mixtures. The stream's read
-ahead (the service's --read_ahead) assembles later batches, and so fetches
-their blocks, while earlier ones are sent.
+is served without a copy of all of it on every replica, in one of two ways:
+
+- staged (`stage_dir`, the data service's --stage_dir): a source's shards
+  are copied to local disk the first time a mixture reads the source, and
+  checked against the manifest's sha256; a replica holds the sources its
+  mixtures use, read as fast as local files;
+- by range (no stage_dir): the offsets are read whole, the tokens by byte
+  range through a block cache shared by every source and stream of the
+  Corpus (`cache_bytes`, least recently used blocks evicted); a replica
+  holds no more than the cache, at a cost of one request a missing block.
 
 Building (`build`): every source is read through `sources.iter_source`
 (one `datasets` code path for local files, Hugging Face names and registered
@@ -103,11 +107,16 @@ class SourceInfo:
 
 class Corpus:
     """A built corpus, opened for reading: a folder (token arrays memory-mapped
-    on first use) or gs:// (tokens read by range through a block cache of
-    `cache_bytes`); nothing is read until a window is gathered."""
+    on first use) or gs://, read one of two ways: by range through a block
+    cache of `cache_bytes`, or, with `stage_dir`, each source's shards copied
+    to that local folder when the source is first read (checked against the
+    manifest's sha256) and memory-mapped from there. Nothing is read until a
+    source is."""
 
-    def __init__(self, path: str, *, cache_bytes: int = 512 << 20):
+    def __init__(self, path: str, *, cache_bytes: int = 512 << 20, stage_dir: str = ""):
         self.remote = storage.is_gcs(path)
+        self.stage_dir = stage_dir
+        self._stage_lock = threading.Lock()
         self.path = path.rstrip("/") if self.remote else os.path.abspath(path)
         manifest_path = storage.join(self.path, MANIFEST)
         if not storage.exists(manifest_path):
@@ -157,11 +166,7 @@ class Corpus:
         for a source in one file, a Concatenated view over its shards'."""
         arr = self._tokens.get(name)
         if arr is None:
-            parts = [
-                self._token_file(s["tokens_file"], s["num_tokens"])
-                for s in self._shards(name)
-                if s["num_tokens"]
-            ]
+            parts = [self._token_file(s) for s in self._shards(name) if s["num_tokens"]]
             if not parts:
                 arr = np.zeros(0, TOKEN_DTYPE)
             else:
@@ -184,13 +189,43 @@ class Corpus:
             self._offsets[name] = arr
         return arr
 
-    def _token_file(self, rel: str, size: int):
-        uri = storage.join(self.path, rel)
-        if self.remote:
+    def _token_file(self, shard: dict):
+        uri = storage.join(self.path, shard["tokens_file"])
+        size = shard["num_tokens"]
+        if self.remote and not self.stage_dir:
             return RangeArray(uri, TOKEN_DTYPE, size, self._blocks)
+        if self.remote:
+            uri = self._stage(shard)
         # A plain ndarray view: fancy indexing on np.memmap subclasses is
         # measurably slower.
         return np.memmap(uri, TOKEN_DTYPE, "r", shape=(size,)).view(np.ndarray)
+
+    def _stage(self, shard: dict) -> str:
+        """The local copy of a remote shard's tokens under stage_dir, copied
+        once (whoever asks first) and checked against the manifest's sha256
+        of its tokens and offsets."""
+        local = os.path.join(self.stage_dir, self.corpus_id[:16], shard["tokens_file"])
+        with self._stage_lock:
+            if os.path.exists(local):
+                return local
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            digest = hashlib.sha256()
+            tmp = f"{local}.tmp-{os.getpid()}"
+            with storage.open(storage.join(self.path, shard["tokens_file"]), "rb") as src:
+                with open(tmp, "wb") as dst:
+                    while chunk := src.read(16 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+            digest.update(storage.read_bytes(storage.join(self.path, shard["offsets_file"])))
+            expected = shard.get("sha256") or shard["content_hash"]
+            if digest.hexdigest() != expected:
+                os.unlink(tmp)
+                raise ValueError(
+                    f"{self.path}/{shard['tokens_file']}: sha256 {digest.hexdigest()}, "
+                    f"the manifest says {expected}"
+                )
+            os.replace(tmp, local)
+            return local
 
     def document(self, name: str, i: int) -> np.ndarray:
         off = self.offsets(name)
@@ -225,7 +260,7 @@ class BlockCache:
     """Fixed-size blocks of remote files, least recently used evicted past
     `capacity` bytes; safe to share between threads."""
 
-    BLOCK = 4 << 20
+    BLOCK = 1 << 20
 
     def __init__(self, capacity: int):
         self.capacity = max(capacity, self.BLOCK)

@@ -69,10 +69,12 @@ def test_the_same_corpus_on_gcs(corpora):
 
 
 @pytest.mark.parametrize("num_shards", [1, 2, 4])
-def test_batches_from_gcs_equal_local(corpora, num_shards):
+@pytest.mark.parametrize("staged", [False, True])
+def test_batches_from_gcs_equal_local(corpora, num_shards, staged, tmp_path):
     local, remote = corpora
-    # A small cache: blocks are evicted and read again while streaming.
-    a, b = corpus.Corpus(local), corpus.Corpus(remote, cache_bytes=1)
+    # By range with a small cache (blocks evicted and read again), or staged.
+    a = corpus.Corpus(local)
+    b = corpus.Corpus(remote, cache_bytes=1, stage_dir=str(tmp_path) if staged else "")
     for shard in range(num_shards):
         geometry = dict(
             seed=7, global_batch_size=BATCH, seq_len=SEQ, shard_index=shard, num_shards=num_shards
@@ -84,7 +86,32 @@ def test_batches_from_gcs_equal_local(corpora, num_shards):
         for step in range(STEPS):
             for x, y in zip(_fields(ra.batch(step)), _fields(rb.batch(step))):
                 np.testing.assert_array_equal(x, y)
-    assert b._blocks.fetched > 0
+    if staged:
+        assert sorted(p.name for p in tmp_path.rglob("*.u32")) == [
+            "shard-00000.tokens.u32",
+            "shard-00000.tokens.u32",
+            "shard-00001.tokens.u32",
+            "shard-00001.tokens.u32",
+            "shard-00002.tokens.u32",
+        ]
+    else:
+        assert b._blocks.fetched > 0
+
+
+def test_a_staged_shard_that_differs_from_the_manifest_is_refused(corpora, tmp_path):
+    from libs import storage
+
+    _, remote = corpora
+    c = corpus.Corpus(remote, stage_dir=str(tmp_path))
+    shard = c.manifest["sources"][1]["shards"][0]
+    uri = storage.join(remote, shard["tokens_file"])
+    original = storage.read_bytes(uri)
+    storage.write_bytes(uri, original[:-4] + b"\0\0\0\0")
+    try:
+        with pytest.raises(ValueError, match="sha256"):
+            c.tokens("code")
+    finally:
+        storage.write_bytes(uri, original)
 
 
 def test_a_restart_mid_stream_reads_the_same_batches(corpora):
@@ -100,7 +127,9 @@ def test_a_restart_mid_stream_reads_the_same_batches(corpora):
 
 def test_the_data_service_serves_a_gcs_corpus(corpora):
     local, remote = corpora
-    server = data_client.start_local_server(remote, build_default_corpus=False)
+    server = data_client.start_local_server(
+        remote, build_default_corpus=False, extra_args=["--cache_mb=1"]
+    )
     try:
         reader = mixture.BatchReader(
             corpus.Corpus(local), MIXTURE, seed=7, global_batch_size=BATCH, seq_len=SEQ

@@ -1,7 +1,7 @@
 """The DataService binary: `bazel run //services/data -- --corpus_dir=...`.
 
-Serves a built corpus (by default the default corpus, built into its cache
-on first use) and prints `DataService listening on HOST:PORT`. The shared
+Serves a built corpus, from a folder or gs:// (by default the default
+corpus, built into its cache on first use) and prints `DataService listening on HOST:PORT`. The shared
 flags (--host, --port, --auth_token_file, --tls_cert, --tls_key) come from
 libs/serving/server.py.
 """
@@ -32,6 +32,15 @@ _BENCHMARKS = flags.DEFINE_string(
     None,
     "Benchmarks to decontaminate the default corpus against. " + benchmarks.FLAG_HELP,
 )
+_CACHE_MB = flags.DEFINE_integer(
+    "cache_mb", 512, "A corpus on gs://: megabytes of token blocks kept in memory."
+)
+_STAGE_DIR = flags.DEFINE_string(
+    "stage_dir",
+    "",
+    "A corpus on gs://: copy each source's shards here when a mixture first reads the "
+    "source, and serve them from there (empty: read by range through --cache_mb).",
+)
 _READ_AHEAD = flags.DEFINE_integer(
     "read_ahead",
     0,
@@ -51,7 +60,12 @@ def main(argv):
             benchmarks_dir=paths.resolve(_BENCHMARKS.value),
             log=lambda s: print(s, flush=True),
         )
-    data = servicer.DataServicer(corpus.Corpus(path), read_ahead=_READ_AHEAD.value)
+    data = servicer.DataServicer(
+        corpus.Corpus(
+            path, cache_bytes=_CACHE_MB.value << 20, stage_dir=paths.resolve(_STAGE_DIR.value)
+        ),
+        read_ahead=_READ_AHEAD.value,
+    )
     server.serve_from_flags(
         "DataService", [(servicer.add_to_server, data)], [servicer.SERVICE_NAME]
     )
