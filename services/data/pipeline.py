@@ -109,19 +109,34 @@ def plan_shards(specs: Sequence[sources_lib.SourceSpec]) -> list[Shard]:
     return shards
 
 
+def expand_files(pattern: str) -> list[str]:
+    """The files one local or URI glob matches ([] when none)."""
+    return _expand(sources_lib.Input(path="json", data_files=(pattern,), missing_ok=True))
+
+
 def _expand(inp: sources_lib.Input) -> list[str]:
-    local = [p for p in inp.data_files if not storage.is_gcs(p)]
+    """The input's files: local globs as sources.expand_files does; URIs
+    (gs://, hf://, any fsspec protocol) globbed by their filesystem."""
+    local = [p for p in inp.data_files if "://" not in p]
     files = (
         sources_lib.expand_files(local, inp.exclude, inp.shuffle_files, inp.missing_ok)
         if local
         else []
     )
     for pattern in inp.data_files:
+        if "://" not in pattern:
+            continue
+        protocol = pattern.split("://", 1)[0] + "://"
         if storage.is_gcs(pattern):
-            matched = sorted(storage.GCS + k for k in storage.filesystem().glob(pattern[5:]))
-            if not matched and not inp.missing_ok:
-                raise FileNotFoundError(f"no objects match {pattern!r}")
-            files += matched
+            fs, path = storage.filesystem(), pattern[len(protocol) :]
+        else:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(pattern)
+        matched = sorted(protocol + k.removeprefix(protocol) for k in fs.glob(path))
+        if not matched and not inp.missing_ok:
+            raise FileNotFoundError(f"no files match {pattern!r}")
+        files += matched
     return files
 
 

@@ -74,6 +74,10 @@ class Input:
     streaming: `load_dataset(streaming=...)`; True never writes a cache.
     missing_ok: a local input whose patterns match no file yields nothing
         instead of failing (for installation-dependent material).
+    where: records kept by the value of a field (dotted for nested fields):
+        {"meta.redpajama_set_name": {"not_in": ["RedPajamaGithub"]}}, or
+        {"lang": {"in": ["Python", "Go"]}}; a record lacking the field is
+        dropped by "in" and kept by "not_in".
     """
 
     path: str = ""
@@ -90,6 +94,26 @@ class Input:
     max_chars: int = 0
     streaming: bool = True
     missing_ok: bool = False
+    where: Mapping[str, Mapping[str, Sequence[str]]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, rule in self.where.items():
+            if not isinstance(rule, Mapping) or set(rule) - {"in", "not_in"} or not rule:
+                raise ValueError(
+                    f'where.{key}: give {{"in": [...]}} or {{"not_in": [...]}}, got {rule!r}'
+                )
+
+    def keeps(self, record: Mapping) -> bool:
+        """Whether `record` passes `where`."""
+        for key, rule in self.where.items():
+            value = record
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, Mapping) else None
+            if "in" in rule and value not in rule["in"]:
+                return False
+            if "not_in" in rule and value in rule["not_in"]:
+                return False
+        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +159,13 @@ class SourceSpec:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["inputs"] = [dict(dataclasses.asdict(i), options=dict(i.options)) for i in self.inputs]
+        d["inputs"] = []
+        for i in self.inputs:
+            inp = dict(dataclasses.asdict(i), options=dict(i.options))
+            inp["where"] = {k: {op: list(v) for op, v in r.items()} for k, r in i.where.items()}
+            if not inp["where"]:
+                del inp["where"]  # inputs without it keep their JSON form
+            d["inputs"].append(inp)
         d["filters"] = dict(self.filters)
         if not d["filters"]:
             del d["filters"]  # specs without filters keep their JSON form
@@ -332,6 +362,8 @@ def iter_documents(inp: Input) -> Iterator[str]:
 
 def _texts(dataset, inp: Input) -> Iterator[str]:
     for i, record in enumerate(dataset):
+        if inp.where and not inp.keeps(record):
+            continue
         if inp.text_field not in record:
             raise KeyError(
                 f"input {inp.path or inp.reader}: records have no field {inp.text_field!r} "
