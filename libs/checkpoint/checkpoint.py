@@ -143,14 +143,26 @@ def model_from_params(config: ModelConfig, params: dict):
     return nnx.merge(graphdef, state)
 
 
-def load(uri: str) -> Checkpoint:
-    """Loads a committed checkpoint's model for inference (read-only)."""
+def param_shardings(config: ModelConfig, mesh) -> dict:
+    """Where each parameter lives on `mesh`: its logical axes mapped by the
+    config's sharding rules (libs/model/sharding.py), as the trainer places them."""
+    from libs.model import sharding
+
+    _, abstract_state = nnx.split(model_lib.abstract_model(config), nnx.Param)
+    return nnx.to_pure_dict(sharding.state_shardings(abstract_state, mesh, config.sharding_rules))
+
+
+def load(uri: str, mesh=None) -> Checkpoint:
+    """Loads a committed checkpoint's model for inference (read-only). With a
+    `mesh`, each parameter is restored straight into its shards on the mesh's
+    devices (param_shardings), whatever mesh wrote it, never whole on one
+    device; without one, onto the first device."""
     meta = read_meta(uri)
     try:
         config = ModelConfig.from_dict(meta["model_config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptError(f"checkpoint {uri}: bad model_config in {META}: {e}") from e
-    params = load_params(uri, config)
+    params = load_params(uri, config, None if mesh is None else param_shardings(config, mesh))
     return Checkpoint(
         uri=uri,
         step=int(meta.get("step", -1)),

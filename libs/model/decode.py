@@ -156,12 +156,14 @@ def generate(
     top_p: float = 1.0,
     stop_sequences: Sequence[Sequence[int]] = (),
     rng: jax.Array | None = None,
+    min_rows: int = 1,
 ) -> list[list[int]]:
     """New tokens for each prompt: greedy when temperature == 0, else (nucleus) sampling.
 
     A row stops after max_new_tokens or as soon as its output ends with one of
     `stop_sequences` (token-id sequences shared by all rows); that stop sequence is
-    stripped from the returned tokens.
+    stripped from the returned tokens. The batch is padded to at least `min_rows`
+    rows (the devices a data-parallel batch is split over).
     """
     cfg = model.cfg
     if not prompts:
@@ -185,7 +187,7 @@ def generate(
     if max_new_tokens == 0:
         return [[] for _ in prompts]
 
-    b, p = _bucket(len(prompts), 1), _bucket(longest)
+    b, p = _bucket(max(len(prompts), min_rows), 1), _bucket(longest)
     rows = list(prompts) + [prompts[0]] * (b - len(prompts))  # filler rows, discarded
     tokens_bp = np.zeros((b, p), np.int32)
     segment_ids_bp = np.zeros((b, p), np.int32)

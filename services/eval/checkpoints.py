@@ -25,17 +25,37 @@ class LoadedCheckpoint:
     model: Any  # a TextModel
 
 
+def local_mesh():
+    """A mesh over this host's devices, FSDP-style (parameters sharded over
+    all of them, each batch split across them); None with one device."""
+    import jax
+
+    from libs.model import sharding
+
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return None
+    return sharding.make_mesh(data=1, fsdp=len(devices), devices=devices)
+
+
+_LOCAL = object()  # load_checkpoint's default mesh: local_mesh()
+
+
 def load_checkpoint(
-    uri: str, *, field: str = "checkpoint_uri", batch_size: int = 16
+    uri: str, *, field: str = "checkpoint_uri", batch_size: int = 16, mesh=_LOCAL
 ) -> LoadedCheckpoint:
-    """The committed checkpoint at `uri` as a LanguageModel."""
+    """The committed checkpoint at `uri` as a LanguageModel: restored onto
+    `mesh` (default: every local device, local_mesh()) and scoring across it;
+    mesh=None: one device."""
     from libs.checkpoint import checkpoint as ckpt_lib
     from services.eval.lm import LanguageModel
 
+    if mesh is _LOCAL:
+        mesh = local_mesh()
     if not uri:
         raise errors.InvalidArgument(field, "required")
     try:
-        ckpt = ckpt_lib.load(uri)
+        ckpt = ckpt_lib.load(uri, mesh=mesh)
     except (ckpt_lib.NotFoundError, ckpt_lib.NotCommittedError) as e:
         raise errors.NotFound(field, str(e)) from e
     except ckpt_lib.CheckpointError as e:
@@ -47,7 +67,7 @@ def load_checkpoint(
     except Exception as e:  # noqa: BLE001  (missing or malformed tokenizer JSON)
         raise errors.FailedPrecondition(field, f"{uri}: no usable tokenizer: {e}")
     lineage = dict(ckpt.lineage or {})
-    model = LanguageModel(ckpt.model, tokenizer, batch_size=batch_size)
+    model = LanguageModel(ckpt.model, tokenizer, batch_size=batch_size, mesh=mesh)
     return LoadedCheckpoint(
         uri=uri, step=int(lineage.get("step", ckpt.step)), lineage=lineage, model=model
     )

@@ -23,6 +23,7 @@ packed scorer (scoring.py; `packed=False` scores with libs/model's padded batche
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Protocol, Sequence
 
@@ -88,6 +89,8 @@ class LanguageModel:
     packed: score with scoring.score_packed (batch_size x max_seq_len tokens a forward
         pass); False: libs/model's decode.score_continuations (batch_size rows padded to
         a power-of-two length), the slower path the bench compares against.
+    mesh: score and generate data-parallel over this mesh's devices (the model's
+        parameters restored onto it); None: on the model's one device.
     """
 
     def __init__(
@@ -99,10 +102,18 @@ class LanguageModel:
         batch_size: int = 16,
         eos_id: int | None = None,
         packed: bool = True,
+        mesh=None,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size: must be positive, got {batch_size}")
+        if mesh is not None and not packed:
+            raise ValueError("packed: scoring over a mesh is packed scoring")
         self.model = model
+        # Data-parallel over a mesh's devices: the model's parameters live
+        # sharded on it (libs/checkpoint.load(mesh=...)), each batch is split
+        # along it, and every call pads its rows to at least one a device.
+        self.mesh = mesh
+        self._rows = 1 if mesh is None else mesh.size
         self.tokenizer = tokenizer
         self.cfg = model.cfg
         self.batch_size = batch_size
@@ -122,6 +133,9 @@ class LanguageModel:
                 f"tokenizer: {tokenizer.get_vocab_size()} tokens exceed the model's "
                 f"vocab_size {self.cfg.vocab_size}"
             )
+
+    def _on_mesh(self):
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
     @property
     def max_length(self) -> int:
@@ -163,12 +177,13 @@ class LanguageModel:
             contexts.append(ctx)
             continuations.append(cont[-self.max_length :])
             empty.append(continuation == "")
-        with self._lock:
+        with self._lock, self._on_mesh():
             if self.packed:
                 scored = scoring.score_packed(
                     self.model,
                     list(zip(contexts, continuations)),
                     tokens_per_call=self.batch_size * self.max_length,
+                    min_rows=self._rows,
                 )
             else:
                 scored = decode.score_continuations(
@@ -193,9 +208,12 @@ class LanguageModel:
                 owner.append(i)
         totals = [0.0] * len(texts)
         if pairs:
-            with self._lock:
+            with self._lock, self._on_mesh():
                 scored = scoring.score_packed(
-                    self.model, pairs, tokens_per_call=self.batch_size * self.max_length
+                    self.model,
+                    pairs,
+                    tokens_per_call=self.batch_size * self.max_length,
+                    min_rows=self._rows,
                 )
             for i, (lp, _n, _greedy) in zip(owner, scored):
                 totals[i] += lp
@@ -233,7 +251,7 @@ class LanguageModel:
         for first in range(0, len(order), self.batch_size):
             chunk = order[first : first + self.batch_size]
             key, sub = jax.random.split(key)
-            with self._lock:
+            with self._lock, self._on_mesh():
                 new_ids = decode.generate(
                     self.model,
                     [encoded[i] for i in chunk],
@@ -242,6 +260,7 @@ class LanguageModel:
                     top_p=top_p,
                     stop_sequences=stop_ids,
                     rng=sub,
+                    min_rows=self._rows,
                 )
             for i, ids in zip(chunk, new_ids):
                 # decode.generate strips the stop sequence that ended a row, but an EOS

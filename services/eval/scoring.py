@@ -105,11 +105,13 @@ def _pack(items: list[_Item], row_len: int) -> list[list[int]]:
 
 
 def score_packed(
-    model, pairs: Sequence[Pair], *, tokens_per_call: int = 8192
+    model, pairs: Sequence[Pair], *, tokens_per_call: int = 8192, min_rows: int = 1
 ) -> list[tuple[float, int, bool]]:
     """(sum of log p(continuation | context), continuation tokens, whether greedy) per
     pair, as libs/model's `score_continuations` gives them, computed packed (module
-    docstring). `tokens_per_call` bounds rows x row length of one forward pass."""
+    docstring). `tokens_per_call` bounds rows x row length of one forward pass;
+    `min_rows`: a call's rows are padded to at least this many (the devices a
+    data-parallel batch is split over)."""
     if not pairs:
         return []
     items = _items(model, pairs)
@@ -122,7 +124,7 @@ def score_packed(
     results: list = [None] * len(items)
     for first in range(0, len(rows), rows_per_call):
         call_rows = rows[first : first + rows_per_call]
-        b = _pow2(len(call_rows))
+        b = _pow2(max(len(call_rows), min_rows))
         tokens_bt = np.zeros((b, row_len), np.int32)
         segment_ids_bt = np.zeros((b, row_len), np.int32)
         flat_pos, targets, pair_of, slots = [], [], [], []
