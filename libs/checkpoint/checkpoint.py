@@ -152,14 +152,17 @@ def param_shardings(config: ModelConfig, mesh) -> dict:
     return nnx.to_pure_dict(sharding.state_shardings(abstract_state, mesh, config.sharding_rules))
 
 
-def load(uri: str, mesh=None) -> Checkpoint:
+def load(uri: str, mesh=None, attention: str | None = None) -> Checkpoint:
     """Loads a committed checkpoint's model for inference (read-only). With a
     `mesh`, each parameter is restored straight into its shards on the mesh's
     devices (param_shardings), whatever mesh wrote it, never whole on one
-    device; without one, onto the first device."""
+    device; without one, onto the first device. `attention`: the implementation
+    the model computes with (default: the checkpoint's, which runs anywhere)."""
     meta = read_meta(uri)
     try:
         config = ModelConfig.from_dict(meta["model_config"])
+        if attention is not None:
+            config = dataclasses.replace(config, attention=attention)
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptError(f"checkpoint {uri}: bad model_config in {META}: {e}") from e
     params = load_params(uri, config, None if mesh is None else param_shardings(config, mesh))

@@ -25,17 +25,29 @@ class LoadedCheckpoint:
     model: Any  # a TextModel
 
 
-def local_mesh():
-    """A mesh over this host's devices, FSDP-style (parameters sharded over
-    all of them, each batch split across them); None with one device."""
-    import jax
-
+def eval_mesh(devices):
+    """The mesh evaluation runs on over `devices`, FSDP-style: parameters
+    sharded over all of them by the trainer's rules, each batch split across
+    them."""
     from libs.model import sharding
 
+    return sharding.make_mesh(data=1, fsdp=len(devices), devices=list(devices))
+
+
+def local_mesh():
+    """eval_mesh over this host's devices; None with one device."""
+    import jax
+
     devices = jax.local_devices()
-    if len(devices) == 1:
-        return None
-    return sharding.make_mesh(data=1, fsdp=len(devices), devices=devices)
+    return None if len(devices) == 1 else eval_mesh(devices)
+
+
+def eval_config(config, platform: str):
+    """The model a checkpoint's `config` is evaluated as on devices of `platform`:
+    the platform's attention kernel (splash on TPU), the rest as stored."""
+    from libs.model import attention
+
+    return dataclasses.replace(config, attention=attention.for_platform(platform))
 
 
 _LOCAL = object()  # load_checkpoint's default mesh: local_mesh()
@@ -50,12 +62,17 @@ def load_checkpoint(
     from libs.checkpoint import checkpoint as ckpt_lib
     from services.eval.lm import LanguageModel
 
+    import jax
+
+    from libs.model import attention
+
     if mesh is _LOCAL:
         mesh = local_mesh()
     if not uri:
         raise errors.InvalidArgument(field, "required")
+    platform = (jax.local_devices() if mesh is None else mesh.devices.flat)[0].platform
     try:
-        ckpt = ckpt_lib.load(uri, mesh=mesh)
+        ckpt = ckpt_lib.load(uri, mesh=mesh, attention=attention.for_platform(platform))
     except (ckpt_lib.NotFoundError, ckpt_lib.NotCommittedError) as e:
         raise errors.NotFound(field, str(e)) from e
     except ckpt_lib.CheckpointError as e:

@@ -80,7 +80,9 @@ def _score_rows(model, tokens_bt, segment_ids_bt, flat_pos_n, targets_n):
     b, t = tokens_bt.shape
     h_btd, _ = model.hidden(tokens_bt, segment_ids_bt=segment_ids_bt)
     h_nd = h_btd.reshape(b * t, -1)[flat_pos_n]
-    logits_nv = model.logits(h_nd[None])[0]
+    # Each gathered position a row of its own ([n, 1, d]), so that the output projection
+    # and softmax split over the mesh's batch axes like the rows (data-parallel).
+    logits_nv = model.logits(h_nd[:, None])[:, 0]
     logprobs_nv = jax.nn.log_softmax(logits_nv, axis=-1)
     lp_n = jnp.take_along_axis(logprobs_nv, targets_n[:, None], axis=-1)[:, 0]
     return lp_n, jnp.argmax(logits_nv, axis=-1) == targets_n
