@@ -24,6 +24,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from libs.checkpoint import checkpoint as ckpt_lib
 from libs.model import decode, presets, sharding
@@ -65,17 +66,22 @@ def _replicated(mesh, shape, dtype):
 
 
 def scoring_program(model, mesh, seq_len: int) -> _Program:
-    """scoring._score_rows over `batch` rows of `seq_len` tokens, every position scored."""
+    """scoring.score_rows over `batch` rows of `seq_len` tokens, every position scored,
+    its logits in the chunks score_packed uses."""
     rules = model.cfg.sharding_rules
+    graphdef, state = nnx.split(model)
+    chunk = scoring.positions_per_chunk(model.cfg.vocab_size)
 
     def lower(batch):
-        n = batch * seq_len
-        return scoring._score_rows.lower(
-            model,
+        n = scoring._positions_bucket(batch * seq_len, chunk)
+        return scoring.score_rows.lower(
+            graphdef,
+            state,
             _rows(mesh, rules, (batch, seq_len)),
             _rows(mesh, rules, (batch, seq_len)),
             _rows(mesh, rules, (n,)),
             _rows(mesh, rules, (n,)),
+            chunk=chunk,
         )
 
     return _Program(mesh, lower)
@@ -175,7 +181,8 @@ def report(
     print(f"mesh       {dict(mesh.shape)}")
     print(
         f"model      preset {preset}, {dtype} compute, {config.param_dtype} parameters, "
-        f"attention {config.attention}, vocabulary {config.vocab_size}"
+        f"attention {config.attention}, vocabulary {config.vocab_size}, logits "
+        f"{scoring.positions_per_chunk(config.vocab_size)} positions at a time"
     )
     score_batch, scored = largest_batch(
         scoring_program(model, mesh, seq_len), hbm, n, max_batch, "scoring"

@@ -154,16 +154,21 @@ def test_a_scoring_batch_is_split_across_the_devices(meshed):
     """The packed forward, compiled for the mesh: its rows are divided between the
     devices (each holds half), not copied to each."""
     b, t, n = 4, 128, 64
+    graphdef, state = nnx.split(meshed.model)
     with jax.set_mesh(meshed.mesh):
-        compiled = scoring._score_rows.lower(
-            meshed.model,
+        compiled = scoring.score_rows.lower(
+            graphdef,
+            state,
             np.zeros((b, t), np.int32),
             np.zeros((b, t), np.int32),
             np.zeros((n,), np.int32),
             np.zeros((n,), np.int32),
+            chunk=n,
         ).compile()
     tokens_sharding = jax.tree.leaves(compiled.input_shardings)[-4]
     assert tokens_sharding.shard_shape((b, t)) == (b // 2, t)
+    # Only the scores come back, not a copy of the parameters.
+    assert len(jax.tree.leaves(compiled.output_shardings)) == 2
 
 
 @pytest.mark.parametrize("task", ["arc_easy", "copa", "triviaqa"])

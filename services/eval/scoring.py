@@ -14,7 +14,15 @@ How `score_packed` saves work over padding every pair of a batch to the longest:
   continuation token, gathered from the final hidden states, not at every position;
 - length bucketing: row length and rows per call are rounded up to powers of two,
   the gathered positions to a finer geometric series (1.25x), so one evaluation
-  compiles a handful of programs and reuses them.
+  compiles a handful of programs and reuses them;
+- logits in chunks: the gathered positions' logits exist a chunk of positions at a
+  time (`positions_per_chunk`: about 2^29 logits, 2 GiB of float32, whatever the
+  vocabulary), so scoring every position of long rows at a 256k vocabulary does
+  not hold [positions, vocabulary] at once.
+
+Under a mesh (jax.set_mesh) rows and gathered positions are split over the mesh's
+batch axes (data-parallel); the parameters stay where the model's sharding put
+them.
 
 Each pair's log-probabilities are summed on the host in float64, so a pair's score
 does not depend on which other pairs shared its forward pass beyond the model's own
@@ -27,6 +35,7 @@ context, as libs/model's `score_continuations` does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -74,18 +83,46 @@ def _items(model, pairs: Sequence[Pair]) -> list[_Item]:
     return items
 
 
-@nnx.jit
-def _score_rows(model, tokens_bt, segment_ids_bt, flat_pos_n, targets_n):
-    """log p(target) and whether it is the argmax, at each gathered position."""
+LOGITS_PER_CHUNK = 2**29
+
+
+def positions_per_chunk(vocab_size: int) -> int:
+    """Gathered positions whose logits exist at once: a power of two >= 64 with
+    about LOGITS_PER_CHUNK logits."""
+    return max(64, 1 << max(0, (LOGITS_PER_CHUNK // vocab_size).bit_length() - 1))
+
+
+def _positions_bucket(n: int, chunk: int) -> int:
+    """Gathered positions padded: a fine bucket, a multiple of `chunk` past one chunk."""
+    n_pos = _fine_bucket(n)
+    return n_pos if n_pos <= chunk else -(-n_pos // chunk) * chunk
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def score_rows(graphdef, state, tokens_bt, segment_ids_bt, flat_pos_n, targets_n, *, chunk):
+    """log p(target) and whether it is the argmax, at each gathered position: the
+    model (nnx.split into graphdef and state) over rows, logits `chunk` positions at
+    a time. A pure function of the parameters: nothing but the scores comes back."""
+    model = nnx.merge(graphdef, state)
     b, t = tokens_bt.shape
     h_btd, _ = model.hidden(tokens_bt, segment_ids_bt=segment_ids_bt)
     h_nd = h_btd.reshape(b * t, -1)[flat_pos_n]
-    # Each gathered position a row of its own ([n, 1, d]), so that the output projection
-    # and softmax split over the mesh's batch axes like the rows (data-parallel).
-    logits_nv = model.logits(h_nd[:, None])[:, 0]
-    logprobs_nv = jax.nn.log_softmax(logits_nv, axis=-1)
-    lp_n = jnp.take_along_axis(logprobs_nv, targets_n[:, None], axis=-1)[:, 0]
-    return lp_n, jnp.argmax(logits_nv, axis=-1) == targets_n
+    n, d = h_nd.shape
+    chunk = min(chunk, n)
+
+    def one_chunk(xs):
+        h_cd, targets_c = xs
+        # Each position a row of its own ([c, 1, d]): the output projection and the
+        # softmax split over the mesh's batch axes like the rows (data-parallel).
+        logits_cv = model.logits(h_cd[:, None])[:, 0]
+        target_c = jnp.take_along_axis(logits_cv, targets_c[:, None], axis=-1)[:, 0]
+        lp_c = target_c - jax.nn.logsumexp(logits_cv, axis=-1)
+        return lp_c, jnp.argmax(logits_cv, axis=-1) == targets_c
+
+    lp_kc, hit_kc = jax.lax.map(
+        one_chunk, (h_nd.reshape(n // chunk, chunk, d), targets_n.reshape(n // chunk, chunk))
+    )
+    return lp_kc.reshape(n), hit_kc.reshape(n)
 
 
 def _pack(items: list[_Item], row_len: int) -> list[list[int]]:
@@ -107,15 +144,23 @@ def _pack(items: list[_Item], row_len: int) -> list[list[int]]:
 
 
 def score_packed(
-    model, pairs: Sequence[Pair], *, tokens_per_call: int = 8192, min_rows: int = 1
+    model,
+    pairs: Sequence[Pair],
+    *,
+    tokens_per_call: int = 8192,
+    min_rows: int = 1,
+    chunk: int = 0,
 ) -> list[tuple[float, int, bool]]:
     """(sum of log p(continuation | context), continuation tokens, whether greedy) per
     pair, as libs/model's `score_continuations` gives them, computed packed (module
     docstring). `tokens_per_call` bounds rows x row length of one forward pass;
     `min_rows`: a call's rows are padded to at least this many (the devices a
-    data-parallel batch is split over)."""
+    data-parallel batch is split over); `chunk`: gathered positions whose logits
+    exist at once (0: positions_per_chunk of the vocabulary)."""
     if not pairs:
         return []
+    chunk = chunk or positions_per_chunk(model.cfg.vocab_size)
+    graphdef, state = nnx.split(model)
     items = _items(model, pairs)
     max_len = model.cfg.max_seq_len
     longest = max(len(it.inputs) for it in items)
@@ -144,14 +189,16 @@ def score_packed(
                 slots.append(i)
                 at += n
         # The gathered positions decide the output projection's cost: a fine bucket.
-        n_pos = _fine_bucket(len(flat_pos))
+        n_pos = _positions_bucket(len(flat_pos), chunk)
         pad = n_pos - len(flat_pos)
-        lp_n, hit_n = _score_rows(
-            model,
+        lp_n, hit_n = score_rows(
+            graphdef,
+            state,
             tokens_bt,
             segment_ids_bt,
             np.asarray(flat_pos + [0] * pad, np.int32),
             np.asarray(targets + [0] * pad, np.int32),
+            chunk=chunk,
         )
         # Summed per pair on the host in float64: a float32 sum of a long continuation
         # rounds by ~1e-5 relative, which would make a pair's score depend on the

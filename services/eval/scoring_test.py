@@ -41,6 +41,23 @@ def test_packed_scoring_equals_one_pair_at_a_time(model, reference, tokens_per_c
         assert (n, greedy) == (want_n, want_greedy)
 
 
+def test_logits_in_chunks_score_as_all_at_once(model, reference):
+    """Every call's positions padded to a multiple of 64 and scored 64 at a time."""
+    pairs, want = reference
+    got = scoring.score_packed(model, pairs, tokens_per_call=512, chunk=64)
+    for (lp, n, greedy), (want_lp, want_n, want_greedy) in zip(got, want):
+        assert lp == pytest.approx(want_lp, abs=1e-4)
+        assert (n, greedy) == (want_n, want_greedy)
+
+
+def test_a_chunk_holds_about_as_many_logits_whatever_the_vocabulary():
+    assert scoring.positions_per_chunk(256_000) == 2048
+    assert scoring.positions_per_chunk(300) == 1 << 20
+    assert scoring.positions_per_chunk(2**40) == 64
+    assert scoring._positions_bucket(100, 2048) == 128
+    assert scoring._positions_bucket(5000, 2048) == 6144
+
+
 def test_packed_scoring_equals_libs_model_scoring(model):
     pairs = _pairs(1, 25)
     ours = scoring.score_packed(model, pairs)
