@@ -15,6 +15,7 @@ sequences) so a handful of compilations serve a whole evaluation.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -55,9 +56,12 @@ def _choose(logits_bv, key, temperature, top_p, sample: bool, nucleus: bool):
     return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
 
 
-@nnx.jit(static_argnames=("new_len", "sample", "nucleus"))
+# A pure function of the parameters (nnx.split): only the new tokens come back, not
+# a copy of every parameter as a jitted module would return.
+@functools.partial(jax.jit, static_argnames=("graphdef", "new_len", "sample", "nucleus"))
 def _generate(
-    model: Transformer,
+    graphdef,
+    state,
     tokens_bp,
     segment_ids_bp,
     positions_bp,
@@ -72,6 +76,7 @@ def _generate(
     sample,
     nucleus,
 ):
+    model: Transformer = nnx.merge(graphdef, state)
     b, p = tokens_bp.shape
     cache = KVCache.init(model.cfg, b, p + new_len, per_layer=True)
     layers = model.unstack_layers()  # sliced once, outside the loop (see model.forward)
@@ -199,7 +204,7 @@ def generate(
     next_pos_b = np.array([len(r) for r in rows], np.int32)
 
     out_bn, n_gen_b = _generate(
-        model,
+        *nnx.split(model),
         tokens_bp,
         segment_ids_bp,
         positions_bp,

@@ -91,13 +91,15 @@ def generation_program(model, mesh, prompt_len: int, new_tokens: int) -> _Progra
     """decode._generate (prefill + greedy KV-cache decode loop) for `batch` prompts of
     `prompt_len` tokens and `new_tokens` new ones, the buckets decode.generate uses."""
     rules = model.cfg.sharding_rules
+    graphdef, state = nnx.split(model)
     p, new = decode._bucket(prompt_len), decode._bucket(new_tokens)
     stops = decode._stop_patterns([[0]])
     key = jax.eval_shape(lambda: jax.random.key(0))  # no device holds one here
 
     def lower(batch):
         return decode._generate.lower(
-            model,
+            graphdef,
+            state,
             _rows(mesh, rules, (batch, p)),
             _rows(mesh, rules, (batch, p)),
             _rows(mesh, rules, (batch, p)),
