@@ -12,8 +12,13 @@ Runs on a CPU-only host (libtpu compiles for the topology; services/trainer/aot.
 
 from __future__ import annotations
 
+import os
+
 from services.trainer import aot
 
+# Compiling needs no chip: another process holding libtpu (a trainer's compile tool,
+# tests run in parallel) is no reason to refuse.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 aot.use_libtpu()  # before JAX starts any backend
 
 import sys  # noqa: E402
