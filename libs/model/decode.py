@@ -80,7 +80,7 @@ def _generate(
     b, p = tokens_bp.shape
     cache = KVCache.init(model.cfg, b, p + new_len, per_layer=True)
     layers = model.unstack_layers()  # sliced once, outside the loop (see model.forward)
-    h_bpd, cache = model.hidden(
+    logits_bpv, cache = model.forward(
         tokens_bp,
         segment_ids_bt=segment_ids_bp,
         positions_bt=positions_bp,
@@ -88,9 +88,6 @@ def _generate(
         start=0,
         layers=layers,
     )
-    # Only the last position's logits are needed: [b, p, V] of a long prompt at a
-    # large vocabulary is gigabytes a row.
-    logits_bv = model.logits(h_bpd[:, -1:])[:, 0]
     ones_b1 = jnp.ones((b, 1), jnp.int32)
 
     def cond(s):
@@ -132,7 +129,7 @@ def _generate(
     init = (
         jnp.int32(0),
         cache,
-        logits_bv,
+        logits_bpv[:, -1],
         jnp.zeros((b, new_len), jnp.int32),
         jnp.zeros((b,), bool),
         jnp.zeros((b,), jnp.int32),

@@ -71,22 +71,12 @@ class KVCache:
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, length: int, per_layer: bool = False) -> "KVCache":
-        """Empty slots. Under a mesh each row lives where its batch shard does (the
-        sharding rules' batch and heads axes), not on every device."""
         shape = (batch, cfg.num_heads, length, cfg.head_dim)
-        rules = cfg.sharding_rules
-        axes = ("batch", "heads", "length", "kv")
         if per_layer:
-            zeros = tuple(
-                constrain(jnp.zeros(shape, jnp.dtype(cfg.dtype)), axes, rules)
-                for _ in range(cfg.num_layers)
-            )
+            zeros = tuple(jnp.zeros(shape, jnp.dtype(cfg.dtype)) for _ in range(cfg.num_layers))
         else:
-            zeros = constrain(
-                jnp.zeros((cfg.num_layers, *shape), jnp.dtype(cfg.dtype)), ("layers", *axes), rules
-            )
-        segment_ids_bs = constrain(jnp.zeros((batch, length), jnp.int32), ("batch", "length"), rules)
-        return cls(zeros, zeros, segment_ids_bs)
+            zeros = jnp.zeros((cfg.num_layers, *shape), jnp.dtype(cfg.dtype))
+        return cls(zeros, zeros, jnp.zeros((batch, length), jnp.int32))
 
 
 def document_positions(segment_ids_bt: jax.Array) -> jax.Array:
