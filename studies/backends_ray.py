@@ -5,8 +5,14 @@ A phase on N hosts is a gang task that places N host bundles all at once
 bundle, each running `python -m services.trainer.api.main --run_spec=...
 --distributed --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=i` (host 0's address is the gang's jax.distributed
-coordinator), and waits for them. Capacity, the phases that train at once,
-is the number of slices, counted in one of two ways (docs/cluster.md):
+coordinator), and waits for them. On TPU slices the module is the trainer's
+TPU entry, `services.trainer.api.main_tpu`: libtpu from @libtpu_wheel, and
+a host whose JAX devices are not TPUs fails instead of training on its CPU.
+libtpu reaches the hosts the way the code does: the trainers import from the
+runner's import path (default_env's PYTHONPATH, the runner's Bazel runfiles,
+which hold @libtpu_wheel), the same checkout built at the same path on every
+host. Capacity, the phases that train at once, is the number of slices,
+counted in one of two ways (docs/cluster.md):
 
 - TPU slices (`tpu_topology` and `tpu_version` set): the cluster's intact
   slices of that topology, as Ray sees them from the labels TPU VMs declare
@@ -62,6 +68,10 @@ from studies.backends import Backend, PhaseFailed, PhaseJob, PhaseResult, RunOut
 # Exit statuses of a trainer process that say "taken away", not "broke".
 _PREEMPTED_SIGNALS = (-9, -15, 137, 143)
 
+# The modules a gang host runs: the trainer, and its TPU entry (libtpu, TPU devices only).
+CPU_TRAINER = "services.trainer.api.main"
+TPU_TRAINER = "services.trainer.api.main_tpu"
+
 
 @dataclasses.dataclass(frozen=True)
 class GangPolicy:
@@ -72,6 +82,8 @@ class GangPolicy:
     # Set both for TPU slices: the gang's hosts are one slice's hosts.
     tpu_topology: str = ""  # e.g. "4x4" (v5e-16)
     tpu_version: str = ""  # as Ray names it: "v4", "v5litepod" (v5e), "v5p", "v6e"
+    # The module each host runs; "": TPU_TRAINER on TPU slices, else CPU_TRAINER.
+    trainer_module: str = ""
     max_failures: int = 2
     max_preemptions: int = 20
     placement_timeout_s: float = 600.0
@@ -84,6 +96,10 @@ class GangPolicy:
     def accelerator_type(self) -> str:
         """Ray's name of the TPU type ("TPU-V5LITEPOD")."""
         return "TPU-" + self.tpu_version.upper()
+
+    def trainer(self) -> str:
+        """The module each host of a gang runs."""
+        return self.trainer_module or (TPU_TRAINER if self.tpu_topology else CPU_TRAINER)
 
 
 class _Unplaced(Exception):
@@ -114,13 +130,14 @@ class TrainerHost:
         flags: list[str],
         env: dict[str, str],
         log_path: str,
+        module: str = CPU_TRAINER,
     ) -> tuple[int, str]:
         from libs.serving import process
 
         fd, spec_path = tempfile.mkstemp(prefix="run_spec-", suffix=".textproto")
         with os.fdopen(fd, "w") as f:
             f.write(spec_text)
-        argv = process.module_command("services.trainer.api.main") + [f"--run_spec={spec_path}"]
+        argv = process.module_command(module) + [f"--run_spec={spec_path}"]
         if num_processes > 1:
             argv += [
                 "--distributed",
@@ -267,7 +284,14 @@ def _run_gang(
         coordinator = ray.get(workers[0].coordinator.remote()) if hosts > 1 else ""
         refs = {
             w.train.remote(
-                spec_text, coordinator, hosts, i, flags, env, os.path.join(log_dir, f"host-{i}.log")
+                spec_text,
+                coordinator,
+                hosts,
+                i,
+                flags,
+                env,
+                os.path.join(log_dir, f"host-{i}.log"),
+                module=policy.trainer(),
             ): i
             for i, w in enumerate(workers)
         }

@@ -31,7 +31,13 @@ S = trainer_pb2.LRSchedule
 STEPS = 8
 TOPOLOGY, VERSION = "2x2x2", "v4"  # v4-16: two hosts of four chips
 HEAD = "TPU-v4-16-head"
-POLICY = backends_ray.GangPolicy(tpu_topology=TOPOLOGY, tpu_version=VERSION, watch_interval_s=1)
+# The simulated slices' hosts have CPUs only: their gangs run the CPU trainer.
+POLICY = backends_ray.GangPolicy(
+    tpu_topology=TOPOLOGY,
+    tpu_version=VERSION,
+    trainer_module=backends_ray.CPU_TRAINER,
+    watch_interval_s=1,
+)
 
 
 @pytest.fixture(scope="module")
