@@ -755,20 +755,9 @@ def _manifest(out, specs, shards, clean, exact_uris, written, index, config, tok
         )
     return {
         "format": FORMAT,
-        "tokenizer": {
-            "file": corpus_lib.TOKENIZER,
-            "vocab_size": tok.vocab_size,
-            "eos_id": tok.eos_id,
-            "pad_id": tok.pad_id,
-            "sha256": tok.sha256,
-            "type": "byte-level BPE (HF tokenizers)",
-        },
+        "tokenizer": corpus_lib.tokenizer_entry(tok),
         "sources": entries,
-        "heldout": {
-            "rule": corpus_lib.HELDOUT_RULE,
-            "per_mille": config.heldout_per_mille,
-            "max_documents": config.heldout_max_documents,
-        },
+        "heldout": corpus_lib.heldout_entry(config),
         "dedup": {
             "exact": "blake2b-128 of the UTF-8 text, across every source",
             "near": f"MinHash LSH over token {NGRAM}-grams, {BANDS} bands x {ROWS} rows",
