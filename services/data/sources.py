@@ -217,11 +217,23 @@ def load_spec_file(path: str) -> list[SourceSpec]:
     """Reads a source-spec file: JSON `{"sources": [{"name", "kind",
     "description", "max_tokens", "inputs": [{"path": "json", "data_files":
     ["/data/*.jsonl"], "text_field": "text"}, ...]}]}`. Relative data_files
-    are taken relative to the file's directory."""
+    are taken relative to the file's directory. `"include": ["other.json"]`
+    reads other spec files (relative to this one) first, in order, so one
+    file can name a whole corpus made of several; other top-level keys (notes
+    such as "about") are not read."""
+    return _load_spec_file(path, ())
+
+
+def _load_spec_file(path: str, seen: tuple[str, ...]) -> list[SourceSpec]:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ValueError(f"{path} includes itself: {' -> '.join(seen + (path,))}")
     with open(path) as f:
         raw = json.load(f)
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.dirname(path)
     specs = []
+    for other in _as_list(raw.get("include", ())):
+        specs += _load_spec_file(os.path.join(base, other), seen + (path,))
     for d in raw.get("sources", ()):
         d = dict(d)
         d["inputs"] = [

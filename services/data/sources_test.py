@@ -245,6 +245,31 @@ def test_spec_file(tmp_path):
         sources.SourceSpec("x", "text", "", (sources.Input(reader="nope"),))
 
 
+def test_spec_file_includes_other_spec_files(tmp_path):
+    def spec(name: str, data: str) -> dict:
+        return {"name": name, "kind": "text", "inputs": [{"path": "json", "data_files": data}]}
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.json").write_text(json.dumps({"sources": [spec("a", "a/*.jsonl")]}))
+    (tmp_path / "b.json").write_text(
+        json.dumps({"about": {"b": "notes"}, "sources": [spec("b", "b/*.jsonl")]})
+    )
+    (tmp_path / "all.json").write_text(
+        json.dumps({"include": ["parts/a.json", "b.json"], "sources": [spec("c", "/c.jsonl")]})
+    )
+    specs = sources.load_spec_file(str(tmp_path / "all.json"))
+    assert [s.name for s in specs] == ["a", "b", "c"]
+    # Relative files are taken relative to the file that names them.
+    assert specs[0].inputs[0].data_files == (str(tmp_path / "parts" / "a" / "*.jsonl"),)
+    assert specs[1].inputs[0].data_files == (str(tmp_path / "b" / "*.jsonl"),)
+    (tmp_path / "twice.json").write_text(json.dumps({"include": ["b.json", "b.json"]}))
+    with pytest.raises(ValueError, match="duplicate source names"):
+        sources.load_spec_file(str(tmp_path / "twice.json"))
+    (tmp_path / "loop.json").write_text(json.dumps({"include": ["loop.json"]}))
+    with pytest.raises(ValueError, match="includes itself"):
+        sources.load_spec_file(str(tmp_path / "loop.json"))
+
+
 def test_default_catalogue_covers_the_paper_kinds():
     specs = sources.default_sources()
     # Every kind of the paper, in order; the cooldown's code is a source of its own.
