@@ -44,6 +44,7 @@ Workers are Ray tasks (`workers` CPUs of a local Ray cluster, or the cluster
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import io
 import json
@@ -133,7 +134,11 @@ def _expand(inp: sources_lib.Input) -> list[str]:
             import fsspec
 
             fs, path = fsspec.core.url_to_fs(pattern)
-        matched = sorted(protocol + k.removeprefix(protocol) for k in fs.glob(path))
+        matched = sorted(
+            uri
+            for uri in (protocol + k.removeprefix(protocol) for k in fs.glob(path))
+            if not any(fnmatch.fnmatch(uri, x) for x in inp.exclude)
+        )
         if not matched and not inp.missing_ok:
             raise FileNotFoundError(f"no files match {pattern!r}")
         files += matched
