@@ -37,7 +37,8 @@ How a gang ends, and what is counted:
 - the hosts not placed within `placement_timeout_s` (no intact slice, or a
   bundle no host can hold): a failure reported as "unplaced";
 - no new metrics line for `stall_timeout_s` (a hung collective, a stuck
-  host): the gang is ended, a failure reported as "stalled".
+  host), or no first one for `startup_timeout_s`: the gang is ended, a
+  failure reported as "stalled".
 
 Failures of every kind share `max_failures`. Past a bound the phase fails;
 below it the gang starts again (a gang that ended early kills its other
@@ -88,9 +89,11 @@ class GangPolicy:
     max_preemptions: int = 20
     placement_timeout_s: float = 600.0
     # A gang whose metrics.jsonl has not grown for this long is ended and
-    # restarted (0: never). Longer than start-up plus compile plus the time
-    # between two logged steps.
+    # restarted (0: never): longer than the time between two logged steps.
+    # Until an attempt logs its first step (start-up, restore, compile), the
+    # limit is startup_timeout_s.
     stall_timeout_s: float = 1800.0
+    startup_timeout_s: float = 3600.0
     watch_interval_s: float = 10.0
 
     def accelerator_type(self) -> str:
@@ -225,6 +228,7 @@ class _Progress:
         self._uri = metrics_uri
         self._size = self._read()
         self._since = time.monotonic()
+        self.started = False  # a step logged since this attempt began
 
     def _read(self) -> int:
         try:
@@ -235,7 +239,7 @@ class _Progress:
     def idle_s(self) -> float:
         size = self._read()
         if size != self._size:
-            self._size, self._since = size, time.monotonic()
+            self._size, self._since, self.started = size, time.monotonic(), True
         return time.monotonic() - self._since
 
 
@@ -300,8 +304,10 @@ def _run_gang(
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=policy.watch_interval_s)
             if not ready:
                 idle = progress.idle_s()
-                if policy.stall_timeout_s and idle > policy.stall_timeout_s:
-                    return end("stalled", detail=f"no step logged for {idle:.0f}s")
+                limit = policy.stall_timeout_s if progress.started else policy.startup_timeout_s
+                if policy.stall_timeout_s and idle > limit:
+                    what = "no step logged" if progress.started else "no first step"
+                    return end("stalled", detail=f"{what} for {idle:.0f}s")
                 continue
             i = refs.pop(ready[0])
             try:
