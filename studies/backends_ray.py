@@ -5,8 +5,14 @@ A phase on N hosts is a gang task that places N host bundles all at once
 bundle, each running `python -m services.trainer.api.main --run_spec=...
 --distributed --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=i` (host 0's address is the gang's jax.distributed
-coordinator), and waits for them. Capacity, the phases that train at once,
-is the number of slices, counted in one of two ways (docs/cluster.md):
+coordinator), and waits for them. On TPU slices the module is the trainer's
+TPU entry, `services.trainer.api.main_tpu`: libtpu from @libtpu_wheel, and
+a host whose JAX devices are not TPUs fails instead of training on its CPU.
+libtpu reaches the hosts the way the code does: the trainers import from the
+runner's import path (default_env's PYTHONPATH, the runner's Bazel runfiles,
+which hold @libtpu_wheel), the same checkout built at the same path on every
+host. Capacity, the phases that train at once, is the number of slices,
+counted in one of two ways (docs/cluster.md):
 
 - TPU slices (`tpu_topology` and `tpu_version` set): the cluster's intact
   slices of that topology, as Ray sees them from the labels TPU VMs declare
@@ -31,7 +37,8 @@ How a gang ends, and what is counted:
 - the hosts not placed within `placement_timeout_s` (no intact slice, or a
   bundle no host can hold): a failure reported as "unplaced";
 - no new metrics line for `stall_timeout_s` (a hung collective, a stuck
-  host): the gang is ended, a failure reported as "stalled".
+  host), or no first one for `startup_timeout_s`: the gang is ended, a
+  failure reported as "stalled".
 
 Failures of every kind share `max_failures`. Past a bound the phase fails;
 below it the gang starts again (a gang that ended early kills its other
@@ -62,6 +69,10 @@ from studies.backends import Backend, PhaseFailed, PhaseJob, PhaseResult, RunOut
 # Exit statuses of a trainer process that say "taken away", not "broke".
 _PREEMPTED_SIGNALS = (-9, -15, 137, 143)
 
+# The modules a gang host runs: the trainer, and its TPU entry (libtpu, TPU devices only).
+CPU_TRAINER = "services.trainer.api.main"
+TPU_TRAINER = "services.trainer.api.main_tpu"
+
 
 @dataclasses.dataclass(frozen=True)
 class GangPolicy:
@@ -72,18 +83,26 @@ class GangPolicy:
     # Set both for TPU slices: the gang's hosts are one slice's hosts.
     tpu_topology: str = ""  # e.g. "4x4" (v5e-16)
     tpu_version: str = ""  # as Ray names it: "v4", "v5litepod" (v5e), "v5p", "v6e"
+    # The module each host runs; "": TPU_TRAINER on TPU slices, else CPU_TRAINER.
+    trainer_module: str = ""
     max_failures: int = 2
     max_preemptions: int = 20
     placement_timeout_s: float = 600.0
     # A gang whose metrics.jsonl has not grown for this long is ended and
-    # restarted (0: never). Longer than start-up plus compile plus the time
-    # between two logged steps.
+    # restarted (0: never): longer than the time between two logged steps.
+    # Until an attempt logs its first step (start-up, restore, compile), the
+    # limit is startup_timeout_s.
     stall_timeout_s: float = 1800.0
+    startup_timeout_s: float = 3600.0
     watch_interval_s: float = 10.0
 
     def accelerator_type(self) -> str:
         """Ray's name of the TPU type ("TPU-V5LITEPOD")."""
         return "TPU-" + self.tpu_version.upper()
+
+    def trainer(self) -> str:
+        """The module each host of a gang runs."""
+        return self.trainer_module or (TPU_TRAINER if self.tpu_topology else CPU_TRAINER)
 
 
 class _Unplaced(Exception):
@@ -114,13 +133,14 @@ class TrainerHost:
         flags: list[str],
         env: dict[str, str],
         log_path: str,
+        module: str = CPU_TRAINER,
     ) -> tuple[int, str]:
         from libs.serving import process
 
         fd, spec_path = tempfile.mkstemp(prefix="run_spec-", suffix=".textproto")
         with os.fdopen(fd, "w") as f:
             f.write(spec_text)
-        argv = process.module_command("services.trainer.api.main") + [f"--run_spec={spec_path}"]
+        argv = process.module_command(module) + [f"--run_spec={spec_path}"]
         if num_processes > 1:
             argv += [
                 "--distributed",
@@ -208,6 +228,7 @@ class _Progress:
         self._uri = metrics_uri
         self._size = self._read()
         self._since = time.monotonic()
+        self.started = False  # a step logged since this attempt began
 
     def _read(self) -> int:
         try:
@@ -218,7 +239,7 @@ class _Progress:
     def idle_s(self) -> float:
         size = self._read()
         if size != self._size:
-            self._size, self._since = size, time.monotonic()
+            self._size, self._since, self.started = size, time.monotonic(), True
         return time.monotonic() - self._since
 
 
@@ -267,7 +288,14 @@ def _run_gang(
         coordinator = ray.get(workers[0].coordinator.remote()) if hosts > 1 else ""
         refs = {
             w.train.remote(
-                spec_text, coordinator, hosts, i, flags, env, os.path.join(log_dir, f"host-{i}.log")
+                spec_text,
+                coordinator,
+                hosts,
+                i,
+                flags,
+                env,
+                os.path.join(log_dir, f"host-{i}.log"),
+                module=policy.trainer(),
             ): i
             for i, w in enumerate(workers)
         }
@@ -276,8 +304,10 @@ def _run_gang(
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=policy.watch_interval_s)
             if not ready:
                 idle = progress.idle_s()
-                if policy.stall_timeout_s and idle > policy.stall_timeout_s:
-                    return end("stalled", detail=f"no step logged for {idle:.0f}s")
+                limit = policy.stall_timeout_s if progress.started else policy.startup_timeout_s
+                if policy.stall_timeout_s and idle > limit:
+                    what = "no step logged" if progress.started else "no first step"
+                    return end("stalled", detail=f"{what} for {idle:.0f}s")
                 continue
             i = refs.pop(ready[0])
             try:

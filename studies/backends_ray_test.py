@@ -15,23 +15,17 @@ gang host takes one CPU. Checked here:
   the other with capacity 1 (the trainers' own start and end times).
 """
 
-import json
 import os
 import signal
-import time
 import uuid
 
 import numpy as np
 import pytest
 
-from proto import trainer_pb2
 from services.data.api import client as data_client
 from services.data.api import testing as data_testing
-from studies import backends_ray
+from studies import backends_ray, gang_testing
 from studies.backends import PhaseJob
-
-S = trainer_pb2.LRSchedule
-STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -53,102 +47,47 @@ def cluster(tmp_path_factory):
         data.stop()
 
 
-def _spec(run_id: str, checkpoint_dir: str, data_address: str) -> trainer_pb2.RunSpec:
-    mixture = data_testing.one_stage_mixture(text=0.5, code=0.5)
-    return trainer_pb2.RunSpec(
-        run_id=run_id,
-        preset="tiny",
-        data_address=data_address,
-        global_batch_size=4,
-        seq_len=64,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every_steps=2,
-        phases=[
-            trainer_pb2.Phase(
-                name="pretrain",
-                from_scratch=True,
-                token_budget=STEPS * 4 * 64,
-                mixture=mixture,
-                schedule=S(kind=S.COSINE, peak_lr=3e-3, warmup_steps=2),
-            )
-        ],
-    )
-
-
-def _losses(checkpoint_dir: str, run_id: str) -> list[float]:
-    by_step = {}
-    with open(os.path.join(checkpoint_dir, run_id, "metrics.jsonl")) as f:
-        for record in map(json.loads, f):
-            by_step[int(record["step"])] = record["loss"]  # a resumed run logs again: newest wins
-    assert sorted(by_step) == list(range(1, STEPS + 1))
-    return [by_step[k] for k in sorted(by_step)]
-
-
 @pytest.fixture(scope="module")
 def one_host(cluster, tmp_path_factory):
     """An uninterrupted 1-host run: the reference losses."""
     out = str(tmp_path_factory.mktemp("one"))
     backend = backends_ray.RayBackend(log=print)
-    result = backend.submit(PhaseJob("one", _spec("one", out, cluster))).result(timeout=600)
+    result = backend.submit(PhaseJob("one", gang_testing.tiny_spec("one", out, cluster))).result(
+        timeout=600
+    )
     backend.close()
-    assert result.attempts == 1 and result.final.step == STEPS
-    return _losses(out, "one")
+    assert result.attempts == 1 and result.final.step == gang_testing.STEPS
+    return gang_testing.losses(out, "one")
 
 
 def test_a_two_host_gang_matches_one_host(cluster, one_host, tmp_path):
     backend = backends_ray.RayBackend(log=print)
-    result = backend.submit(PhaseJob("two", _spec("two", str(tmp_path), cluster), hosts=2)).result(
-        timeout=600
-    )
+    result = backend.submit(
+        PhaseJob("two", gang_testing.tiny_spec("two", str(tmp_path), cluster), hosts=2)
+    ).result(timeout=600)
     backend.close()
     assert result.attempts == 1 and result.preemptions == result.failures == 0
-    assert result.final.step == STEPS and result.final.phase_end
-    assert [r["step"] for r in result.metrics] == list(range(1, STEPS + 1))
+    assert result.final.step == gang_testing.STEPS and result.final.phase_end
+    assert [r["step"] for r in result.metrics] == list(range(1, gang_testing.STEPS + 1))
     # The same global batches, reduced across processes in another order.
-    np.testing.assert_allclose(_losses(str(tmp_path), "two"), one_host, rtol=2e-4)
-
-
-def _trainer_pids(run_id: str, process_id: int) -> list[int]:
-    """Trainer processes of this run's gang (their run_spec file names the run)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if "services.trainer.api.main" not in argv or f"--process_id={process_id}" not in argv:
-            continue
-        spec_flag = next((a for a in argv if a.startswith("--run_spec=")), "")
-        try:
-            with open(spec_flag.removeprefix("--run_spec=")) as f:
-                if f'run_id: "{run_id}"' in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
+    np.testing.assert_allclose(gang_testing.losses(str(tmp_path), "two"), one_host, rtol=2e-4)
 
 
 def test_a_killed_gang_worker_restarts_the_gang_from_its_checkpoint(cluster, one_host, tmp_path):
     run_id = f"killed-{uuid.uuid4().hex[:6]}"
     backend = backends_ray.RayBackend(log=print)
-    future = backend.submit(PhaseJob("killed", _spec(run_id, str(tmp_path), cluster), hosts=2))
-    committed = tmp_path / run_id / "checkpoints" / "2"
-    deadline = time.monotonic() + 300
-    while not committed.exists():
-        assert not future.done(), future.result()
-        assert time.monotonic() < deadline, "no checkpoint committed in 300s"
-        time.sleep(0.1)
-    (pid,) = _trainer_pids(run_id, 1)
+    future = backend.submit(
+        PhaseJob("killed", gang_testing.tiny_spec(run_id, str(tmp_path), cluster), hosts=2)
+    )
+    gang_testing.wait_for_checkpoint(str(tmp_path), run_id, 2, future)
+    (pid,) = gang_testing.trainer_pids(run_id, 1)
     os.kill(pid, signal.SIGKILL)
     result = future.result(timeout=600)
     backend.close()
     assert result.attempts == 2, result
     assert result.preemptions == 1 and result.failures == 0
-    assert result.final.step == STEPS
-    np.testing.assert_allclose(_losses(str(tmp_path), run_id), one_host, rtol=2e-4)
+    assert result.final.step == gang_testing.STEPS
+    np.testing.assert_allclose(gang_testing.losses(str(tmp_path), run_id), one_host, rtol=2e-4)
 
 
 def test_a_stalled_gang_is_ended_and_restarted(cluster, one_host, tmp_path):
@@ -157,20 +96,17 @@ def test_a_stalled_gang_is_ended_and_restarted(cluster, one_host, tmp_path):
     run_id = f"stalled-{uuid.uuid4().hex[:6]}"
     policy = backends_ray.GangPolicy(stall_timeout_s=30, watch_interval_s=1)
     backend = backends_ray.RayBackend(policy=policy, log=print)
-    future = backend.submit(PhaseJob("stalled", _spec(run_id, str(tmp_path), cluster), hosts=2))
-    committed = tmp_path / run_id / "checkpoints" / "2"
-    deadline = time.monotonic() + 300
-    while not committed.exists():
-        assert not future.done(), future.result()
-        assert time.monotonic() < deadline, "no checkpoint committed in 300s"
-        time.sleep(0.1)
-    (pid,) = _trainer_pids(run_id, 1)
+    future = backend.submit(
+        PhaseJob("stalled", gang_testing.tiny_spec(run_id, str(tmp_path), cluster), hosts=2)
+    )
+    gang_testing.wait_for_checkpoint(str(tmp_path), run_id, 2, future)
+    (pid,) = gang_testing.trainer_pids(run_id, 1)
     os.kill(pid, signal.SIGSTOP)
     result = future.result(timeout=600)
     backend.close()
     assert result.attempts == 2 and result.failures == 1 and result.preemptions == 0, result
-    assert result.final.step == STEPS
-    np.testing.assert_allclose(_losses(str(tmp_path), run_id), one_host, rtol=2e-4)
+    assert result.final.step == gang_testing.STEPS
+    np.testing.assert_allclose(gang_testing.losses(str(tmp_path), run_id), one_host, rtol=2e-4)
 
 
 @pytest.mark.parametrize("resource,overlap", [("code_lab_slice", True), ("one_slice", False)])
@@ -179,7 +115,8 @@ def test_capacity_is_the_slice_resource(cluster, tmp_path, resource, overlap):
     backend = backends_ray.RayBackend(policy=policy, log=print)
     assert backend.capacity == (2 if overlap else 1)
     futures = [
-        backend.submit(PhaseJob(name, _spec(name, str(tmp_path), cluster))) for name in ("a", "b")
+        backend.submit(PhaseJob(name, gang_testing.tiny_spec(name, str(tmp_path), cluster)))
+        for name in ("a", "b")
     ]
     a, b = (f.result(timeout=600) for f in futures)
     backend.close()

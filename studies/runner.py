@@ -490,6 +490,7 @@ class Options:
     max_preemptions: int = 20
     placement_timeout_s: float = 600.0
     stall_timeout_s: float = 1800.0
+    startup_timeout_s: float = 3600.0
 
 
 RUNNER_LOCK = "runner.lock"
@@ -623,6 +624,7 @@ def make_backend(options: Options, trainer_flags: list[str], log) -> Backend | N
         max_preemptions=options.max_preemptions,
         placement_timeout_s=options.placement_timeout_s,
         stall_timeout_s=options.stall_timeout_s,
+        startup_timeout_s=options.startup_timeout_s,
     )
     init = {}
     if not options.ray_address:

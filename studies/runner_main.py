@@ -87,7 +87,12 @@ flags.DEFINE_float(
     "stall_timeout_s",
     1800,
     "Ray backend: a gang that logs no step for this long is ended and restarted "
-    "(0: never); longer than start-up, compile and the time between logged steps.",
+    "(0: never); longer than the time between logged steps.",
+)
+flags.DEFINE_float(
+    "startup_timeout_s",
+    3600,
+    "Ray backend: the same for a gang's first step (start-up, restore, compile).",
 )
 flags.mark_flag_as_required("spec")
 
@@ -133,6 +138,7 @@ def main(argv):
         max_preemptions=FLAGS.max_preemptions,
         placement_timeout_s=FLAGS.placement_timeout_s,
         stall_timeout_s=FLAGS.stall_timeout_s,
+        startup_timeout_s=FLAGS.startup_timeout_s,
     )
     sys.exit(runner.main(options))
 

@@ -13,7 +13,6 @@ real CPU processes with a real data service. Checked here:
   preemption.
 """
 
-import json
 import os
 import signal
 import time
@@ -21,17 +20,20 @@ import time
 import numpy as np
 import pytest
 
-from proto import trainer_pb2
 from services.data.api import client as data_client
 from services.data.api import testing as data_testing
-from studies import backends_ray, tpu_cluster_testing
+from studies import backends_ray, gang_testing, tpu_cluster_testing
 from studies.backends import PhaseFailed, PhaseJob
 
-S = trainer_pb2.LRSchedule
-STEPS = 8
 TOPOLOGY, VERSION = "2x2x2", "v4"  # v4-16: two hosts of four chips
 HEAD = "TPU-v4-16-head"
-POLICY = backends_ray.GangPolicy(tpu_topology=TOPOLOGY, tpu_version=VERSION, watch_interval_s=1)
+# The simulated slices' hosts have CPUs only: their gangs run the CPU trainer.
+POLICY = backends_ray.GangPolicy(
+    tpu_topology=TOPOLOGY,
+    tpu_version=VERSION,
+    trainer_module=backends_ray.CPU_TRAINER,
+    watch_interval_s=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,51 +53,11 @@ def cluster(tmp_path_factory):
             data.stop()
 
 
-def _spec(run_id: str, checkpoint_dir: str, data_address: str) -> trainer_pb2.RunSpec:
-    return trainer_pb2.RunSpec(
-        run_id=run_id,
-        preset="tiny",
-        data_address=data_address,
-        global_batch_size=4,
-        seq_len=64,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every_steps=2,
-        phases=[
-            trainer_pb2.Phase(
-                name="pretrain",
-                from_scratch=True,
-                token_budget=STEPS * 4 * 64,
-                mixture=data_testing.one_stage_mixture(text=0.5, code=0.5),
-                schedule=S(kind=S.COSINE, peak_lr=3e-3, warmup_steps=2),
-            )
-        ],
-    )
-
-
-def _losses(checkpoint_dir: str, run_id: str) -> list[float]:
-    by_step = {}
-    with open(os.path.join(checkpoint_dir, run_id, "metrics.jsonl")) as f:
-        for record in map(json.loads, f):
-            by_step[int(record["step"])] = record["loss"]  # a resumed run logs again: newest wins
-    assert sorted(by_step) == list(range(1, STEPS + 1))
-    return [by_step[k] for k in sorted(by_step)]
-
-
-def _trainer_pid(run_id: str, process_id: int) -> int:
-    """The trainer process of this run's gang with this process id."""
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").split("\0")
-            if "services.trainer.api.main" not in argv or f"--process_id={process_id}" not in argv:
-                continue
-            spec = next(a for a in argv if a.startswith("--run_spec=")).removeprefix("--run_spec=")
-            with open(spec) as f:
-                if f'run_id: "{run_id}"' in f.read():
-                    return int(entry)
-        except (OSError, StopIteration):
-            continue
-    raise AssertionError(f"no trainer process {process_id} of {run_id}")
+def _wait_released(ray) -> None:
+    deadline = time.monotonic() + 30
+    while not _released(ray):
+        assert time.monotonic() < deadline, ray.util.placement_group_table()
+        time.sleep(0.5)
 
 
 def _released(ray) -> bool:
@@ -114,16 +76,14 @@ def test_gangs_take_whole_slices_and_restart_from_their_checkpoint(cluster, tmp_
     assert backend.capacity == 2
     out = str(tmp_path)
     jobs = {
-        name: PhaseJob(name, _spec(name, out, cluster)) for name in ("killed", "whole", "third")
+        name: PhaseJob(name, gang_testing.tiny_spec(name, out, cluster))
+        for name in ("killed", "whole", "third")
     }
     futures = {name: backend.submit(job) for name, job in jobs.items()}
     # Kill host 1's trainer of one gang once it has committed a checkpoint.
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "killed" / "checkpoints" / "2").exists():
-        assert not futures["killed"].done(), futures["killed"].result()
-        assert time.monotonic() < deadline, "no checkpoint committed in 300s"
-        time.sleep(0.1)
-    os.kill(_trainer_pid("killed", 1), signal.SIGKILL)
+    gang_testing.wait_for_checkpoint(out, "killed", 2, futures["killed"])
+    (pid,) = gang_testing.trainer_pids("killed", 1)
+    os.kill(pid, signal.SIGKILL)
     killed, whole, third = (futures[n].result(timeout=900) for n in ("killed", "whole", "third"))
     backend.close()
 
@@ -131,20 +91,17 @@ def test_gangs_take_whole_slices_and_restart_from_their_checkpoint(cluster, tmp_
         # One slice's two hosts, process id = TPU worker id.
         slice_name = r.hosts[0].split("/")[0]
         assert r.hosts == (f"{slice_name}/0", f"{slice_name}/1"), r
-        assert r.final.step == STEPS and r.final.phase_end
+        assert r.final.step == gang_testing.STEPS and r.final.phase_end
     assert whole.attempts == third.attempts == 1
     assert killed.attempts == 2 and killed.preemptions == 1 and killed.failures == 0
     # Two slices, three gangs: the first two overlap, the third starts after one ends.
     first, second = sorted((killed, whole), key=lambda r: r.started_at)
     assert second.started_at < first.finished_at
     assert third.started_at >= min(killed.finished_at, whole.finished_at)
-    reference = _losses(out, "whole")
-    np.testing.assert_allclose(_losses(out, "killed"), reference, rtol=2e-4)
-    np.testing.assert_allclose(_losses(out, "third"), reference, rtol=2e-4)
-    deadline = time.monotonic() + 30
-    while not _released(ray):
-        assert time.monotonic() < deadline, ray.util.placement_group_table()
-        time.sleep(0.5)
+    reference = gang_testing.losses(out, "whole")
+    np.testing.assert_allclose(gang_testing.losses(out, "killed"), reference, rtol=2e-4)
+    np.testing.assert_allclose(gang_testing.losses(out, "third"), reference, rtol=2e-4)
+    _wait_released(ray)
 
 
 def test_a_gang_not_placed_in_time_is_a_failure_not_a_preemption(cluster, tmp_path):
@@ -163,18 +120,15 @@ def test_a_gang_not_placed_in_time_is_a_failure_not_a_preemption(cluster, tmp_pa
             PhaseFailed,
             match="0 preemptions and 1 failures.*gang not placed: no v4 2x2x2 slice's head reserved in 3s",
         ):
-            backend.submit(PhaseJob("late", _spec("late", str(tmp_path), cluster))).result(
-                timeout=120
-            )
+            backend.submit(
+                PhaseJob("late", gang_testing.tiny_spec("late", str(tmp_path), cluster))
+            ).result(timeout=120)
     finally:
         backend.close()
         for pg in held:
             ray.util.remove_placement_group(pg)
     assert tpu.get_num_tpu_slices(TOPOLOGY, "TPU-V4") == 2
-    deadline = time.monotonic() + 30
-    while not _released(ray):
-        assert time.monotonic() < deadline, ray.util.placement_group_table()
-        time.sleep(0.5)
+    _wait_released(ray)
 
 
 def test_no_slice_of_the_topology_is_a_clear_error(cluster):

@@ -550,20 +550,9 @@ def build(
         log(decontam.format_report(decontamination))
         manifest = {
             "format": FORMAT,
-            "tokenizer": {
-                "file": TOKENIZER,
-                "vocab_size": tok.vocab_size,
-                "eos_id": tok.eos_id,
-                "pad_id": tok.pad_id,
-                "sha256": tok.sha256,
-                "type": "byte-level BPE (HF tokenizers)",
-            },
+            "tokenizer": tokenizer_entry(tok),
             "sources": entries,
-            "heldout": {
-                "rule": HELDOUT_RULE,
-                "per_mille": config.heldout_per_mille,
-                "max_documents": config.heldout_max_documents,
-            },
+            "heldout": heldout_entry(config),
             "decontamination": decontamination,
             "build": {
                 "recipe": config.recipe,
@@ -587,6 +576,27 @@ def build(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def tokenizer_entry(tok) -> dict:
+    """The manifest's "tokenizer" object."""
+    return {
+        "file": TOKENIZER,
+        "vocab_size": tok.vocab_size,
+        "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id,
+        "sha256": tok.sha256,
+        "type": "byte-level BPE (HF tokenizers)",
+    }
+
+
+def heldout_entry(config: BuildConfig) -> dict:
+    """The manifest's "heldout" object: the rule and its settings."""
+    return {
+        "rule": HELDOUT_RULE,
+        "per_mille": config.heldout_per_mille,
+        "max_documents": config.heldout_max_documents,
+    }
 
 
 def corpus_id(manifest: dict) -> str:

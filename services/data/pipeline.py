@@ -44,6 +44,7 @@ Workers are Ray tasks (`workers` CPUs of a local Ray cluster, or the cluster
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import io
 import json
@@ -133,7 +134,11 @@ def _expand(inp: sources_lib.Input) -> list[str]:
             import fsspec
 
             fs, path = fsspec.core.url_to_fs(pattern)
-        matched = sorted(protocol + k.removeprefix(protocol) for k in fs.glob(path))
+        matched = sorted(
+            uri
+            for uri in (protocol + k.removeprefix(protocol) for k in fs.glob(path))
+            if not any(fnmatch.fnmatch(uri, x) for x in inp.exclude)
+        )
         if not matched and not inp.missing_ok:
             raise FileNotFoundError(f"no files match {pattern!r}")
         files += matched
@@ -755,20 +760,9 @@ def _manifest(out, specs, shards, clean, exact_uris, written, index, config, tok
         )
     return {
         "format": FORMAT,
-        "tokenizer": {
-            "file": corpus_lib.TOKENIZER,
-            "vocab_size": tok.vocab_size,
-            "eos_id": tok.eos_id,
-            "pad_id": tok.pad_id,
-            "sha256": tok.sha256,
-            "type": "byte-level BPE (HF tokenizers)",
-        },
+        "tokenizer": corpus_lib.tokenizer_entry(tok),
         "sources": entries,
-        "heldout": {
-            "rule": corpus_lib.HELDOUT_RULE,
-            "per_mille": config.heldout_per_mille,
-            "max_documents": config.heldout_max_documents,
-        },
+        "heldout": corpus_lib.heldout_entry(config),
         "dedup": {
             "exact": "blake2b-128 of the UTF-8 text, across every source",
             "near": f"MinHash LSH over token {NGRAM}-grams, {BANDS} bands x {ROWS} rows",

@@ -245,3 +245,15 @@ def test_concatenated_indexes_as_one_array():
         assert view[start] == whole[start]
     idx = rng.integers(0, whole.size, 50)
     np.testing.assert_array_equal(view[idx], whole[idx])
+
+
+def test_uri_inputs_expand_with_their_excludes(tmp_path):
+    from libs.storage import testing as storage_testing
+
+    with storage_testing.gcs_emulator(bucket="bkt") as gcs:
+        for name in ("a-0.jsonl", "a-1.jsonl", "b-0.jsonl"):
+            from libs import storage
+
+            storage.write_text(gcs.uri(f"in/{name}"), "{}\n")
+        inp = sources.Input(path="json", data_files=(gcs.uri("in/*.jsonl"),), exclude=("*/b-*",))
+        assert pipeline._expand(inp) == [gcs.uri("in/a-0.jsonl"), gcs.uri("in/a-1.jsonl")]

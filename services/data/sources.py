@@ -34,6 +34,7 @@ import html.parser
 import json
 import os
 import re
+import string
 import sys
 import sysconfig
 import tempfile
@@ -78,6 +79,9 @@ class Input:
         {"meta.redpajama_set_name": {"not_in": ["RedPajamaGithub"]}}, or
         {"lang": {"in": ["Python", "Go"]}}; a record lacking the field is
         dropped by "in" and kept by "not_in".
+    template: a document made of several fields instead of `text_field`, as
+        `str.format` fills it from the record ("{subject}\n\n{old_contents}",
+        "{meta[url]}"); a field that is null fills in as "".
     """
 
     path: str = ""
@@ -95,6 +99,7 @@ class Input:
     streaming: bool = True
     missing_ok: bool = False
     where: Mapping[str, Mapping[str, Sequence[str]]] = dataclasses.field(default_factory=dict)
+    template: str = ""
 
     def __post_init__(self):
         for key, rule in self.where.items():
@@ -102,6 +107,10 @@ class Input:
                 raise ValueError(
                     f'where.{key}: give {{"in": [...]}} or {{"not_in": [...]}}, got {rule!r}'
                 )
+        try:
+            list(string.Formatter().parse(self.template))
+        except ValueError as e:
+            raise ValueError(f"template {self.template!r}: {e}") from None
 
     def keeps(self, record: Mapping) -> bool:
         """Whether `record` passes `where`."""
@@ -165,6 +174,8 @@ class SourceSpec:
             inp["where"] = {k: {op: list(v) for op, v in r.items()} for k, r in i.where.items()}
             if not inp["where"]:
                 del inp["where"]  # inputs without it keep their JSON form
+            if not inp["template"]:
+                del inp["template"]
             d["inputs"].append(inp)
         d["filters"] = dict(self.filters)
         if not d["filters"]:
@@ -206,11 +217,23 @@ def load_spec_file(path: str) -> list[SourceSpec]:
     """Reads a source-spec file: JSON `{"sources": [{"name", "kind",
     "description", "max_tokens", "inputs": [{"path": "json", "data_files":
     ["/data/*.jsonl"], "text_field": "text"}, ...]}]}`. Relative data_files
-    are taken relative to the file's directory."""
+    are taken relative to the file's directory. `"include": ["other.json"]`
+    reads other spec files (relative to this one) first, in order, so one
+    file can name a whole corpus made of several; other top-level keys (notes
+    such as "about") are not read."""
+    return _load_spec_file(path, ())
+
+
+def _load_spec_file(path: str, seen: tuple[str, ...]) -> list[SourceSpec]:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ValueError(f"{path} includes itself: {' -> '.join(seen + (path,))}")
     with open(path) as f:
         raw = json.load(f)
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.dirname(path)
     specs = []
+    for other in _as_list(raw.get("include", ())):
+        specs += _load_spec_file(os.path.join(base, other), seen + (path,))
     for d in raw.get("sources", ()):
         d = dict(d)
         d["inputs"] = [
@@ -364,6 +387,9 @@ def _texts(dataset, inp: Input) -> Iterator[str]:
     for i, record in enumerate(dataset):
         if inp.where and not inp.keeps(record):
             continue
+        if inp.template:
+            yield _fill(inp, record)
+            continue
         if inp.text_field not in record:
             raise KeyError(
                 f"input {inp.path or inp.reader}: records have no field {inp.text_field!r} "
@@ -373,6 +399,17 @@ def _texts(dataset, inp: Input) -> Iterator[str]:
         if value is None:
             continue
         yield value if isinstance(value, str) else str(value)
+
+
+def _fill(inp: Input, record: Mapping) -> str:
+    fields = {k: "" if v is None else v for k, v in record.items()}
+    try:
+        return inp.template.format_map(fields)
+    except KeyError as e:
+        raise KeyError(
+            f"input {inp.path or inp.reader}: template field {e} is not in the records "
+            f"(fields: {sorted(record)})"
+        ) from None
 
 
 def _group(texts: Iterable[str], limit: int, sep: str = "\n\n") -> Iterator[str]:

@@ -165,6 +165,38 @@ def test_datasets_builders_read_local_files(tmp_path):
         )
 
 
+def test_where_keeps_records_by_a_nested_field_and_template_joins_fields(tmp_path):
+    rows = [
+        {"subject": "Fix a", "message": None, "old": "x = 1", "meta": {"set": "A"}},
+        {"subject": "Fix b", "message": "why", "old": "y = 1", "meta": {"set": "B"}},
+        {"subject": "Fix c", "message": "", "old": "z = 1", "meta": {}},
+    ]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = (str(tmp_path / "c.jsonl"),)
+    template = "{subject}\n{message}\n{old}"
+
+    def read(**kw):
+        return list(sources.iter_documents(sources.Input(path="json", data_files=files, **kw)))
+
+    assert read(template=template) == ["Fix a\n\nx = 1", "Fix b\nwhy\ny = 1", "Fix c\n\nz = 1"]
+    assert read(template="{subject}", where={"meta.set": {"in": ["A", "B"]}}) == ["Fix a", "Fix b"]
+    # A record without the field passes "not_in".
+    assert read(template="{subject}", where={"meta.set": {"not_in": ["A"]}}) == ["Fix b", "Fix c"]
+    assert read(template="{meta[set]}", where={"meta.set": {"in": ["B"]}}) == ["B"]
+    with pytest.raises(KeyError, match="template field 'new'"):
+        read(template="{new}")
+    with pytest.raises(ValueError, match="template"):
+        sources.Input(path="json", template="{subject")
+    with pytest.raises(ValueError, match="where.lang"):
+        sources.Input(path="json", where={"lang": {"is": ["Go"]}})
+    spec = sources.SourceSpec(
+        "c", "code_adjacent", "", (sources.Input(path="json", template=template),)
+    )
+    assert sources.source_from_json(spec.to_json()) == spec
+    plain = sources.SourceSpec("p", "text", "", (sources.Input(path="json"),))
+    assert "template" not in plain.to_json()["inputs"][0]  # the JSON form of older specs
+
+
 def test_expand_files(tmp_path):
     for name in ("b.txt", "a.txt", "c.log"):
         (tmp_path / name).write_text(name)
@@ -211,6 +243,31 @@ def test_spec_file(tmp_path):
         sources.SourceSpec("x", "poetry", "", (sources.Input(path="json"),))
     with pytest.raises(ValueError, match="unknown reader"):
         sources.SourceSpec("x", "text", "", (sources.Input(reader="nope"),))
+
+
+def test_spec_file_includes_other_spec_files(tmp_path):
+    def spec(name: str, data: str) -> dict:
+        return {"name": name, "kind": "text", "inputs": [{"path": "json", "data_files": data}]}
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.json").write_text(json.dumps({"sources": [spec("a", "a/*.jsonl")]}))
+    (tmp_path / "b.json").write_text(
+        json.dumps({"about": {"b": "notes"}, "sources": [spec("b", "b/*.jsonl")]})
+    )
+    (tmp_path / "all.json").write_text(
+        json.dumps({"include": ["parts/a.json", "b.json"], "sources": [spec("c", "/c.jsonl")]})
+    )
+    specs = sources.load_spec_file(str(tmp_path / "all.json"))
+    assert [s.name for s in specs] == ["a", "b", "c"]
+    # Relative files are taken relative to the file that names them.
+    assert specs[0].inputs[0].data_files == (str(tmp_path / "parts" / "a" / "*.jsonl"),)
+    assert specs[1].inputs[0].data_files == (str(tmp_path / "b" / "*.jsonl"),)
+    (tmp_path / "twice.json").write_text(json.dumps({"include": ["b.json", "b.json"]}))
+    with pytest.raises(ValueError, match="duplicate source names"):
+        sources.load_spec_file(str(tmp_path / "twice.json"))
+    (tmp_path / "loop.json").write_text(json.dumps({"include": ["loop.json"]}))
+    with pytest.raises(ValueError, match="includes itself"):
+        sources.load_spec_file(str(tmp_path / "loop.json"))
 
 
 def test_default_catalogue_covers_the_paper_kinds():

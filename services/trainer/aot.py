@@ -6,8 +6,10 @@ and attention) is lowered for the devices of `jax.experimental.topologies` and c
 by libtpu, and XLA's memory analysis gives the bytes each chip needs. The usable HBM is
 libtpu's own figure, read from its answer to an allocation no chip can hold.
 
-libtpu lives in a repository of its own (@libtpu_wheel, see WORKSPACE); `use_libtpu()` points
-JAX at it and must run before JAX starts a backend.
+libtpu lives in a repository of its own (@libtpu_wheel, see WORKSPACE), outside the main
+environment, so that JAX on a CPU machine starts no TPU runtime. `use_libtpu()` points JAX at
+it to compile on a CPU host; `use_libtpu_runtime()` points JAX at it to run on a TPU VM's
+chips (the trainer's TPU entry, api/main_tpu.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import time
 
 TOPOLOGY_SHAPES = {
@@ -64,8 +67,8 @@ def find_libtpu() -> str | None:
     return None
 
 
-def use_libtpu() -> str:
-    """Point JAX's TPU plugin at @libtpu_wheel (call before JAX starts a backend)."""
+def _point_jax_at_libtpu() -> str:
+    """Sets TPU_LIBRARY_PATH (kept when it names a file) to the runfiles' libtpu.so."""
     path = os.environ.get("TPU_LIBRARY_PATH") or find_libtpu()
     if not path or not os.path.exists(path):
         raise RuntimeError(
@@ -73,9 +76,28 @@ def use_libtpu() -> str:
             "TPU_LIBRARY_PATH to a libtpu.so"
         )
     os.environ["TPU_LIBRARY_PATH"] = path
+    return path
+
+
+def use_libtpu() -> str:
+    """Point JAX's TPU plugin at @libtpu_wheel to compile on a CPU host (call before JAX
+    starts a backend)."""
+    path = _point_jax_at_libtpu()
     # A CPU host has no TPU metadata; libtpu only warns without these.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     return path
+
+
+def use_libtpu_runtime() -> str:
+    """Point JAX at @libtpu_wheel to run on a TPU VM's chips (call before JAX is imported).
+
+    Unlike use_libtpu(), the TPU metadata server stays in use: on a TPU VM libtpu reads
+    the slice's topology and its hosts' addresses from it. JAX reads TPU_LIBRARY_PATH when
+    it is imported, so a later call would leave the TPU runtime unstarted.
+    """
+    if "jax" in sys.modules:
+        raise RuntimeError("use_libtpu_runtime() must run before JAX is imported")
+    return _point_jax_at_libtpu()
 
 
 def topology_devices(name: str):

@@ -1,7 +1,8 @@
 """The trainer binary: trains a RunSpec, or serves TrainerService with --serve.
 
 With no flags it runs the README's main job (runs/tiny.textproto): the tiny
-model on the default corpus, starting a local data service.
+model on the default corpus, starting a local data service. On a TPU VM the
+entry is main_tpu.py (//services/trainer:trainer_tpu), which brings libtpu.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from services.trainer.runs import STOPPED_EXIT_STATUS, Runs  # noqa: E402
 DEFAULT_SPEC = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tiny.textproto"
 )
+
+PLATFORMS = ["cpu", "gpu", "tpu"]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_spec", DEFAULT_SPEC, "RunSpec text proto to train.")
@@ -74,6 +77,13 @@ flags.DEFINE_string("topology", "v5e-16", "--compile_only: the TPU slice (v5e-16
 flags.DEFINE_string("spec", None, "--compile_only: a study spec whose step to compile.")
 flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_enum(
+    "require_platform",
+    None,
+    PLATFORMS,
+    "Stop before training or serving unless JAX's devices are all of this platform "
+    "(trainer_tpu sets tpu: a TPU run never trains on a host's CPU).",
+)
 
 
 def load_spec(path: str) -> trainer_pb2.RunSpec:
@@ -143,6 +153,30 @@ def _init_distributed() -> None:
     )
 
 
+def platform_error(required: str, devices) -> str | None:
+    """Why `devices` cannot serve a run that asked for `required` devices (None: they can)."""
+    found = sorted({d.platform for d in devices})
+    if found == [required]:
+        return None
+    shown = ", ".join(map(str, devices[:4])) + (", ..." if len(devices) > 4 else "")
+    # A TPU VM whose runtime did not start looks like a CPU host to JAX.
+    library = f"; TPU_LIBRARY_PATH={os.environ.get('TPU_LIBRARY_PATH', 'unset')}"
+    return (
+        f"--require_platform={required}: JAX's devices here are {len(devices)} "
+        f"{'+'.join(found)} ({shown}), not {required}"
+        f"{library if required == 'tpu' else ''}; these devices train with "
+        "//services/trainer and no --require_platform"
+    )
+
+
+def _check_platform(required: str) -> None:
+    import jax
+
+    error = platform_error(required, jax.devices())
+    if error:
+        sys.exit(f"error: {error}")
+
+
 def main(argv):
     # Orbax logs every step of every save at INFO; the trainer reports commits itself.
     logs.quiet_libraries()
@@ -153,6 +187,8 @@ def main(argv):
     _credentials()  # a bad credentials flag fails at start, not at the first run
     if FLAGS.distributed:
         _init_distributed()
+    if FLAGS.require_platform:
+        _check_platform(FLAGS.require_platform)
     if FLAGS.serve:
         runs = Runs(_connect, console=True)
         serving.serve_from_flags(
