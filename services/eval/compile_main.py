@@ -7,14 +7,14 @@ scored) and generation (prefill of --prompt_len tokens and a KV-cache decode loo
 of --new_tokens) on the eval mesh of the topology's chips, each at the largest
 power-of-two batch that fits; prints bytes a chip against the chip's usable HBM
 and ends with one JSON line. Exits 1 when either does not fit at one row a chip.
-Runs on a CPU-only host (libtpu compiles for the topology; services/trainer/aot.py).
+Runs on a CPU-only host (libtpu compiles for the topology; libs/tpu/aot.py).
 """
 
 from __future__ import annotations
 
 import os
 
-from services.trainer import aot
+from libs.tpu import aot
 
 # Compiling needs no chip: another process holding libtpu (a trainer's compile tool,
 # tests run in parallel) is no reason to refuse.

@@ -1,7 +1,7 @@
 """Does evaluating a model fit a TPU host? Scoring and generation compiled ahead of time.
 
 The eval service's own programs are lowered for a topology's devices and compiled
-by libtpu on a CPU host (services/trainer/aot.py), as the service would run them:
+by libtpu on a CPU host (libs/tpu/aot.py), as the service would run them:
 
 - scoring: scoring.py's packed forward over rows of the eval sequence length, every
   position scored (bits per byte and rolling log-likelihoods: the most logits a
@@ -29,7 +29,7 @@ from flax import nnx
 from libs.checkpoint import checkpoint as ckpt_lib
 from libs.model import decode, presets, sharding
 from services.eval import checkpoints, scoring
-from services.trainer import aot
+from libs.tpu import aot
 
 
 @dataclasses.dataclass

@@ -6,12 +6,12 @@
 
 Prints per-chip memory against the chip's usable HBM, the step's FLOPs, the mesh, the
 microbatches and the remat policy, and ends with one JSON line. Exits 1 when the step does
-not fit. Runs on a CPU-only host (libtpu compiles for the topology); see aot.py.
+not fit. Runs on a CPU-only host (libtpu compiles for the topology); see libs/tpu/aot.py.
 """
 
 from __future__ import annotations
 
-from services.trainer import aot
+from libs.tpu import aot
 
 aot.use_libtpu()  # before JAX starts any backend
 

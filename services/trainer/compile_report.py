@@ -2,7 +2,7 @@
 
 The step (step.py: the same function, shardings, microbatches, remat and
 attention kernel) is lowered for a topology's devices and compiled by libtpu
-on a CPU host (aot.py); `report` prints per-chip memory against the chip's
+on a CPU host (libs/tpu/aot.py); `report` prints per-chip memory against the chip's
 usable HBM, the step's FLOPs (the model's and XLA's count), its time bound and
 chip-hours, and one JSON line. Used by the compile tool (compile_main.py) and
 by the trainer's `--compile_only`, which also compiles the sharded
@@ -19,7 +19,8 @@ from google.protobuf import text_format
 
 from libs.model import flops, presets
 from proto import study_pb2, trainer_pb2
-from services.trainer import aot, train
+from libs.tpu import aot
+from services.trainer import train
 from services.trainer import spec as spec_lib
 from services.trainer.step import StepProgram
 

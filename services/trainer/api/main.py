@@ -12,7 +12,7 @@ import sys
 # --compile_only compiles for a TPU topology with libtpu, which JAX must be pointed
 # at before it is imported.
 if "--compile_only" in sys.argv[1:]:
-    from services.trainer import aot
+    from libs.tpu import aot
 
     aot.use_libtpu()
 
@@ -27,7 +27,8 @@ from libs.cli import logs, paths  # noqa: E402
 from libs.serving import credentials as credentials_lib  # noqa: E402
 from libs.serving import server as serving  # noqa: E402
 from proto import trainer_pb2, trainer_pb2_grpc  # noqa: E402
-from services.trainer import aot, compile_report, data_link  # noqa: E402
+from libs.tpu import aot
+from services.trainer import compile_report, data_link  # noqa: E402
 from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer  # noqa: E402
 from services.trainer.runs import STOPPED_EXIT_STATUS, Runs  # noqa: E402
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from services.trainer import aot
+from libs.tpu import aot
 
 try:
     aot.use_libtpu_runtime()

@@ -1,15 +1,16 @@
-"""Ahead-of-time compilation of the training step for a TPU topology, on a CPU-only host.
+"""Ahead-of-time compilation of a program for a TPU topology, on a CPU-only host.
 
-Before anyone pays for a slice, this says whether a run's step fits its chips: the step
-of step.py (the function the trainer runs, with the same shardings, microbatches, remat
-and attention) is lowered for the devices of `jax.experimental.topologies` and compiled
-by libtpu, and XLA's memory analysis gives the bytes each chip needs. The usable HBM is
-libtpu's own figure, read from its answer to an allocation no chip can hold.
+Before anyone pays for a slice, this says whether a program fits its chips: the trainer's
+step (services/trainer/step.py, with the run's shardings, microbatches, remat and
+attention) or the eval service's scoring and generation is lowered for the devices of
+`jax.experimental.topologies` and compiled by libtpu, and XLA's memory analysis gives the
+bytes each chip needs. The usable HBM is libtpu's own figure, read from its answer to an
+allocation no chip can hold.
 
 libtpu lives in a repository of its own (@libtpu_wheel, see WORKSPACE), outside the main
 environment, so that JAX on a CPU machine starts no TPU runtime. `use_libtpu()` points JAX at
 it to compile on a CPU host; `use_libtpu_runtime()` points JAX at it to run on a TPU VM's
-chips (the trainer's TPU entry, api/main_tpu.py).
+chips (the trainer's TPU entry, services/trainer/api/main_tpu.py).
 """
 
 from __future__ import annotations

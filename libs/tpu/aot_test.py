@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from services.trainer import aot
+from libs.tpu import aot
 
 
 @pytest.fixture

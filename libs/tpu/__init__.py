@@ -1,0 +1,1 @@
+"""TPU topologies, libtpu and ahead-of-time compilation for them (aot.py)."""
