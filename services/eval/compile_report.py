@@ -28,8 +28,8 @@ from flax import nnx
 
 from libs.checkpoint import checkpoint as ckpt_lib
 from libs.model import decode, presets, sharding
-from services.eval import checkpoints, scoring
 from libs.tpu import aot
+from services.eval import checkpoints, scoring
 
 
 @dataclasses.dataclass

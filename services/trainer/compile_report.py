@@ -18,8 +18,8 @@ import jax
 from google.protobuf import text_format
 
 from libs.model import flops, presets
-from proto import study_pb2, trainer_pb2
 from libs.tpu import aot
+from proto import study_pb2, trainer_pb2
 from services.trainer import train
 from services.trainer import spec as spec_lib
 from services.trainer.step import StepProgram

@@ -115,7 +115,7 @@ def main(argv):
             t = time.perf_counter()
             for _ in range(FLAGS.steps):
                 for s in range(S):
-                    p, o, m = one(*state_one[s], batches[s], lr)
+                    p, o, _ = one(*state_one[s], batches[s], lr)
                     state_one[s] = (p, o)
             jax.block_until_ready(state_one)
             return time.perf_counter() - t
@@ -124,7 +124,7 @@ def main(argv):
             nonlocal state_all
             t = time.perf_counter()
             for _ in range(FLAGS.steps):
-                p, o, m = together(*state_all, stacked, lr)
+                p, o, _ = together(*state_all, stacked, lr)
                 state_all = (p, o)
             jax.block_until_ready(state_all)
             return time.perf_counter() - t

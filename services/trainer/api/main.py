@@ -26,8 +26,8 @@ from libs import errors  # noqa: E402
 from libs.cli import logs, paths  # noqa: E402
 from libs.serving import credentials as credentials_lib  # noqa: E402
 from libs.serving import server as serving  # noqa: E402
+from libs.tpu import aot  # noqa: E402
 from proto import trainer_pb2, trainer_pb2_grpc  # noqa: E402
-from libs.tpu import aot
 from services.trainer import compile_report, data_link  # noqa: E402
 from services.trainer.api.servicer import SERVICE_NAME, TrainerServicer  # noqa: E402
 from services.trainer.runs import STOPPED_EXIT_STATUS, Runs  # noqa: E402
