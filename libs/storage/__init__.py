@@ -17,6 +17,7 @@ from libs.storage.storage import (  # noqa: F401
     prepare_gcs,
     read_bytes,
     read_range,
+    read_ranges,
     read_text,
     remove,
     size,

@@ -70,6 +70,12 @@ def test_append_survives_reopen(root):
     assert storage.size(path) == 6
     assert storage.read_range(path, 2, 3) == b"2\n3"
     assert storage.read_range(path, 4, 10) == b"3\n"  # short at the end
+    # Many ranges at once, in the order asked, the last short at the end.
+    ranges = [(path, 4, 2), (path, 0, 2), (path, 2, 3), (path, 5, 10)]
+    assert storage.read_ranges(ranges) == [b"3\n", b"1\n", b"2\n3", b"\n"]
+    assert storage.read_ranges([]) == []
+    with pytest.raises(FileNotFoundError):
+        storage.read_ranges([(storage.join(root, "missing.jsonl"), 0, 1)])
     with pytest.raises(FileNotFoundError):
         storage.size(storage.join(root, "missing.jsonl"))
 

@@ -108,12 +108,25 @@ class SourceInfo:
 class Corpus:
     """A built corpus, opened for reading: a folder (token arrays memory-mapped
     on first use) or gs://, read one of two ways: by range through a block
-    cache of `cache_bytes`, or, with `stage_dir`, each source's shards copied
+    cache of `cache_bytes` in blocks of `block_bytes` (a batch reader fetches
+    each step's blocks at once and the next step's in the background: `warm`),
+    or, with `stage_dir`, each source's shards copied
     to that local folder when the source is first read (checked against the
     manifest's sha256) and memory-mapped from there. Nothing is read until a
     source is."""
 
-    def __init__(self, path: str, *, cache_bytes: int = 512 << 20, stage_dir: str = ""):
+    def __init__(
+        self,
+        path: str,
+        *,
+        cache_bytes: int = 512 << 20,
+        stage_dir: str = "",
+        block_bytes: int = 64 << 10,
+    ):
+        if block_bytes <= 0 or block_bytes % np.dtype(TOKEN_DTYPE).itemsize:
+            raise ValueError(
+                f"block_bytes: a positive multiple of 4 (whole tokens), got {block_bytes}"
+            )
         self.remote = storage.is_gcs(path)
         self.stage_dir = stage_dir
         self._stage_lock = threading.Lock()
@@ -122,7 +135,7 @@ class Corpus:
         if not storage.exists(manifest_path):
             raise FileNotFoundError(f"no corpus at {self.path} (missing {MANIFEST})")
         self.manifest = json.loads(storage.read_text(manifest_path))
-        self._blocks = BlockCache(cache_bytes) if self.remote else None
+        self._blocks = BlockCache(cache_bytes, block_bytes) if self.remote else None
         if self.manifest.get("format") not in (FORMAT, SHARDED_FORMAT):
             raise ValueError(
                 f"{manifest_path}: format {self.manifest.get('format')!r}, expected "
@@ -173,6 +186,23 @@ class Corpus:
                 arr = parts[0] if len(parts) == 1 else Concatenated(parts)
             self._tokens[name] = arr
         return arr
+
+    @property
+    def by_range(self) -> bool:
+        """Whether tokens are read from gs:// by range through the block cache."""
+        return self.remote and not self.stage_dir
+
+    def warm(self, reads: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        """Fetches, all at once, the blocks that (source, starts, stops) token
+        ranges will read; nothing unless the corpus is read by range."""
+        if not self.by_range:
+            return
+        keys = []
+        for name, starts, stops in reads:
+            tokens = self.tokens(name)
+            if hasattr(tokens, "blocks") and starts.size:
+                keys += tokens.blocks(starts, stops)
+        self._blocks.fetch(keys)
 
     def offsets(self, name: str) -> np.ndarray:
         """Document boundaries over the source's tokens (its shards in order):
@@ -257,13 +287,12 @@ class Corpus:
 
 
 class BlockCache:
-    """Fixed-size blocks of remote files, least recently used evicted past
-    `capacity` bytes; safe to share between threads."""
+    """Fixed-size blocks of remote files (`block` bytes each), least recently
+    used evicted past `capacity` bytes; safe to share between threads."""
 
-    BLOCK = 1 << 20
-
-    def __init__(self, capacity: int):
-        self.capacity = max(capacity, self.BLOCK)
+    def __init__(self, capacity: int, block: int = 1 << 20):
+        self.block = block
+        self.capacity = max(capacity, block)
         self._blocks: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
@@ -276,16 +305,39 @@ class BlockCache:
             if data is not None:
                 self._blocks.move_to_end(key)
                 return data
-        data = storage.read_range(uri, block * self.BLOCK, self.BLOCK)
+        data = storage.read_range(uri, block * self.block, self.block)
         with self._lock:
-            if key not in self._blocks:
-                self._blocks[key] = data
-                self._size += len(data)
-                self.fetched += 1
-                while self._size > self.capacity:
-                    _, old = self._blocks.popitem(last=False)
-                    self._size -= len(old)
+            self._insert(key, data)
         return data
+
+    def fetch(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Reads the (uri, block) blocks not held yet, in the order given, all at
+        once (concurrent ranged reads); no more than the cache holds. The ones
+        held are marked used, so that the new ones do not evict them."""
+        missing = []
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                if key in self._blocks:
+                    self._blocks.move_to_end(key)
+                else:
+                    missing.append(key)
+        missing = missing[: self.capacity // self.block]
+        if not missing:
+            return
+        parts = storage.read_ranges([(uri, b * self.block, self.block) for uri, b in missing])
+        with self._lock:
+            for key, data in zip(missing, parts):
+                self._insert(key, data)
+
+    def _insert(self, key: tuple[str, int], data: bytes) -> None:
+        if key in self._blocks:
+            return
+        self._blocks[key] = data
+        self._size += len(data)
+        self.fetched += 1
+        while self._size > self.capacity:
+            _, old = self._blocks.popitem(last=False)
+            self._size -= len(old)
 
 
 class RangeArray:
@@ -295,13 +347,20 @@ class RangeArray:
     def __init__(self, uri: str, dtype, size: int, cache: BlockCache):
         self.uri, self.dtype, self.size, self.cache = uri, np.dtype(dtype), size, cache
         self.shape = (size,)
-        self._per_block = BlockCache.BLOCK // self.dtype.itemsize
+        self._per_block = cache.block // self.dtype.itemsize
 
     def __len__(self) -> int:
         return self.size
 
     def _block(self, b: int) -> np.ndarray:
         return np.frombuffer(self.cache.get(self.uri, b), self.dtype)
+
+    def blocks(self, starts: np.ndarray, stops: np.ndarray) -> list[tuple[str, int]]:
+        """The cache keys of the blocks that hold elements [start, stop) of each range."""
+        first, last = starts // self._per_block, (stops - 1) // self._per_block
+        return [
+            (self.uri, b) for f, e in zip(first.tolist(), last.tolist()) for b in range(f, e + 1)
+        ]
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -343,6 +402,19 @@ class Concatenated:
 
     def __len__(self) -> int:
         return self.size
+
+    def blocks(self, starts: np.ndarray, stops: np.ndarray) -> list:
+        """The block-cache keys of each part (a RangeArray) that ranges
+        [start, stop) touch; [] for parts in memory."""
+        keys = []
+        for i, part in enumerate(self.parts):
+            lo, hi = self.starts[i], self.starts[i + 1]
+            touch = (starts < hi) & (stops > lo)
+            if touch.any() and hasattr(part, "blocks"):
+                keys += part.blocks(
+                    np.maximum(starts[touch], lo) - lo, np.minimum(stops[touch], hi) - lo
+                )
+        return keys
 
     def __getitem__(self, index):
         if isinstance(index, slice):

@@ -52,6 +52,13 @@ def test_manifest_counts_match_the_arrays(built):
         assert isinstance(tokens, np.ndarray) and not tokens.flags.writeable
 
 
+def test_a_block_size_of_part_of_a_token_is_refused(built):
+    root = built[0]
+    for bad in (0, -4, 6):
+        with pytest.raises(ValueError, match="block_bytes"):
+            corpus.Corpus(str(root / "corpus"), block_bytes=bad)
+
+
 def test_documents_decode_to_the_source_text(built):
     root, specs, *_ = built
     c = corpus.Corpus(str(root / "corpus"))

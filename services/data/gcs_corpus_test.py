@@ -4,6 +4,7 @@ local disk, across shard, stage and epoch boundaries, for 1, 2 and 4
 trainer shards, after a restart mid-stream and through the data service."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -74,7 +75,10 @@ def test_batches_from_gcs_equal_local(corpora, num_shards, staged, tmp_path):
     local, remote = corpora
     # By range with a small cache (blocks evicted and read again), or staged.
     a = corpus.Corpus(local)
-    b = corpus.Corpus(remote, cache_bytes=1, stage_dir=str(tmp_path) if staged else "")
+    # Blocks of 256 bytes: a document spans several.
+    b = corpus.Corpus(
+        remote, cache_bytes=1, stage_dir=str(tmp_path) if staged else "", block_bytes=256
+    )
     for shard in range(num_shards):
         geometry = dict(
             seed=7, global_batch_size=BATCH, seq_len=SEQ, shard_index=shard, num_shards=num_shards
@@ -96,6 +100,43 @@ def test_batches_from_gcs_equal_local(corpora, num_shards, staged, tmp_path):
         ]
     else:
         assert b._blocks.fetched > 0
+
+
+def test_a_step_reads_its_blocks_at_once_and_the_next_step_ahead(corpora, monkeypatch):
+    """By range, a step's blocks come in one batch of concurrent reads, and the
+    next step's in the background while the step is used: once the reader has
+    started, the step's own thread reads nothing."""
+    local, remote = corpora
+    calls = []  # (thread name, blocks) of each batch of ranged reads
+    singles = []  # blocks read one at a time
+
+    read_ranges, read_range = corpus.storage.read_ranges, corpus.storage.read_range
+
+    def counted_ranges(ranges):
+        calls.append((threading.current_thread().name, len(ranges)))
+        return read_ranges(ranges)
+
+    def counted_range(uri, start, length):
+        singles.append(start)
+        return read_range(uri, start, length)
+
+    monkeypatch.setattr(corpus.storage, "read_ranges", counted_ranges)
+    monkeypatch.setattr(corpus.storage, "read_range", counted_range)
+    # 64 blocks of 256 bytes: more than a step reads, far less than the corpus.
+    b = corpus.Corpus(remote, cache_bytes=64 * 256, block_bytes=256)
+    geometry = dict(seed=7, global_batch_size=BATCH, seq_len=SEQ)
+    ra = mixture.BatchReader(corpus.Corpus(local), MIXTURE, **geometry)
+    rb = mixture.BatchReader(b, MIXTURE, **geometry)
+    for step in range(STEPS):
+        for x, y in zip(_fields(ra.batch(step)), _fields(rb.batch(step))):
+            np.testing.assert_array_equal(x, y)
+        rb._prefetch_pending.result()  # the next step's warm-up, finished
+    mine = [n for name, n in calls if name == threading.current_thread().name]
+    ahead = [n for name, n in calls if name.startswith("block-prefetch")]
+    assert len(mine) == 1 and mine[0] > 1  # step 0, all its blocks at once
+    assert len(ahead) >= STEPS // 2 and max(ahead) > 1
+    assert singles == []
+    assert b._blocks.fetched > 64  # blocks were evicted and read again
 
 
 def test_a_staged_shard_that_differs_from_the_manifest_is_refused(corpora, tmp_path):

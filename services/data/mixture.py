@@ -43,6 +43,7 @@ source to a corpus or a mixture leaves the others' document order alone.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import fractions
 import hashlib
@@ -452,37 +453,41 @@ class _SourceStream:
                 self._epochs.popitem(last=False)
             return value
 
-    def read(self, position: int, out: np.ndarray) -> None:
-        """Fills `out` with stream tokens [position, position + len(out))."""
-        need = out.size
+    def spans(self, position: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where stream tokens [position, position + n) lie in the source's
+        tokens: (start, length) of each document piece, in stream order."""
+        starts_out, lengths_out = [], []
         done = 0
-        while done < need:
+        while done < n:
             e, o = divmod(position + done, self.size)
-            take = min(need - done, self.size - o)
+            take = min(n - done, self.size - o)
             starts, files = self.epoch(e)
             j = int(starts.searchsorted(o, "right")) - 1
             j_end = int(starts.searchsorted(o + take, "left"))
-            if j_end - j <= 8:
-                # Few documents: slice copies (numpy scalars made Python ints once).
-                doc_starts = starts[j : j_end + 1].tolist()
-                doc_files = files[j:j_end].tolist()
-                for i in range(j_end - j):
-                    n = min(take, doc_starts[i + 1] - o)
-                    f = doc_files[i] + o - doc_starts[i]
-                    out[done : done + n] = self.tokens[f : f + n]
-                    done += n
-                    o += n
-                    take -= n
-            else:
-                # Many short documents: build the index vector at once.
-                seg_start = starts[j:j_end].copy()
-                seg_start[0] = o
-                seg_end = starts[j + 1 : j_end + 1].copy()
-                seg_end[-1] = o + take
-                delta = files[j:j_end] - starts[j:j_end]
-                idx = np.repeat(delta, seg_end - seg_start) + np.arange(o, o + take)
-                out[done : done + take] = self.tokens[idx]
-                done += take
+            seg_start = starts[j:j_end].copy()
+            seg_start[0] = o
+            seg_end = starts[j + 1 : j_end + 1].copy()
+            seg_end[-1] = o + take
+            starts_out.append(files[j:j_end] + (seg_start - starts[j:j_end]))
+            lengths_out.append(seg_end - seg_start)
+            done += take
+        if len(starts_out) == 1:
+            return starts_out[0], lengths_out[0]
+        return np.concatenate(starts_out), np.concatenate(lengths_out)
+
+    def read(self, position: int, out: np.ndarray) -> None:
+        """Fills `out` with stream tokens [position, position + len(out))."""
+        starts, lengths = self.spans(position, out.size)
+        if starts.size <= 8:
+            # Few documents: slice copies (numpy scalars made Python ints once).
+            at = 0
+            for f, n in zip(starts.tolist(), lengths.tolist()):
+                out[at : at + n] = self.tokens[f : f + n]
+                at += n
+        else:
+            # Many short documents: one gather over the index vector.
+            first = np.cumsum(lengths) - lengths  # each piece's place in `out`
+            out[:] = self.tokens[np.repeat(starts - first, lengths) + np.arange(out.size)]
 
     def token_at(self, position: int) -> int:
         e, o = divmod(position, self.size)
@@ -526,6 +531,13 @@ class BatchReader:
         self.sizes = np.array([available[n] for n in self.names], np.int64)
         self._streams = [source_stream(corpus, n, self.seed) for n in self.names]
         self.eos_id = corpus.eos_id
+        # A gs:// corpus read by range: each step's blocks are fetched at once,
+        # and the next step's in the background (corpus.Corpus.warm).
+        self._by_range = bool(getattr(corpus, "by_range", False))
+        self._prefetch_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._prefetch_pending: concurrent.futures.Future | None = None
+        self._prefetch_step = -1
+        self._prefetch_lock = threading.Lock()
         self._flat_starts = np.concatenate(
             [
                 np.zeros((len(self.schedule.quotas), 1), np.int64),
@@ -616,40 +628,30 @@ class BatchReader:
             )
         L, R = self.seq_len, self.rows
         stage = self.schedule.stage_of(step)
-        flat = self._flat_starts[stage]
-        before = self.schedule.consumed(step)
         rows = self.shard_rows(step)
+        reads = self._reads(step, rows)
+        if self._by_range:
+            self._wait_for_prefetch(step)
+            self._warm(reads)
 
         tokens = np.empty(R * L, np.int32)
         run_starts: list[int] = []
         run_sources: list[int] = []
         run_last: list[int] = []
-        # Consecutive block rows of this shard form runs of flat slots; each
-        # (run of rows, source) overlap is one read of the source's stream,
-        # then cut at row ends into runs.
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        S = len(flat) - 1
-        for row_run in np.split(rows, breaks):
-            lo, hi = int(row_run[0]) * L, (int(row_run[-1]) + 1) * L
-            out0 = int(rows.searchsorted(row_run[0])) * L - lo  # flat slot -> output index
-            s = int(flat.searchsorted(lo, "right")) - 1
-            while s < S and flat[s] < hi:
-                a, b = max(lo, int(flat[s])), min(hi, int(flat[s + 1]))
-                if b > a:
-                    pos = int(before[s]) + a - int(flat[s])
-                    c, m = a + out0, b - a
-                    stream = self._streams[s]
-                    stream.read(pos, tokens[c : c + m])
-                    cut = c
-                    while cut < c + m:
-                        end = min(c + m, (cut // L + 1) * L)
-                        run_starts.append(cut)
-                        run_sources.append(s)
-                        run_last.append(
-                            int(tokens[end]) if end < c + m else stream.token_at(pos + m)
-                        )
-                        cut = end
-                s += 1
+        for s, pos, c, m in reads:
+            stream = self._streams[s]
+            stream.read(pos, tokens[c : c + m])
+            # Cut at row ends into runs.
+            cut = c
+            while cut < c + m:
+                end = min(c + m, (cut // L + 1) * L)
+                run_starts.append(cut)
+                run_sources.append(s)
+                run_last.append(int(tokens[end]) if end < c + m else stream.token_at(pos + m))
+                cut = end
+        if self._by_range and (self.num_steps is None or step + 1 < self.num_steps):
+            # Step k + 1's blocks arrive while step k is sent and trained on.
+            self._prefetch(step + 1)
         return PackedBatch(
             step=step,
             shard_index=self.shard_index,
@@ -663,6 +665,69 @@ class BatchReader:
             stage=stage,
             epochs=tuple(epochs.tolist()),
         )
+
+    def _reads(self, step: int, rows: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """(source index, stream position, place in the shard's flat tokens, count)
+        of each read that assembles this shard's `rows` of `step`: consecutive
+        block rows form runs of flat slots, and each (run, source) overlap is one
+        read of the source's stream."""
+        L = self.seq_len
+        flat = self._flat_starts[self.schedule.stage_of(step)]
+        before = self.schedule.consumed(step)
+        reads = []
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        S = len(flat) - 1
+        for row_run in np.split(rows, breaks):
+            lo, hi = int(row_run[0]) * L, (int(row_run[-1]) + 1) * L
+            out0 = int(rows.searchsorted(row_run[0])) * L - lo  # flat slot -> output index
+            s = int(flat.searchsorted(lo, "right")) - 1
+            while s < S and flat[s] < hi:
+                a, b = max(lo, int(flat[s])), min(hi, int(flat[s + 1]))
+                if b > a:
+                    reads.append((s, int(before[s]) + a - int(flat[s]), a + out0, b - a))
+                s += 1
+        return reads
+
+    def _warm(self, reads) -> None:
+        """Fetches every block `reads` touch at once (a corpus read by range)."""
+        by_source: dict[int, list] = collections.defaultdict(list)
+        for s, pos, _, m in reads:
+            by_source[s].append(self._streams[s].spans(pos, m))
+            # The token after the read (its last run's target) too.
+            by_source[s].append(self._streams[s].spans(pos + m, 1))
+        self.corpus.warm(
+            (
+                self.names[s],
+                np.concatenate([a for a, _ in spans]),
+                np.concatenate([a + n for a, n in spans]),
+            )
+            for s, spans in by_source.items()
+        )
+
+    def _prefetch(self, step: int) -> None:
+        """Warms `step` on a background thread, unless the last warm-up is still
+        running (a consumer faster than storage gains nothing from a queue)."""
+        with self._prefetch_lock:
+            if self._prefetch_pool is None:
+                self._prefetch_pool = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="block-prefetch"
+                )
+            if self._prefetch_pending is None or self._prefetch_pending.done():
+                self._prefetch_pending = self._prefetch_pool.submit(self._warm_step, step)
+                self._prefetch_step = step
+
+    def _wait_for_prefetch(self, step: int) -> None:
+        """Waits for a warm-up of `step` under way, rather than read its blocks twice."""
+        with self._prefetch_lock:
+            pending = self._prefetch_pending if self._prefetch_step == step else None
+        if pending is not None:
+            pending.result()
+
+    def _warm_step(self, step: int) -> None:
+        try:
+            self._warm(self._reads(step, self.shard_rows(step)))
+        except Exception:  # noqa: BLE001  (a warm-up only: the step's own reads raise)
+            pass
 
     def iterate(
         self, start_step: int = 0, num_steps: int = 0, *, read_ahead: int = 0, packed: bool = False

@@ -35,6 +35,12 @@ _BENCHMARKS = flags.DEFINE_string(
 _CACHE_MB = flags.DEFINE_integer(
     "cache_mb", 512, "A corpus on gs://: megabytes of token blocks kept in memory."
 )
+_BLOCK_KB = flags.DEFINE_integer(
+    "block_kb",
+    64,
+    "A corpus on gs:// read by range: kilobytes a block (one ranged read; a step's "
+    "blocks are read at once, the next step's in the background).",
+)
 _STAGE_DIR = flags.DEFINE_string(
     "stage_dir",
     "",
@@ -62,7 +68,10 @@ def main(argv):
         )
     data = servicer.DataServicer(
         corpus.Corpus(
-            path, cache_bytes=_CACHE_MB.value << 20, stage_dir=paths.resolve(_STAGE_DIR.value)
+            path,
+            cache_bytes=_CACHE_MB.value << 20,
+            stage_dir=paths.resolve(_STAGE_DIR.value),
+            block_bytes=_BLOCK_KB.value << 10,
         ),
         read_ahead=_READ_AHEAD.value,
     )

@@ -9,8 +9,9 @@ from the folder; from gs:// staged (--stage_dir: each source's shards
 copied to local disk on first read, checked, then memory-mapped; the first
 round pays the copy); and from gs:// by range through a block cache of
 `--cache_mb` (smaller than the corpus, so blocks are evicted and read
-again). Rounds alternate between them; the medians and their ratios to
-the folder's are reported.
+again; one service a block size of `--block_kb`: each step's blocks are
+read at once, the next step's in the background). Rounds alternate between
+them; the medians and their ratios to the folder's are reported.
 Then, for 1 and for 8 streams of one mixture (8 trainer shards of one
 global batch, read at once), a fresh service's resident memory after
 `--steps` batches; the streams share the corpus's permutations. The last
@@ -44,6 +45,9 @@ _SEQ = flags.DEFINE_integer("seq_len", 2048, "Sequence length.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Batches per timed round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds of each kind.")
 _CACHE_MB = flags.DEFINE_integer("cache_mb", 16, "The gs:// service's block cache.")
+_BLOCK_KB = flags.DEFINE_list(
+    "block_kb", ["1024", "64"], "Block sizes of the by-range services, one service each."
+)
 _STREAMS = flags.DEFINE_integer("streams", 8, "Streams of the memory comparison.")
 
 
@@ -112,10 +116,13 @@ def main(argv):
             "staged": client.start_local_server(
                 remote, build_default_corpus=False, extra_args=[f"--stage_dir={stage}"]
             ),
-            "range": client.start_local_server(
-                remote, build_default_corpus=False, extra_args=[f"--cache_mb={_CACHE_MB.value}"]
-            ),
         }
+        for kb in _BLOCK_KB.value:
+            servers[f"range_{kb}k"] = client.start_local_server(
+                remote,
+                build_default_corpus=False,
+                extra_args=[f"--cache_mb={_CACHE_MB.value}", f"--block_kb={kb}"],
+            )
         rates: dict[str, list[float]] = {k: [] for k in servers}
         try:
             for r in range(_ROUNDS.value):
@@ -143,7 +150,9 @@ def main(argv):
                 "cache_mb": _CACHE_MB.value,
                 "tokens_per_s": {k: round(v) for k, v in med.items()},
                 "staged_over_local": round(med["staged"] / med["local"], 3),
-                "range_over_local": round(med["range"] / med["local"], 3),
+                "range_over_local": {
+                    kb: round(med[f"range_{kb}k"] / med["local"], 3) for kb in _BLOCK_KB.value
+                },
                 "memory_mb": {str(k): round(v) for k, v in memory.items()},
                 "memory_ratio": round(memory[_STREAMS.value] / memory[1], 3),
                 "batch": [_BATCH.value, _SEQ.value],
