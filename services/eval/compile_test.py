@@ -1,24 +1,11 @@
 """The eval compile tool, for real: libtpu compiles the eval service's scoring and
 generation for a TPU topology on this CPU host, and picks the batch that fits."""
 
-import json
-import os
-import subprocess
-import sys
+from libs.tpu import testing
 
 
 def _compile(*flags):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.eval.compile_main", *flags],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout + proc.stderr
-    return proc.returncode, json.loads(lines[-1]), proc.stdout
+    return testing.run_compile_tool("services.eval.compile_main", *flags)
 
 
 def test_tiny_scoring_and_generation_fit_a_small_slice():

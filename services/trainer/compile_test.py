@@ -1,28 +1,17 @@
 """The ahead-of-time compile tool, for real: libtpu compiles the trainer's step for TPU
 topologies on this CPU host (splash attention included), and says whether it fits."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from libs.tpu import testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _compile(*flags):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.trainer.compile_main", *flags],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout + proc.stderr
-    return proc.returncode, json.loads(lines[-1]), proc.stdout
+    return testing.run_compile_tool("services.trainer.compile_main", *flags)
 
 
 def test_tiny_fits_a_small_slice_with_splash_attention():
@@ -69,15 +58,9 @@ def test_the_paper_scale_study_specs_fit_their_slices_with_headroom(spec, topolo
 def test_the_trainer_compiles_its_start_up_for_a_topology():
     """`--compile_only`: the trainer's own start-up (its RunSpec, the mesh of the topology's
     devices, sharded initialisation, the step) compiled for v5e-4, with the tool's report."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.trainer.api.main", "--compile_only", "--topology=v5e-4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    rc, figures, out = testing.run_compile_tool(
+        "services.trainer.api.main", "--compile_only", "--topology=v5e-4"
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    figures = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert rc == 0, out
     assert figures["fits"] and figures["preset"] == "tiny" and figures["devices"] == 4
-    assert "startup    parameters:" in proc.stdout and "startup    optimizer:" in proc.stdout
+    assert "startup    parameters:" in out and "startup    optimizer:" in out
