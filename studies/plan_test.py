@@ -27,22 +27,18 @@ def tiny():
 def test_each_shared_phase_is_planned_once(tiny):
     plan = plan_lib.build(tiny)
     refs = [r.name(tiny) for r in spec.all_refs(tiny)]
-    assert len(refs) == 26  # with the sweep's two random mixtures and the two twins
-    assert len(plan.phases) == 24
-    # Explicit sharing (init_from) and identical spellings (the sweep's 0% and
-    # 50% arms are the text-only and balanced inits) are each one training.
+    assert len(refs) == 21  # with the sweep's random mixture and the two twins
+    assert len(plan.phases) == 20
+    # Explicit sharing (init_from) and identical spellings (the sweep's 0% arm is
+    # the text-only init) are each one training.
     assert plan.by_ref["code0/init"] is plan.by_ref["text-only/init"]
-    assert plan.by_ref["code50/init"] is plan.by_ref["balanced-only/init"]
+    assert sorted(plan.by_ref["code0/init"].refs) == ["code0/init", "text-only/init"]
     assert plan.by_ref["code-to-text/continue"].parent == plan.by_ref["code100/init"].fingerprint
-    balanced = plan.by_ref["balanced-only/init"]
+    balanced = plan.by_ref["code50/init"]
     children = [p for p in plan.phases if p.parent == balanced.fingerprint]
-    assert sorted(p.name for p in children) == [
-        "balanced-only/continue",
-        "balanced-to-text/continue",
-    ]
-    assert sorted(balanced.refs) == ["balanced-only/init", "code50/init"]
-    assert len({p.fingerprint for p in plan.phases}) == 24
-    assert len({p.run_id for p in plan.phases}) == 24
+    assert [p.name for p in children] == ["balanced-to-text/continue"]
+    assert len({p.fingerprint for p in plan.phases}) == 20
+    assert len({p.run_id for p in plan.phases}) == 20
 
 
 def test_phases_come_in_dependency_order(tiny):
@@ -56,7 +52,7 @@ def test_phases_come_in_dependency_order(tiny):
     # A parent declared after its child (init_from a later arm) still comes first.
     cooldown = plan.by_ref["cooldown-code20/cooldown"]
     assert [plan.get(fp).name for fp in cooldown.chain] == [
-        "balanced-only/init",
+        "code50/init",
         "balanced-to-text/continue",
     ]
 
@@ -78,8 +74,7 @@ def test_a_change_retrains_the_phase_and_its_descendants_only(tiny):
     after = {p.name: p.fingerprint for p in plan_lib.build(tiny).phases}
     changed = {n for n in before if before[n] != after.get(n)}
     assert changed == {
-        "balanced-only/init",
-        "balanced-only/continue",
+        "code50/init",
         "balanced-to-text/continue",
         "cooldown-nocode/cooldown",
         "cooldown-code20/cooldown",
@@ -140,7 +135,7 @@ def test_run_specs(tiny):
 
 def test_describe_lists_every_training_once(tiny):
     text = plan_lib.describe(plan_lib.build(tiny))
-    assert "24 trainings" in text
+    assert "20 trainings" in text
     assert "(also code0/init)" in text
     assert "from balanced-to-text/continue" in text
 
@@ -187,7 +182,7 @@ def test_a_twin_trains_its_originals_phases_on_seeds_of_its_own():
             assert t.mixture == o.mixture and t.steps == o.steps and t.parent == o.parent
             assert t.replicate == o.replicate and t.seed == o.seed + spec.MAX_SEEDS
     # A phase the twin starts from (init_from) is its original's parent, shared.
-    assert plan.lookup("bt.twin").parent == plan.lookup("balanced-only/init").fingerprint
+    assert plan.lookup("bt.twin").parent == plan.lookup("code50/init").fingerprint
     # A second twin of one original starts past the first's seeds.
     seeds = [p.seed for p in plan.replicates["code0.twin2/init"]]
     assert seeds == [32, 33, 34]

@@ -304,6 +304,7 @@ class Runner:
             limit=e.limit,
             num_samples=e.num_samples,
             seed=e.seed,
+            generation_limit=e.generation_limit,
         )
         started = time.monotonic()
         try:

@@ -174,12 +174,24 @@ class Services:
         started = time.monotonic()
         child = process.start(
             argv,
+            env=process.child_env(self._jax_cache_env()),
             timeout=START_TIMEOUT_S[name],
             echo=self._echo,
             shared_lock=lock_path(self._out_dir),
         )
         self._log(f"{name} service at {child.address} ({time.monotonic() - started:.0f}s)")
         return Service(name, child.address, process=child)
+
+    def _jax_cache_env(self) -> dict[str, str]:
+        """JAX's persistent compilation cache in the study's directory (unless the
+        environment names one): the trainer compiles the same step for every phase
+        of a preset and batch shape, and with the cache only the first compiles."""
+        if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+            return {}
+        return {
+            "JAX_COMPILATION_CACHE_DIR": os.path.join(self._out_dir, "jax_cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
 
     def close(self) -> None:
         """Stops the services this runner started (SIGTERM, then SIGKILL)."""

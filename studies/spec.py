@@ -341,6 +341,11 @@ def _check_eval(e: study_pb2.Evaluation) -> None:
         raise StudyError("evaluation.limit", f"must be >= 0, got {e.limit}")
     if e.num_samples < 0:
         raise StudyError("evaluation.num_samples", f"must be >= 0, got {e.num_samples}")
+    if e.generation_limit < 0:
+        raise StudyError(
+            "evaluation.generation_limit",
+            f"must be >= 0 (0: every example), got {e.generation_limit}",
+        )
 
 
 def _check_judge(study: study_pb2.Study) -> None:

@@ -219,31 +219,50 @@ def test_code_fraction_and_sweep_points():
     points = [(arm, round(f, 2)) for arm, _, f in spec.sweep_points(study, sweep)]
     fixed = [(a, f) for a, f in points if not a.startswith("code-proportion.random")]
     assert [f for _, f in fixed] == [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]
-    assert len(points) == len(fixed) + 2  # and the two random mixtures
+    assert len(points) == len(fixed) + 1  # and the random mixture
     assert spec.held_out_arm(study, sweep) == "code75"
-    assert spec.held_out_arms(study, sweep) == [
-        "code75",
-        "code-proportion.random0",
-        "code-proportion.random1",
-    ]
+    assert spec.held_out_arms(study, sweep) == ["code75", "code-proportion.random0"]
     sweep.held_out_arm = ""
     assert spec.held_out_arm(study, sweep) == "code75"  # the middle one by default
 
 
-def test_every_scale_runs_the_same_arms():
-    def arms(name):
-        study = spec.load(os.path.join(SPECS, name))
+def test_every_scale_runs_the_papers_arms():
+    """The full-scale specs run the same arms; the tiny study a subset of them (no
+    claim reads the two it leaves out), each defined as there, plus its twins."""
+
+    def load(name):
+        return spec.load(os.path.join(SPECS, name))
+
+    def arms(study):
         return (
-            [a for a in study.arms if not a.twin_of],  # the tiny study's null comparisons
+            list(study.arms),
             list(study.mixtures),
             list(study.sweeps),
             study.baseline,
             dict(study.primary_metrics),
         )
 
-    tiny = arms("tiny.textproto")
-    assert arms("470m.textproto") == tiny
-    assert arms("2.8b.textproto") == tiny
+    full = load("470m.textproto")
+    assert arms(load("2.8b.textproto")) == arms(full)
+    tiny = load("tiny.textproto")
+    full_arms = {a.name: a for a in full.arms}
+    tiny_arms = [a for a in tiny.arms if not a.twin_of]
+    assert all(full_arms[a.name] == a for a in tiny_arms)
+    assert sorted(set(full_arms) - {a.name for a in tiny_arms}) == [
+        "balanced-only",
+        "balanced-synth-to-text",
+        "code-proportion.random1",  # one random mixture of the sweep, not two
+    ]
+    full_mixtures = {m.name: m for m in full.mixtures}
+    assert all(full_mixtures[m.name] == m for m in tiny.mixtures)
+    (tiny_sweep,), (full_sweep,) = tiny.sweeps, full.sweeps
+    assert (tiny_sweep.random_mixtures, full_sweep.random_mixtures) == (1, 2)
+    tiny_sweep.random_mixtures = full_sweep.random_mixtures
+    assert tiny_sweep == full_sweep
+    assert (tiny.baseline, dict(tiny.primary_metrics)) == (
+        full.baseline,
+        dict(full.primary_metrics),
+    )
 
 
 SWEEP = """

@@ -27,6 +27,11 @@ flags.DEFINE_string("suite", "tiny", "Named suite (smoke, tiny, paper).")
 flags.DEFINE_list("tasks", [], "Explicit task names (override --suite).")
 flags.DEFINE_integer("limit", 0, "Examples per task (0: the suite's default).")
 flags.DEFINE_integer("num_samples", 1, "Samples per code problem (pass@k).")
+flags.DEFINE_integer(
+    "generation_limit",
+    0,
+    "Examples per generation or code task generated for (0: all); gold-answer BPB scores all.",
+)
 flags.DEFINE_integer("seed", 0, "Seed of sampling and of the bootstrap intervals.")
 flags.DEFINE_string("baseline", "", "Checkpoint URI to report the relative change against.")
 
@@ -71,6 +76,7 @@ def _score(harness: Harness, uri: str) -> list[evaluator.TaskResult]:
         task_names=FLAGS.tasks,
         limit=FLAGS.limit,
         num_samples=FLAGS.num_samples,
+        generation_limit=FLAGS.generation_limit,
         seed=FLAGS.seed,
     ):
         step = scored.step

@@ -232,13 +232,21 @@ class Evaluator:
         limit: int = 0,
         num_samples: int = 1,
         seed: int = 0,
+        generation_limit: int = 0,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[TaskResult]:
         """One TaskResult per task, in order, as each finishes."""
         for task in task_list:
             if should_stop():
                 return
-            yield self.evaluate_task(model, task, limit=limit, num_samples=num_samples, seed=seed)
+            yield self.evaluate_task(
+                model,
+                task,
+                limit=limit,
+                num_samples=num_samples,
+                seed=seed,
+                generation_limit=generation_limit,
+            )
 
     def evaluate_task(
         self,
@@ -248,13 +256,19 @@ class Evaluator:
         limit: int = 0,
         num_samples: int = 1,
         seed: int = 0,
+        generation_limit: int = 0,
     ) -> TaskResult:
+        """The task's result on its first `limit` examples (0: all). A generation or
+        code task generates for the first `generation_limit` of them only (0: all):
+        its headline metric and the other generated ones cover those, its gold-answer
+        BPB every example."""
         examples = self.examples(task, limit)
+        generated = examples[:generation_limit] if generation_limit > 0 else examples
         if task.kind == tasks_lib.MULTIPLE_CHOICE:
             return self._multiple_choice(model, task, examples, seed)
         if task.kind == tasks_lib.GENERATION:
-            return self._generation(model, task, examples, seed)
-        return self._code(model, task, examples, num_samples, seed)
+            return self._generation(model, task, examples, generated, seed)
+        return self._code(model, task, examples, generated, num_samples, seed)
 
     def _multiple_choice(self, model, task, examples, seed) -> TaskResult:
         requests, spans = [], []
@@ -285,16 +299,16 @@ class Evaluator:
         scored = model.loglikelihood(pairs)
         return [metrics.bits_per_byte(lp, cont) for (lp, _), (_, cont) in zip(scored, pairs)]
 
-    def _generation(self, model, task, examples, seed) -> TaskResult:
+    def _generation(self, model, task, examples, generated, seed) -> TaskResult:
         outputs = model.generate(
-            [ex["prompt"] for ex in examples],
+            [ex["prompt"] for ex in generated],
             max_new_tokens=task.max_new_tokens,
             stop=task.stop,
             temperature=0.0,
             seed=seed,
         )
         per = {"exact_match": [], "f1": []}
-        for ex, out in zip(examples, outputs):
+        for ex, out in zip(generated, outputs):
             prediction = cut_at_stop(out, task.stop).strip()
             per["exact_match"].append(metrics.exact_match(prediction, ex["answers"]))
             per["f1"].append(metrics.token_f1(prediction, ex["answers"]))
@@ -306,10 +320,10 @@ class Evaluator:
         )
         return _result(task, per, seed=seed, resamples=self.bootstrap_resamples)
 
-    def _code(self, model, task, examples, num_samples, seed) -> TaskResult:
+    def _code(self, model, task, examples, generated, num_samples, seed) -> TaskResult:
         n = max(1, num_samples)
         self.code_runner.check()  # fail before generating, not after
-        prompts = [ex["prompt"] for ex in examples]
+        prompts = [ex["prompt"] for ex in generated]
         # pass@1 from the greedy completion, whatever num_samples is.
         greedy = model.generate(
             prompts, max_new_tokens=task.max_new_tokens, stop=task.stop, temperature=0.0, seed=seed
@@ -325,19 +339,19 @@ class Evaluator:
                 seed=seed,
             )
         jobs = []
-        for ex, completion in zip(examples, greedy):
+        for ex, completion in zip(generated, greedy):
             jobs.append((code_exec.program(ex, cut_at_stop(completion, task.stop)), ex["tests"]))
         for i, completion in enumerate(sampled):
-            ex = examples[i // n]
+            ex = generated[i // n]
             jobs.append((code_exec.program(ex, cut_at_stop(completion, task.stop)), ex["tests"]))
         passed = self.code_runner.passed(jobs)
-        greedy_passed, sampled_passed = passed[: len(examples)], passed[len(examples) :]
+        greedy_passed, sampled_passed = passed[: len(generated)], passed[len(generated) :]
         per: dict[str, list[float]] = {"pass@1": [float(p) for p in greedy_passed]}
         for k in SAMPLED_PASS_AT_KS:
             if k <= n and n > 1:
                 per[f"pass@{k}"] = [
                     metrics.pass_at_k(n, sum(sampled_passed[j * n : (j + 1) * n]), k)
-                    for j in range(len(examples))
+                    for j in range(len(generated))
                 ]
         per["bpb"] = self._gold_bpb(
             model, [(ex["prompt"], ex["canonical_solution"]) for ex in examples]

@@ -225,3 +225,20 @@ def test_the_scoring_fingerprint_covers_what_changes_a_score():
     ):
         assert evaluator.scoring_fingerprint(dataclasses.replace(task, **change)) != base, change
     assert evaluator.scoring_fingerprint(tasks.TASKS["nq_open"]) != base
+
+
+@pytest.mark.parametrize("task_name", ["triviaqa", "humaneval"])
+def test_a_generation_limit_generates_for_the_first_examples_only(ev, task_name):
+    """generation_limit k: the generated metrics are the full run's first k per-example
+    scores, and the gold-answer BPB is the full run's, over every example."""
+    lm = testing.tiny_language_model()
+    task = tasks.TASKS[task_name]
+    full = ev.evaluate_task(lm, task, limit=6, seed=1)
+    cut = ev.evaluate_task(lm, task, limit=6, seed=1, generation_limit=2)
+    assert full.num_examples == 6 and cut.num_examples == 2
+    assert cut.scores == full.scores[:2]
+    assert cut.example_metrics["bpb"] == full.example_metrics["bpb"]
+    assert len(cut.example_metrics["bpb"]) == 6
+    assert cut.extra["bpb"] == full.extra["bpb"]
+    # At or above the examples scored, it is no limit.
+    assert ev.evaluate_task(lm, task, limit=6, seed=1, generation_limit=6).scores == full.scores

@@ -145,13 +145,21 @@ class Harness:
 
     # ------------------------------------------------------------ evaluation
 
-    def _settings(self, task: tasks_lib.Task, limit: int, num_samples: int, seed: int) -> str:
+    def _settings(
+        self, task: tasks_lib.Task, limit: int, num_samples: int, seed: int, generation_limit: int
+    ) -> str:
+        # A generation limit at or above the examples scored is no limit (same key).
+        generated = generation_limit if task.kind != tasks_lib.MULTIPLE_CHOICE else 0
+        extra = (
+            {"generation_limit": generated} if 0 < generated and not 0 < limit <= generated else {}
+        )
         return settings_key(
             limit=limit,
             num_samples=max(1, num_samples),
             seed=seed,
             scoring=evaluator.scoring_fingerprint(task),
             source=self.source,
+            **extra,
         )
 
     def evaluate(
@@ -163,11 +171,16 @@ class Harness:
         limit: int = 0,
         num_samples: int = 1,
         seed: int = 0,
+        generation_limit: int = 0,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[Scored]:
         """Each task's result as it finishes, then the aggregates (see module docstring)."""
         if num_samples < 0:
             raise errors.InvalidArgument("num_samples", f"must be >= 0, got {num_samples}")
+        if generation_limit < 0:
+            raise errors.InvalidArgument(
+                "generation_limit", f"must be >= 0 (0: every example), got {generation_limit}"
+            )
         if not checkpoint_uri:
             raise errors.InvalidArgument("checkpoint_uri", "required")
         named_heldout = heldout.TASK in task_names
@@ -184,6 +197,7 @@ class Harness:
             limit=limit,
             num_samples=max(1, num_samples),
             seed=seed,
+            generation_limit=generation_limit,
             should_stop=should_stop,
             with_heldout=bool(self.heldout_corpus_dir) and (named_heldout or not task_names),
             named_heldout=named_heldout,
@@ -198,6 +212,7 @@ class Harness:
         num_samples,
         seed,
         should_stop,
+        generation_limit: int = 0,
         loaded: Optional[checkpoints.LoadedCheckpoint] = None,
         with_heldout: bool = False,
         named_heldout: bool = False,
@@ -211,11 +226,16 @@ class Harness:
             for task in task_list:
                 if should_stop():
                     return
-                settings = self._settings(task, limit, num_samples, seed)
+                settings = self._settings(task, limit, num_samples, seed, generation_limit)
                 result = self.db.get_result(uri, task.name, settings)
                 if result is None:
                     result = self.evaluator.evaluate_task(
-                        loaded.model, task, limit=limit, num_samples=num_samples, seed=seed
+                        loaded.model,
+                        task,
+                        limit=limit,
+                        num_samples=num_samples,
+                        seed=seed,
+                        generation_limit=generation_limit,
                     )
                     self.db.put_result(uri, settings, result)
                 results.append(result)

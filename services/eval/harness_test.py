@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from libs import errors
 from services.eval import tasks, testing
 from services.eval.harness import Harness
 from services.eval.results_db import ResultsDB
@@ -55,3 +56,32 @@ def test_a_changed_task_is_scored_again(harness, monkeypatch, change):
     again = _scores(h)
     assert oracle.calls > calls  # the old score was not reused
     assert again[0].metric == changed.metric
+
+
+def test_a_generation_limit_is_its_own_setting(harness):
+    """A result generated for fewer examples is not reused for a full one, nor the other
+    way round; a limit at or above the examples scored is the full setting."""
+    h, oracle = harness
+
+    def run(generation_limit):
+        before = oracle.calls
+        out = list(
+            h.evaluate(
+                "mem://oracle", task_names=["triviaqa"], limit=3, generation_limit=generation_limit
+            )
+        )
+        return out[0].result, oracle.calls > before
+
+    full, scored = run(0)
+    assert scored and full.num_examples == 3
+    cut, scored = run(1)
+    assert scored and cut.num_examples == 1
+    assert cut.extra["bpb"] == full.extra["bpb"]
+    assert run(3) == (full, False)  # reused: the same setting as no limit
+    assert run(1) == (cut, False)
+
+
+def test_a_negative_generation_limit_is_refused(harness):
+    h, _ = harness
+    with pytest.raises(errors.InvalidArgument, match="generation_limit"):
+        h.evaluate("mem://oracle", task_names=["triviaqa"], generation_limit=-1)

@@ -75,6 +75,7 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
                 limit=request.limit,
                 num_samples=request.num_samples,
                 seed=request.seed,
+                generation_limit=request.generation_limit,
                 should_stop=lambda: not context.is_active(),
             )
         except errors.FieldError as e:
