@@ -131,10 +131,12 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
 class FakeEval(eval_pb2_grpc.EvalServiceServicer):
     def __init__(self):
         self.evaluated: list[str] = []
+        self.requests: list[eval_pb2.EvaluateRequest] = []
         self.compared: list[tuple[str, str, str]] = []
 
     def Evaluate(self, request, context):
         self.evaluated.append(request.checkpoint_uri)
+        self.requests.append(request)
         h = int(hashlib.sha256(request.checkpoint_uri.encode()).hexdigest()[:8], 16) / 2**32
         yield eval_pb2.EvalResult(
             checkpoint_uri=request.checkpoint_uri,
@@ -196,12 +198,14 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
     out = str(tmp_path)
     r = _runner(study, out, address)
     report = r.run()
-    # 24 trainings (the sweep's two random mixtures and two twins among them), once
-    # per seed; the twins' seeds start past the study's.
-    assert len(trainer.started) == 72
-    assert len(evaluator.evaluated) == 72
+    # 20 trainings (the sweep's random mixture and two twins among them), once per
+    # seed; the twins' seeds start past the study's.
+    assert len(trainer.started) == 60
+    assert len(evaluator.evaluated) == 60
+    # The spec's evaluation settings reach the eval service.
+    assert {(q.suite, q.limit, q.generation_limit) for q in evaluator.requests} == {("tiny", 25, 5)}
     assert sorted(s.seed for s in trainer.started) == (
-        [0] * 22 + [1] * 22 + [2] * 22 + [16] * 2 + [17] * 2 + [18] * 2
+        [0] * 18 + [1] * 18 + [2] * 18 + [16] * 2 + [17] * 2 + [18] * 2
     )
     # Children start from their parent's final checkpoint, reported by the trainer.
     started_before = set()
@@ -214,9 +218,9 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
         started_before.add(s.run_id)
         assert s.checkpoint_dir == os.path.join(out, "checkpoints")
         assert s.data_address == address
-    # Win rates: four arms against text-only's last phase, judged by the cooldown
+    # Win rates: three arms against text-only's last phase, judged by the cooldown
     # model, on the first seed.
-    assert len(evaluator.compared) == 4
+    assert len(evaluator.compared) == 3
     judge = r.state.phase(r.plan.lookup("cooldown-code20/cooldown").fingerprint)
     assert {c[2] for c in evaluator.compared} == {judge["checkpoint_uri"]}
     text = open(report).read()
@@ -225,8 +229,8 @@ def test_a_study_trains_each_phase_once_in_order_then_reuses_everything(tmp_path
 
     again = runner_lib.Runner(study, out, NoServices(out), log=lambda s: None)
     again.run()
-    assert again.trained == [] and len(again.reused) == 72 and again.evaluated == []
-    assert len(trainer.started) == 72
+    assert again.trained == [] and len(again.reused) == 60 and again.evaluated == []
+    assert len(trainer.started) == 60
 
 
 def test_a_mixture_the_data_service_refuses_stops_the_study_before_training(tmp_path, fakes):
@@ -329,4 +333,4 @@ def test_the_runner_script_plans_a_study_run_as_bazel_runs_it(tmp_path):
         env={**os.environ, "BUILD_WORKING_DIRECTORY": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "72 trainings" in done.stdout
+    assert "60 trainings" in done.stdout
