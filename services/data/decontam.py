@@ -21,6 +21,7 @@ import bz2
 import dataclasses
 import glob
 import gzip
+import itertools
 import json
 import os
 import re
@@ -137,6 +138,12 @@ class SourceOverlap:
     matched: dict[str, set] = dataclasses.field(default_factory=dict)
 
 
+def _firsts(sorted_values: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of a sorted array starts (a mask): the
+    distinct values, as np.unique finds them, without its hashing pass."""
+    return np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])[: sorted_values.size]
+
+
 class Index:
     """The n-gram hashes of a set of benchmarks."""
 
@@ -147,24 +154,21 @@ class Index:
         self.n = n
         self.names = list(benchmarks)
         self.items = {name: len(items) for name, items in benchmarks.items()}
-        vocab: dict[str, int] = {}
         tokenised = {name: [words(t) for t in items] for name, items in benchmarks.items()}
-        for docs in tokenised.values():
-            for ws in docs:
-                for w in ws:
-                    if w not in vocab:
-                        vocab[w] = len(vocab)
+        # Every benchmark word once, in order of first occurrence.
+        vocab = dict.fromkeys(w for docs in tokenised.values() for ws in docs for w in ws)
         rng = np.random.default_rng(seed)
         # Index 0 is the "not a benchmark word" value; real words are odd so
         # they are never zero.
         self._values = np.concatenate(
             [[np.uint64(0)], rng.integers(0, 2**63, len(vocab), dtype=np.uint64) * 2 + 1]
         )
-        self._vocab = {w: i + 1 for w, i in vocab.items()}
+        self._vocab = {w: i + 1 for i, w in enumerate(vocab)}
         all_hashes, all_bits = [], []
         self.ngrams: dict[str, int] = {}
         for b, (name, docs) in enumerate(tokenised.items()):
-            hashes = np.unique(self._windows(docs, informative=True)[0])
+            hashes = np.sort(self._windows(docs, informative=True)[0])
+            hashes = hashes[_firsts(hashes)]
             self.ngrams[name] = int(hashes.size)
             all_hashes.append(hashes)
             all_bits.append(np.full(hashes.size, np.uint64(1) << np.uint64(b), np.uint64))
@@ -172,7 +176,8 @@ class Index:
         bits = np.concatenate(all_bits) if all_bits else np.zeros(0, np.uint64)
         order = np.argsort(h, kind="stable")
         h, bits = h[order], bits[order]
-        self.hashes, first = np.unique(h, return_index=True)
+        first = np.flatnonzero(_firsts(h))
+        self.hashes = h[first]
         self.bits = np.bitwise_or.reduceat(bits, first) if h.size else bits
 
     @classmethod
@@ -184,10 +189,6 @@ class Index:
             {name: [it for f in files for it in read_items(f)] for name, files in found.items()},
             n=n,
         )
-
-    def _ids(self, ws: list[str]) -> np.ndarray:
-        get = self._vocab.get
-        return np.fromiter((get(w, 0) for w in ws), np.int64, len(ws))
 
     def _windows(
         self, docs: Sequence[list[str]], informative: bool = False
@@ -202,8 +203,9 @@ class Index:
         m = total - n + 1
         if m <= 0:
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        get = self._vocab.get
-        ids = np.fromiter((get(w, 0) for ws in docs for w in ws), np.int64, total)
+        # map() over the flattened words: no Python frame per word.
+        flat = itertools.chain.from_iterable
+        ids = np.fromiter(map(self._vocab.get, flat(docs), itertools.repeat(0)), np.int64, total)
         v = self._values[ids]
         h = np.zeros(m, np.uint64)
         with np.errstate(over="ignore"):
@@ -212,7 +214,7 @@ class Index:
         unknown = np.concatenate([[0], np.cumsum(ids == 0)])
         ok = (unknown[n:] - unknown[:m]) == 0
         if informative:
-            numeric = np.fromiter((w.isdigit() for ws in docs for w in ws), bool, total)
+            numeric = np.fromiter(map(str.isdigit, flat(docs)), bool, total)
             count = np.concatenate([[0], np.cumsum(numeric)])
             ok &= (count[n:] - count[:m]) <= n // 2
         ends = np.cumsum(lengths)

@@ -89,3 +89,35 @@ def test_default_dir_and_humaneval(monkeypatch, tmp_path):
     assert len(items) == 164
     index = decontam.Index({"humaneval": items})
     assert index.match([items[0]]).tolist() == [1]
+
+
+def test_the_index_is_each_benchmarks_set_of_ngrams():
+    """The index (sorted, deduplicated without np.unique) equals the plain
+    construction: per benchmark the set of its informative window hashes, the
+    words numbered in order of first occurrence, each hash's benchmark bits
+    OR-ed. The repository's benchmarks, 300 items each (overlapping ones too)."""
+    found = decontam.discover(decontam.default_benchmarks_dir(), include_humaneval=True)
+    items = {
+        name: [it for f in files for it in decontam.read_items(f)][:300]
+        for name, files in found.items()
+    }
+    items["copy"] = items[next(iter(items))][:50]  # shares every n-gram with another
+    index = decontam.Index(items)
+    vocab: dict[str, int] = {}
+    for its in items.values():
+        for t in its:
+            for w in decontam.words(t):
+                vocab.setdefault(w, len(vocab) + 1)
+    assert index._vocab == vocab
+    per = {
+        name: set(index._windows([decontam.words(t) for t in its], informative=True)[0].tolist())
+        for name, its in items.items()
+    }
+    assert index.ngrams == {name: len(h) for name, h in per.items()}
+    bits: dict[int, int] = {}
+    for b, name in enumerate(items):
+        for h in per[name]:
+            bits[h] = bits.get(h, 0) | 1 << b
+    assert index.hashes.tolist() == sorted(bits)
+    assert index.bits.tolist() == [bits[h] for h in sorted(bits)]
+    assert len(set(index.bits.tolist())) > len(items)  # hashes in several benchmarks

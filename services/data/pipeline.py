@@ -562,7 +562,12 @@ def build_sharded(
         if config.benchmarks_dir is None
         else config.benchmarks_dir
     )
+    t = time.monotonic()
     index = decontam.Index.from_dir(bdir or None, config.include_humaneval, n=config.ngram)
+    log(
+        f"decontamination index: {index.hashes.size} {config.ngram}-grams of "
+        f"{len(index.names)} benchmarks ({time.monotonic() - t:.1f}s)"
+    )
     ex = _Executor(workers, ray_address, log)
     try:
         shared = ex.share(index)
