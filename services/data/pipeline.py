@@ -439,6 +439,14 @@ def write_task(root: str, shard: Shard, near_uri: str, limit_docs: int | None) -
 # The driver.
 
 
+def _warm_up() -> None:
+    """A worker's first imports (datasets, tokenizers), done while the head
+    builds the decontamination index instead of inside the first task."""
+    import tokenizers  # noqa: F401
+
+    sources_lib.import_datasets()
+
+
 def _measured(fn, *args) -> tuple[dict, int]:
     """fn's result and the peak resident memory of the process that ran it (KiB)."""
     import resource
@@ -451,10 +459,18 @@ class _Executor:
     """Runs a stage's tasks: on Ray (one CPU each), or here when workers=0.
     A task whose marker exists is not run again; its marker is its result."""
 
+    # One CPU a task: the tokenizer's own threads off, so workers scale.
+    OPTIONS = {
+        "num_cpus": 1,
+        "max_retries": 3,
+        "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+    }
+
     def __init__(self, workers: int, address: str, log: Callable[[str], None]):
         self._ray = None
         self._log = log
         self._owns = False
+        self._warming = []
         if workers or address:
             import ray
 
@@ -465,6 +481,15 @@ class _Executor:
                 ray.init(address=address or "local", **kwargs)
                 self._owns = True
             self._ray = ray
+
+    def warm_up(self) -> None:
+        """Starts one worker process per CPU of the cluster and has it import
+        what the tasks need, while the head goes on: worker start-up and
+        imports are off the first stage's critical path."""
+        if self._ray:
+            cpus = int(self._ray.cluster_resources().get("CPU", 1))
+            remote = self._ray.remote(**self.OPTIONS)(_warm_up)
+            self._warming = [remote.remote() for _ in range(max(1, cpus))]
 
     def share(self, value):
         """A large read-only argument of many tasks, stored once."""
@@ -484,12 +509,7 @@ class _Executor:
                 results[i], rss = _measured(fn, *calls[i][1])
                 peak = max(peak, rss)
         else:
-            # One CPU a task: the tokenizer's own threads off, so workers scale.
-            remote = self._ray.remote(
-                num_cpus=1,
-                max_retries=3,
-                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-            )(_measured)
+            remote = self._ray.remote(**self.OPTIONS)(_measured)
             refs = {remote.remote(fn, *calls[i][1]): i for i in todo}
             last = time.monotonic()
             while refs:
@@ -562,14 +582,15 @@ def build_sharded(
         if config.benchmarks_dir is None
         else config.benchmarks_dir
     )
-    t = time.monotonic()
-    index = decontam.Index.from_dir(bdir or None, config.include_humaneval, n=config.ngram)
-    log(
-        f"decontamination index: {index.hashes.size} {config.ngram}-grams of "
-        f"{len(index.names)} benchmarks ({time.monotonic() - t:.1f}s)"
-    )
     ex = _Executor(workers, ray_address, log)
     try:
+        ex.warm_up()  # the workers start while the head builds the index
+        t = time.monotonic()
+        index = decontam.Index.from_dir(bdir or None, config.include_humaneval, n=config.ngram)
+        log(
+            f"decontamination index: {index.hashes.size} {config.ngram}-grams of "
+            f"{len(index.names)} benchmarks ({time.monotonic() - t:.1f}s)"
+        )
         shared = ex.share(index)
         clean = ex.map(
             "clean",
