@@ -504,6 +504,9 @@ class _Executor:
         todo = [i for i in range(len(calls)) if i not in results]
         done_before = len(results)
         peak = 0
+        if self._warming:  # a worker that cannot import what tasks need fails here
+            self._ray.get(self._warming)
+            self._warming = []
         if not self._ray:
             for i in todo:
                 results[i], rss = _measured(fn, *calls[i][1])
