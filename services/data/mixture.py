@@ -475,9 +475,10 @@ class _SourceStream:
             return starts_out[0], lengths_out[0]
         return np.concatenate(starts_out), np.concatenate(lengths_out)
 
-    def read(self, position: int, out: np.ndarray) -> None:
-        """Fills `out` with stream tokens [position, position + len(out))."""
-        starts, lengths = self.spans(position, out.size)
+    def read(self, position: int, out: np.ndarray, spans=None) -> None:
+        """Fills `out` with stream tokens [position, position + len(out));
+        `spans`: their `spans(position, len(out))`, when already computed."""
+        starts, lengths = spans if spans is not None else self.spans(position, out.size)
         if starts.size <= 8:
             # Few documents: slice copies (numpy scalars made Python ints once).
             at = 0
@@ -630,17 +631,18 @@ class BatchReader:
         stage = self.schedule.stage_of(step)
         rows = self.shard_rows(step)
         reads = self._reads(step, rows)
+        spans = [None] * len(reads)
         if self._by_range:
             self._wait_for_prefetch(step)
-            self._warm(reads)
+            spans = self._warm(reads)
 
         tokens = np.empty(R * L, np.int32)
         run_starts: list[int] = []
         run_sources: list[int] = []
         run_last: list[int] = []
-        for s, pos, c, m in reads:
+        for (s, pos, c, m), read_spans in zip(reads, spans):
             stream = self._streams[s]
-            stream.read(pos, tokens[c : c + m])
+            stream.read(pos, tokens[c : c + m], read_spans)
             # Cut at row ends into runs.
             cut = c
             while cut < c + m:
@@ -688,11 +690,14 @@ class BatchReader:
                 s += 1
         return reads
 
-    def _warm(self, reads) -> None:
-        """Fetches every block `reads` touch at once (a corpus read by range)."""
+    def _warm(self, reads) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Fetches every block `reads` touch at once (a corpus read by range);
+        returns each read's spans, for the reads themselves."""
         by_source: dict[int, list] = collections.defaultdict(list)
+        read_spans = []
         for s, pos, _, m in reads:
-            by_source[s].append(self._streams[s].spans(pos, m))
+            read_spans.append(self._streams[s].spans(pos, m))
+            by_source[s].append(read_spans[-1])
             # The token after the read (its last run's target) too.
             by_source[s].append(self._streams[s].spans(pos + m, 1))
         self.corpus.warm(
@@ -703,6 +708,7 @@ class BatchReader:
             )
             for s, spans in by_source.items()
         )
+        return read_spans
 
     def _prefetch(self, step: int) -> None:
         """Warms `step` on a background thread, unless the last warm-up is still
