@@ -257,3 +257,44 @@ def test_uri_inputs_expand_with_their_excludes(tmp_path):
             storage.write_text(gcs.uri(f"in/{name}"), "{}\n")
         inp = sources.Input(path="json", data_files=(gcs.uri("in/*.jsonl"),), exclude=("*/b-*",))
         assert pipeline._expand(inp) == [gcs.uri("in/a-0.jsonl"), gcs.uri("in/a-1.jsonl")]
+
+
+def _plain_band_hashes(tokens, offsets, keys):
+    """band_hashes written out one document and one hash function at a time."""
+    a, b = pipeline._permutations()
+    m64, out = (1 << 64) - 1, []
+    for d in range(offsets.size - 1):
+        doc = [int(t) for t in tokens[offsets[d] : offsets[d + 1]]]
+        windows = len(doc) - pipeline.NGRAM + 1
+        if windows <= 0:
+            out.append([int(keys[d]) * pipeline.BANDS + i for i in range(pipeline.BANDS)])
+            continue
+        shingles = []
+        for s in range(windows):
+            h = doc[s] * 0x9E3779B97F4A7C15 & m64
+            for j in range(1, pipeline.NGRAM):
+                h = (h ^ doc[s + j]) * 0x100000001B3 & m64
+            shingles.append(((h >> 32) ^ h) & 0xFFFFFFFF)
+        sig = [min((int(ak) * x + int(bk)) & 0xFFFFFFFF for x in shingles) for ak, bk in zip(a, b)]
+        bands = []
+        for band in range(pipeline.BANDS):
+            v = 0
+            for r in sig[band * pipeline.ROWS : (band + 1) * pipeline.ROWS]:
+                v = (v * 0x100000001B3 + r) & m64
+            bands.append(v)
+        out.append(bands)
+    return np.array(out, np.uint64).reshape(-1, pipeline.BANDS)
+
+
+def test_minhash_bands_equal_the_plain_computation(monkeypatch):
+    rng = np.random.default_rng(0)
+    # Short documents (no window, one window), ordinary ones, and one longer
+    # than a chunk of windows.
+    lengths = [0, 3, 4, 5, 6, 40, 1, 200, 77, 900, 2, 333]
+    tokens = rng.integers(0, 50_000, sum(lengths)).astype(np.uint32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    keys = np.arange(len(lengths), dtype=np.uint64) + np.uint64(7 << 28)
+    want = _plain_band_hashes(tokens, offsets, keys)
+    for chunk in (256, 1 << 14):  # documents across and within chunks
+        monkeypatch.setattr(pipeline, "_CHUNK", chunk)
+        np.testing.assert_array_equal(pipeline.band_hashes(tokens, offsets, keys), want)
