@@ -8,11 +8,14 @@ and are left out). A corpus document that shares any 13-gram with a benchmark is
 dropped, and the build reports, per source and benchmark, the documents that
 matched and the fraction of the benchmark's distinct 13-grams found.
 
-13-grams are hashed to 64 bits: each benchmark word gets a random 64-bit
-value, a window's hash is a polynomial in those values (mod 2**64). Words
-absent from every benchmark cannot be part of a match, so windows holding
-one are skipped. Matching is a vectorised `searchsorted` against the sorted
-benchmark hashes, each carrying a bit mask of the benchmarks it occurs in.
+13-grams are hashed to 64 bits, on arrays: the texts become one array of
+code points, words are its runs of word characters, a word's value is the
+polynomial of its code points (mod 2**64) mixed by splitmix64's finaliser,
+and a window's hash is a polynomial in its words' values. No per-word
+Python, and no vocabulary to share between workers. Matching: a bitmap of
+the benchmark hashes' top bits rules out most windows, and the rest are
+looked up (`searchsorted`) among the sorted benchmark hashes, each carrying
+a bit mask of the benchmarks it occurs in.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import bz2
 import dataclasses
 import glob
 import gzip
-import itertools
 import json
 import os
 import re
@@ -33,7 +35,8 @@ from libs.benchmarks import benchmarks
 
 NGRAM = 13
 _WORD = re.compile(r"[^\W_]+")
-_BASE = np.uint64(0x9E3779B97F4A7C15)
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # of a window's polynomial in word values
+_CHAR_BASE = np.uint64(0x100000001B3)  # of a word's polynomial in code points
 _MAX_BENCHMARKS = 64
 
 
@@ -144,30 +147,95 @@ def _firsts(sorted_values: np.ndarray) -> np.ndarray:
     return np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])[: sorted_values.size]
 
 
+# Word characters: [^\W_], i.e. str.isalnum(); digits: str.isdigit(). A
+# table over every code point, filled in as code points are first seen.
+_ALNUM, _DIGIT, _UNSEEN = np.uint8(1), np.uint8(2), np.uint8(4)
+_CLASSES = np.full(0x110000, _UNSEEN, np.uint8)
+
+
+def _classes(cp: np.ndarray) -> np.ndarray:
+    """The _ALNUM and _DIGIT bits of each code point."""
+    out = _CLASSES[cp]
+    unseen = out == _UNSEEN
+    if unseen.any():
+        for c in np.unique(cp[unseen]).tolist():
+            ch = chr(c)
+            _CLASSES[c] = (_ALNUM if ch.isalnum() else 0) | (_DIGIT if ch.isdigit() else 0)
+        out = _CLASSES[cp]
+    return out
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """A bijection of uint64 that spreads every input bit (splitmix64's finaliser)."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def word_values(
+    texts: Sequence[str], digits: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The words of `texts`, as `words` cuts them, found on arrays of code
+    points: each word's 64-bit value (the polynomial of its code points,
+    mixed), the text it is in, and (given `digits`) whether it is all digits."""
+    lowered = [t.lower() for t in texts]
+    # One array of code points, a newline (no word character) between texts.
+    cp = np.frombuffer("\n".join(lowered).encode("utf-32-le", "surrogatepass"), np.uint32)
+    cls = _classes(cp)
+    alnum = (cls & _ALNUM).astype(bool)
+    edges = np.diff(alnum.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(edges == 1)
+    if not starts.size:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, bool) if digits else None
+    lengths = np.flatnonzero(edges == -1) - starts
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # among the word characters
+    step = np.ones(int(lengths.sum()), np.int64)  # each character's position in its word
+    step[first[1:]] -= lengths[:-1]
+    position = np.cumsum(step) - 1
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.full(int(lengths.max()), _CHAR_BASE, np.uint64))
+        powers = np.concatenate([[np.uint64(1)], powers[:-1]])  # base**0, base**1, ...
+        terms = cp[alnum].astype(np.uint64) * powers[position]
+    values = _mix(np.add.reduceat(terms, first))
+    all_digits = np.add.reduceat((cls[alnum] & _DIGIT) == 0, first) == 0 if digits else None
+    text_ends = np.cumsum([len(t) + 1 for t in lowered])
+    return values, np.searchsorted(text_ends, starts, side="right"), all_digits
+
+
+# 8 MB; a window of no benchmark passes with p = (hashes) / 2**26: 3.4% with
+# the repository's 2.3M.
+_FILTER_BITS = 26
+
+
+def _bit(top: np.ndarray) -> np.ndarray:
+    return np.left_shift(np.uint8(1), (top & np.uint64(7)).astype(np.uint8))
+
+
+def _per_window(flags: np.ndarray, n: int) -> np.ndarray:
+    """How many of the flagged words each n-word window holds."""
+    count = np.concatenate([[0], np.cumsum(flags)])
+    return count[n:] - count[: count.size - n]
+
+
 class Index:
     """The n-gram hashes of a set of benchmarks."""
 
-    def __init__(self, benchmarks: dict[str, Sequence[str]], n: int = NGRAM, seed: int = 0):
+    def __init__(self, benchmarks: dict[str, Sequence[str]], n: int = NGRAM):
         """benchmarks: name -> items (strings)."""
         if len(benchmarks) > _MAX_BENCHMARKS:
             raise ValueError(f"at most {_MAX_BENCHMARKS} benchmarks")
         self.n = n
         self.names = list(benchmarks)
         self.items = {name: len(items) for name, items in benchmarks.items()}
-        tokenised = {name: [words(t) for t in items] for name, items in benchmarks.items()}
-        # Every benchmark word once, in order of first occurrence.
-        vocab = dict.fromkeys(w for docs in tokenised.values() for ws in docs for w in ws)
-        rng = np.random.default_rng(seed)
-        # Index 0 is the "not a benchmark word" value; real words are odd so
-        # they are never zero.
-        self._values = np.concatenate(
-            [[np.uint64(0)], rng.integers(0, 2**63, len(vocab), dtype=np.uint64) * 2 + 1]
-        )
-        self._vocab = {w: i + 1 for i, w in enumerate(vocab)}
         all_hashes, all_bits = [], []
         self.ngrams: dict[str, int] = {}
-        for b, (name, docs) in enumerate(tokenised.items()):
-            hashes = np.sort(self._windows(docs, informative=True)[0])
+        for b, (name, items) in enumerate(benchmarks.items()):
+            values, text, numeric = word_values(items, digits=True)
+            hashes, _, inside = self._windows(values, text)
+            # Windows mostly of numbers ("0 1 2 3 ..." occurs in benchmarks
+            # and in half the standard library) are no evidence.
+            hashes = np.sort(hashes[inside & (_per_window(numeric, n) <= n // 2)])
             hashes = hashes[_firsts(hashes)]
             self.ngrams[name] = int(hashes.size)
             all_hashes.append(hashes)
@@ -179,6 +247,11 @@ class Index:
         first = np.flatnonzero(_firsts(h))
         self.hashes = h[first]
         self.bits = np.bitwise_or.reduceat(bits, first) if h.size else bits
+        # One bit per value of a hash's top _FILTER_BITS bits: a window whose
+        # bit is clear is in no benchmark (most are), without a search.
+        top = self.hashes >> np.uint64(64 - _FILTER_BITS)
+        self._filter = np.zeros(1 << (_FILTER_BITS - 3), np.uint8)
+        np.bitwise_or.at(self._filter, (top >> np.uint64(3)).astype(np.int64), _bit(top))
 
     @classmethod
     def from_dir(
@@ -191,37 +264,17 @@ class Index:
         )
 
     def _windows(
-        self, docs: Sequence[list[str]], informative: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of the n-word windows that lie inside one document and hold
-        only benchmark words, and the document of each. With `informative`,
-        windows that are mostly numbers ("0 1 2 3 ..." occurs in benchmarks
-        and in half the standard library) are left out too."""
-        n = self.n
-        lengths = np.fromiter((len(ws) for ws in docs), np.int64, len(docs))
-        total = int(lengths.sum())
-        m = total - n + 1
-        if m <= 0:
-            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        # map() over the flattened words: no Python frame per word.
-        flat = itertools.chain.from_iterable
-        ids = np.fromiter(map(self._vocab.get, flat(docs), itertools.repeat(0)), np.int64, total)
-        v = self._values[ids]
+        self, values: np.ndarray, text: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per n-word window (one starting at each word): its hash (a
+        polynomial in its words' values), its text, and whether it lies
+        inside that text."""
+        n, m = self.n, max(values.size - self.n + 1, 0)
         h = np.zeros(m, np.uint64)
         with np.errstate(over="ignore"):
             for j in range(n):
-                h = h * _BASE + v[j : j + m]
-        unknown = np.concatenate([[0], np.cumsum(ids == 0)])
-        ok = (unknown[n:] - unknown[:m]) == 0
-        if informative:
-            numeric = np.fromiter(map(str.isdigit, flat(docs)), bool, total)
-            count = np.concatenate([[0], np.cumsum(numeric)])
-            ok &= (count[n:] - count[:m]) <= n // 2
-        ends = np.cumsum(lengths)
-        starts = np.arange(m)
-        doc = np.searchsorted(ends, starts, side="right")
-        ok &= starts + n <= ends[np.minimum(doc, len(docs) - 1)]
-        return h[ok], doc[ok]
+                h = h * _BASE + values[j : j + m]
+        return h, text[:m], text[:m] == text[n - 1 : n - 1 + m]
 
     def match(self, texts: Sequence[str]) -> np.ndarray:
         """For each text, the bit mask (uint64) of the benchmarks it shares an
@@ -233,9 +286,13 @@ class Index:
         masks = np.zeros(len(texts), np.uint64)
         if not self.hashes.size or not texts:
             return masks, np.zeros(0, np.uint64)
-        hs, doc = self._windows([words(t) for t in texts])
+        values, text, _ = word_values(texts)
+        hs, doc, ok = self._windows(values, text)
         if not hs.size:
             return masks, hs
+        top = hs >> np.uint64(64 - _FILTER_BITS)
+        ok &= (self._filter[top >> np.uint64(3)] & _bit(top)) != 0
+        hs, doc = hs[ok], doc[ok]
         pos = np.minimum(np.searchsorted(self.hashes, hs), self.hashes.size - 1)
         hit = self.hashes[pos] == hs
         if hit.any():

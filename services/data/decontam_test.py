@@ -1,10 +1,12 @@
 """Decontamination: benchmark n-grams are found in documents and reported."""
 
 import bz2
+import functools
 import gzip
 import json
 import os
 
+import numpy as np
 import pytest
 
 from services.data import decontam
@@ -91,33 +93,107 @@ def test_default_dir_and_humaneval(monkeypatch, tmp_path):
     assert index.match([items[0]]).tolist() == [1]
 
 
-def test_the_index_is_each_benchmarks_set_of_ngrams():
-    """The index (sorted, deduplicated without np.unique) equals the plain
-    construction: per benchmark the set of its informative window hashes, the
-    words numbered in order of first occurrence, each hash's benchmark bits
-    OR-ed. The repository's benchmarks, 300 items each (overlapping ones too)."""
+M64 = (1 << 64) - 1
+TRICKY = [
+    "İstanbul ΟΔΟΣ, café_au_lait x²³ ٣٤ ① ⅷ 𝟘𝟙 ß straße",  # lowercasing, digits, numerals
+    "lone \ud800 surrogate\tand_underscores__ 12ab ab12 __init__ \u00a0nbsp",
+    "",
+    "!!! ... ---",
+]
+
+
+@functools.cache
+def _plain_value(word: str) -> int:
+    """A word's value written out: the polynomial of its code points, mixed."""
+    z = 0
+    for k, c in enumerate(word):
+        z = (z + ord(c) * pow(0x100000001B3, k, 1 << 64)) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def _plain_ngrams(text: str, n: int = decontam.NGRAM, informative: bool = False) -> set:
+    ws = decontam.words(text)
+    grams = {tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)}
+    if informative:
+        grams = {g for g in grams if sum(w.isdigit() for w in g) <= n // 2}
+    return grams
+
+
+def _plain_hash(gram: tuple) -> int:
+    h = 0
+    for w in gram:
+        h = (h * 0x9E3779B97F4A7C15 + _plain_value(w)) & M64
+    return h
+
+
+def _benchmark_items(per: int = 300) -> dict[str, list[str]]:
     found = decontam.discover(decontam.default_benchmarks_dir(), include_humaneval=True)
     items = {
-        name: [it for f in files for it in decontam.read_items(f)][:300]
+        name: [it for f in files for it in decontam.read_items(f)][:per]
         for name, files in found.items()
     }
     items["copy"] = items[next(iter(items))][:50]  # shares every n-gram with another
+    items["tricky"] = TRICKY * 5
+    return items
+
+
+def test_word_values_are_the_words_of_the_regex():
+    """The words found on arrays of code points are `words()` (the regex on
+    the lowercased text), each valued as the plain polynomial says."""
+    texts = [t for its in _benchmark_items(40).values() for t in its]
+    values, text, digits = decontam.word_values(texts, digits=True)
+    want = [(w, i) for i, t in enumerate(texts) for w in decontam.words(t)]
+    assert len(want) > 50_000
+    assert values.tolist() == [_plain_value(w) for w, _ in want]
+    assert text.tolist() == [i for _, i in want]
+    assert digits.tolist() == [w.isdigit() for w, _ in want]
+    assert any(digits) and not all(digits)
+    assert len({w for w, _ in want}) == len(set(values.tolist()))  # no two words share a value
+
+
+def test_the_index_is_each_benchmarks_set_of_ngrams():
+    """The index equals the plain construction: per benchmark the set of its
+    informative word 13-grams, each hashed as written out in Python, the
+    benchmarks' bits OR-ed per hash. The repository's benchmarks, 300 items
+    each (overlapping ones too)."""
+    items = _benchmark_items()
     index = decontam.Index(items)
-    vocab: dict[str, int] = {}
-    for its in items.values():
-        for t in its:
-            for w in decontam.words(t):
-                vocab.setdefault(w, len(vocab) + 1)
-    assert index._vocab == vocab
     per = {
-        name: set(index._windows([decontam.words(t) for t in its], informative=True)[0].tolist())
+        name: set().union(*(_plain_ngrams(t, informative=True) for t in its))
         for name, its in items.items()
     }
-    assert index.ngrams == {name: len(h) for name, h in per.items()}
+    assert index.ngrams == {name: len(g) for name, g in per.items()}
     bits: dict[int, int] = {}
     for b, name in enumerate(items):
-        for h in per[name]:
-            bits[h] = bits.get(h, 0) | 1 << b
+        for g in per[name]:
+            bits[_plain_hash(g)] = bits.get(_plain_hash(g), 0) | 1 << b
     assert index.hashes.tolist() == sorted(bits)
     assert index.bits.tolist() == [bits[h] for h in sorted(bits)]
     assert len(set(index.bits.tolist())) > len(items)  # hashes in several benchmarks
+
+
+def test_matches_are_the_documents_sharing_a_plain_ngram():
+    """match() equals the plain rule: a text matches a benchmark when one of
+    its word 13-grams is one of the benchmark's informative 13-grams. Texts:
+    benchmark items, items with every 7th word changed, two items run
+    together, text of no benchmark, and the tricky strings."""
+    items = _benchmark_items(60)
+    index = decontam.Index(items)
+    per = {
+        name: set().union(*(_plain_ngrams(t, informative=True) for t in its))
+        for name, its in items.items()
+    }
+    pool = [t for its in items.values() for t in its]
+    changed = [
+        " ".join("zzz" if k % 7 == 3 else w for k, w in enumerate(t.split())) for t in pool[::5]
+    ]
+    joined = [a[-200:] + " " + b[:200] for a, b in zip(pool[::9], pool[1::9])]
+    texts = pool + changed + joined + TRICKY + ["an unrelated text " * 40]
+    want = [
+        sum(1 << b for b, name in enumerate(items) if _plain_ngrams(t) & per[name]) for t in texts
+    ]
+    got = np.concatenate([index.match(texts[i : i + 256]) for i in range(0, len(texts), 256)])
+    assert got.tolist() == want
+    assert 0 < sum(1 for w in want if w) < len(texts)
