@@ -74,7 +74,7 @@ class Filters:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def __bool__(self) -> bool:
-        return bool(self.to_json())
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
 
     def check(self, text: str) -> str | None:
         """The name of the first rule `text` fails, or None."""

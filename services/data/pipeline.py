@@ -13,7 +13,9 @@ commit a marker when done (a marker present: the task is not redone):
    document whose digest was seen earlier is dropped ("exact");
 3. tokenizer: trained once on a sample drawn from every source's shards in
    order (`tokenizer_sample_chars` in all), or loaded; a vocabulary smaller
-   than asked is refused (tokenizer.train);
+   than asked is refused (tokenizer.train). It trains on the head as soon
+   as the shards of its sample are cleaned, while the workers clean the
+   rest: stage 1 starts each source's first shards first;
 4. encode (per shard): tokens and offsets of the documents left, and each
    document's MinHash signature over token 5-grams, cut into LSH bands;
 5. near (one task per band bucket): documents sharing a band are near
@@ -49,6 +51,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -208,9 +211,10 @@ def clean_task(root: str, shard: Shard, index, config: corpus_lib.BuildConfig) -
 def _read(shard: Shard, counts: dict):
     """The shard's documents that pass its source's filters; a document
     failing one is counted as "filter:<rule>"."""
+    active = bool(shard.filters)
     for text in sources_lib.iter_documents(shard.input):
         counts["read"] += 1
-        reason = shard.filters.check(text) if shard.filters else None
+        reason = shard.filters.check(text) if active else None
         if reason:
             counts["filter:" + reason] = counts.get("filter:" + reason, 0) + 1
             continue
@@ -462,16 +466,20 @@ def _measured(fn, *args) -> tuple[dict, int]:
     return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _in_worker(fn, *args) -> tuple[dict, int]:
+    """_measured, in a Ray worker of one CPU: the tokenizer's own threads
+    off, so that workers scale. (Set here, not as a runtime_env: a task with
+    a runtime_env cannot use the workers Ray starts with the cluster, and
+    waits for new ones, a second or more.)"""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    return _measured(fn, *args)
+
+
 class _Executor:
     """Runs a stage's tasks: on Ray (one CPU each), or here when workers=0.
     A task whose marker exists is not run again; its marker is its result."""
 
-    # One CPU a task: the tokenizer's own threads off, so workers scale.
-    OPTIONS = {
-        "num_cpus": 1,
-        "max_retries": 3,
-        "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-    }
+    OPTIONS = {"num_cpus": 1, "max_retries": 3}
 
     def __init__(self, workers: int, address: str, log: Callable[[str], None]):
         self._ray = None
@@ -495,49 +503,84 @@ class _Executor:
         imports are off the first stage's critical path."""
         if self._ray:
             cpus = int(self._ray.cluster_resources().get("CPU", 1))
-            remote = self._ray.remote(**self.OPTIONS)(_warm_up)
-            self._warming = [remote.remote() for _ in range(max(1, cpus))]
+            remote = self._ray.remote(**self.OPTIONS)(_in_worker)
+            self._warming = [remote.remote(_warm_up) for _ in range(max(1, cpus))]
 
     def share(self, value):
         """A large read-only argument of many tasks, stored once."""
         return self._ray.put(value) if self._ray else value
 
-    def map(self, stage: str, fn, calls: Sequence[tuple[str, tuple]]) -> list[dict]:
-        t = time.monotonic()
-        results: dict[int, dict] = {}
-        for i, (marker, _) in enumerate(calls):
-            if storage.exists(marker):
-                results[i] = json.loads(storage.read_text(marker))
-        todo = [i for i in range(len(calls)) if i not in results]
-        done_before = len(results)
-        peak = 0
+    def map(self, stage: str, fn, calls: Sequence[tuple[str, tuple]], **kw) -> list[dict]:
+        """fn over `calls` (marker, arguments): their results, in order."""
+        return self.start(stage, fn, calls, **kw).results()
+
+    def start(
+        self,
+        stage: str,
+        fn,
+        calls: Sequence[tuple[str, tuple]],
+        priority: Sequence[float] | None = None,
+    ) -> "_Running":
+        """Starts fn over `calls` (marker, arguments), those of the smallest
+        `priority` first: the largest tasks (so that none starts last while
+        the other workers idle), or those the head needs soonest."""
         if self._warming:  # a worker that cannot import what tasks need fails here
             self._ray.get(self._warming)
             self._warming = []
-        if not self._ray:
-            for i in todo:
-                results[i], rss = _measured(fn, *calls[i][1])
-                peak = max(peak, rss)
-        else:
-            remote = self._ray.remote(**self.OPTIONS)(_measured)
-            refs = {remote.remote(fn, *calls[i][1]): i for i in todo}
-            last = time.monotonic()
-            while refs:
-                ready, _ = self._ray.wait(list(refs), num_returns=1)
-                results[refs.pop(ready[0])], rss = self._ray.get(ready[0])
-                peak = max(peak, rss)
-                if time.monotonic() - last > 30:
-                    self._log(f"{stage}: {len(results)} of {len(calls)} tasks done")
-                    last = time.monotonic()
-        self._log(
-            f"{stage}: {len(calls)} tasks ({done_before} done before) "
-            f"in {time.monotonic() - t:.1f}s, peak {peak / 1024:.0f} MB a worker"
-        )
-        return [results[i] for i in range(len(calls))]
+        return _Running(self, stage, fn, calls, priority)
 
     def close(self):
         if self._owns:
             self._ray.shutdown()
+
+
+class _Running:
+    """A stage's tasks under way: on Ray, or already run here (workers=0)."""
+
+    def __init__(self, ex: _Executor, stage: str, fn, calls, priority):
+        self._t = time.monotonic()
+        self._ex, self._stage, self._calls = ex, stage, calls
+        self._results: dict[int, dict] = {}
+        for i, (marker, _) in enumerate(calls):
+            if storage.exists(marker):
+                self._results[i] = json.loads(storage.read_text(marker))
+        self._done_before = len(self._results)
+        todo = [i for i in range(len(calls)) if i not in self._results]
+        if priority is not None:
+            todo.sort(key=lambda i: priority[i])
+        self._peak = 0
+        self._refs: dict[int, object] = {}
+        if not ex._ray:
+            for i in todo:
+                self._results[i], rss = _measured(fn, *calls[i][1])
+                self._peak = max(self._peak, rss)
+        else:
+            remote = ex._ray.remote(**ex.OPTIONS)(_in_worker)
+            self._refs = {i: remote.remote(fn, *calls[i][1]) for i in todo}
+
+    def result(self, i: int) -> dict:
+        """Task i's result, waiting for that task alone."""
+        if i in self._refs:
+            self._results[i], rss = self._ex._ray.get(self._refs.pop(i))
+            self._peak = max(self._peak, rss)
+        return self._results[i]
+
+    def results(self) -> list[dict]:
+        """Every task's result, in the calls' order, once all are done."""
+        ray, last = self._ex._ray, time.monotonic()
+        waiting = {ref: i for i, ref in self._refs.items()}
+        while waiting:
+            ready, _ = ray.wait(list(waiting), num_returns=1)
+            self.result(waiting.pop(ready[0]))
+            if time.monotonic() - last > 30:
+                done = len(self._calls) - len(waiting)
+                self._ex._log(f"{self._stage}: {done} of {len(self._calls)} tasks done")
+                last = time.monotonic()
+        self._ex._log(
+            f"{self._stage}: {len(self._calls)} tasks ({self._done_before} done before) "
+            f"in {time.monotonic() - self._t:.1f}s, peak {self._peak / 1024:.0f} MB a worker"
+        )
+        return [self._results[i] for i in range(len(self._calls))]
 
 
 def _recipe(specs, config: corpus_lib.BuildConfig) -> dict:
@@ -602,11 +645,17 @@ def build_sharded(
             f"{len(index.names)} benchmarks ({time.monotonic() - t:.1f}s)"
         )
         shared = ex.share(index)
-        clean = ex.map(
+        # Each source's first shards first: the tokenizer's sample is read
+        # from them, and it trains here while the workers clean the rest.
+        cleaning = ex.start(
             "clean",
             clean_task,
             [(_work(out, "clean", s.tag) + ".json", (out, s, shared, config)) for s in shards],
+            priority=[(s.index, s.source) for s in shards],
         )
+        tok_uri = storage.join(out, corpus_lib.TOKENIZER)
+        tok = _tokenizer(out, specs, shards, config, tok_uri, log, cleaning.result)
+        clean = cleaning.results()
         buckets = max(1, math.ceil(sum(c["documents"] for c in clean) / records_per_bucket))
         ex.map(
             "exact",
@@ -617,8 +666,6 @@ def build_sharded(
             ],
         )
         exact_uris = [_work(out, "exact", f"{b:05d}.npy") for b in range(buckets)]
-        tok_uri = storage.join(out, corpus_lib.TOKENIZER)
-        tok = _tokenizer(out, specs, shards, config, tok_uri, log)
         encoded = ex.map(
             "encode",
             encode_task,
@@ -626,6 +673,7 @@ def build_sharded(
                 (_work(out, "encoded", s.tag) + ".json", (out, s, tok_uri, exact_uris))
                 for s in shards
             ],
+            priority=[-c["chars"] for c in clean],  # the largest first
         )
         nb = max(1, math.ceil(sum(e["documents"] for e in encoded) / records_per_bucket))
         cells = [(band, b) for band in range(BANDS) for b in range(nb)]
@@ -669,7 +717,7 @@ def build_sharded(
     return manifest
 
 
-def _tokenizer(out, specs, shards, config, tok_uri: str, log):
+def _tokenizer(out, specs, shards, config, tok_uri: str, log, cleaned: Callable[[int], dict]):
     """Trains (or loads) the tokenizer once; a vocabulary smaller than asked
     is refused naming vocab_size."""
     from services.data import tokenizer as tokenizer_lib
@@ -680,7 +728,7 @@ def _tokenizer(out, specs, shards, config, tok_uri: str, log):
     if config.tokenizer_file:
         tok = tokenizer_lib.Tokenizer(_hf_tokenizer(storage.read_text(config.tokenizer_file)))
     else:
-        sample = _sample(out, specs, shards, config.tokenizer_sample_chars)
+        sample = _sample(out, specs, shards, config.tokenizer_sample_chars, cleaned)
         if not sample:
             raise errors.FailedPrecondition("sources", "no documents to train the tokenizer on")
         tok = tokenizer_lib.train(sample, config.vocab_size)
@@ -699,14 +747,17 @@ def _tokenizer(out, specs, shards, config, tok_uri: str, log):
     return tok
 
 
-def _sample(out, specs, shards, total_chars: int) -> list[str]:
+def _sample(out, specs, shards, total_chars: int, cleaned: Callable[[int], dict]) -> list[str]:
     """The tokenizer's sample: an equal share of `total_chars` from each
-    source, its shards read in order."""
+    source, its shards read in order (`cleaned(i)` waits for shard i)."""
     per_source = total_chars // len(specs)
     sample = []
     for s, _ in enumerate(specs):
         size = 0
-        for shard in (x for x in shards if x.source == s):
+        for i, shard in enumerate(shards):
+            if shard.source != s:
+                continue
+            cleaned(i)
             for text in _docs(_work(out, "clean", shard.tag) + ".jsonl"):
                 sample.append(text)
                 size += len(text)
