@@ -149,6 +149,15 @@ def main(argv):
                 for w, rs in by.items()
             },
             "speedup": {w: med[int(_WORKERS.value[0])] / m for w, m in med.items()},
+            # Per round, the builds run back to back: the machine's drift
+            # between rounds cancels out of each pair's ratio.
+            "speedup_per_round": {
+                w: [
+                    round(a["wall_s"] / b["wall_s"], 3)
+                    for a, b in zip(by[int(_WORKERS.value[0])], rs)
+                ]
+                for w, rs in by.items()
+            },
             "peak_rss_mb_per_worker": {
                 w: max(r["peak_rss_mb_per_worker"] for r in rs) for w, rs in by.items()
             },

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import io
 import json
@@ -360,7 +361,10 @@ def encode_task(root: str, shard: Shard, tok_uri: str, exact: Sequence[str]) -> 
     return marker
 
 
+@functools.lru_cache(maxsize=1)
 def _hf_tokenizer(text: str):
+    """The tokenizer of this JSON, parsed once a process: a worker's encode
+    tasks share it (and its cache of encoded words)."""
     import tokenizers
 
     return tokenizers.Tokenizer.from_str(text)
