@@ -125,9 +125,14 @@ def discover(benchmarks_dir: str | None, include_humaneval: bool = True) -> dict
     return found
 
 
+_BUILD_FILES = ("BUILD", "BUILD.bazel")  # the folder's Bazel package, not data
+
+
 def read_items_applies(path: str) -> bool:
     stem = re.sub(r"\.(gz|bz2)$", "", os.path.basename(path))
-    return not stem.endswith((".md", ".lst")) and not stem.startswith(".")
+    return (
+        not stem.endswith((".md", ".lst")) and not stem.startswith(".") and stem not in _BUILD_FILES
+    )
 
 
 @dataclasses.dataclass

@@ -23,6 +23,7 @@ def bench_dir(tmp_path):
     )
     (tmp_path / "qa" / "SOURCE.md").write_text(CODE * 3)  # docs are not benchmark data
     (tmp_path / "qa" / "labels.lst").write_text("1\n0\n")
+    (tmp_path / "BUILD").write_text('filegroup(name = "benchmarks", srcs = glob(["**"]))\n')
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "problems.json").write_text(
         json.dumps([{"prompt": CODE, "tests": ["assert True"]}])
