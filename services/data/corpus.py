@@ -536,7 +536,9 @@ def build(
             if config.benchmarks_dir is None
             else config.benchmarks_dir
         )
-        index = decontam.Index.from_dir(bdir or None, config.include_humaneval, n=config.ngram)
+        index = decontam.Index.from_dir(
+            bdir or None, config.include_humaneval, config.ngram, decontam.cache_dir()
+        )
         report = decontam.Report(index)
         log(
             f"decontamination index: {len(index.names)} benchmarks from {bdir or '(none)'}"

@@ -24,6 +24,7 @@ import bz2
 import dataclasses
 import glob
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -43,6 +44,34 @@ _MAX_BENCHMARKS = 64
 def default_benchmarks_dir() -> str:
     """$CODE_LAB_BENCHMARKS, else the repository's third_party/benchmarks."""
     return benchmarks.default_dir()
+
+
+def cache_dir() -> str:
+    """Where built indexes are kept: $CODE_LAB_CACHE_DIR/decontam, else
+    ~/.cache/code_lab/decontam."""
+    root = os.environ.get("CODE_LAB_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "code_lab"
+    )
+    return os.path.join(root, "decontam")
+
+
+# The version of the words, values and hashes an index holds: a cached index
+# of another version is not used.
+_INDEX_VERSION = 2
+
+
+def _cache_key(found: dict[str, list[str]], n: int) -> str:
+    files = {
+        name: [[os.path.basename(f), hashlib.sha256(_read_bytes(f)).hexdigest()] for f in fs]
+        for name, fs in found.items()
+    }
+    text = json.dumps({"version": _INDEX_VERSION, "n": n, "benchmarks": files}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def humaneval_file() -> str | None:
@@ -226,6 +255,8 @@ def _per_window(flags: np.ndarray, n: int) -> np.ndarray:
 class Index:
     """The n-gram hashes of a set of benchmarks."""
 
+    cached = False  # loaded from a cache folder (from_dir)
+
     def __init__(self, benchmarks: dict[str, Sequence[str]], n: int = NGRAM):
         """benchmarks: name -> items (strings)."""
         if len(benchmarks) > _MAX_BENCHMARKS:
@@ -260,13 +291,64 @@ class Index:
 
     @classmethod
     def from_dir(
-        cls, benchmarks_dir: str | None, include_humaneval: bool = True, n: int = NGRAM
+        cls,
+        benchmarks_dir: str | None,
+        include_humaneval: bool = True,
+        n: int = NGRAM,
+        cache: str | None = None,
     ) -> "Index":
+        """The index of the benchmarks `discover` finds. Given a `cache`
+        folder, it is kept there under a key of its inputs (each benchmark's
+        files' names and contents, n, the hashing's version) and loaded from
+        there while they stay the same: a benchmark set's index is built once.
+        `cached` says whether it was loaded."""
         found = discover(benchmarks_dir, include_humaneval)
-        return cls(
+        path = os.path.join(cache, _cache_key(found, n) + ".npz") if cache else None
+        if path and os.path.exists(path):
+            try:
+                return cls._load(path)
+            except (OSError, ValueError, KeyError):  # unreadable: built again
+                pass
+        index = cls(
             {name: [it for f in files for it in read_items(f)] for name, files in found.items()},
             n=n,
         )
+        if path:
+            index._save(path)
+        return index
+
+    def _save(self, path: str) -> None:
+        """Written atomically; an unwritable cache is left alone."""
+        meta = {"n": self.n, "names": self.names, "items": self.items, "ngrams": self.ngrams}
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                np.savez(
+                    f,
+                    hashes=self.hashes,
+                    bits=self.bits,
+                    filter=self._filter,
+                    meta=json.dumps(meta),
+                )
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+    @classmethod
+    def _load(cls, path: str) -> "Index":
+        index = cls.__new__(cls)
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            index.hashes, index.bits, index._filter = f["hashes"], f["bits"], f["filter"]
+        index.n, index.names, index.items, index.ngrams = (
+            meta["n"],
+            meta["names"],
+            meta["items"],
+            meta["ngrams"],
+        )
+        index.cached = True
+        return index
 
     def _windows(
         self, values: np.ndarray, text: np.ndarray

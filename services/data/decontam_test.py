@@ -198,3 +198,34 @@ def test_matches_are_the_documents_sharing_a_plain_ngram():
     got = np.concatenate([index.match(texts[i : i + 256]) for i in range(0, len(texts), 256)])
     assert got.tolist() == want
     assert 0 < sum(1 for w in want if w) < len(texts)
+
+
+def test_the_index_is_cached_under_a_key_of_its_inputs(bench_dir, tmp_path_factory):
+    """Built once, then loaded while the benchmark files and n stay the same;
+    a changed file or another n is built anew; an unreadable entry is rebuilt."""
+    cache = str(tmp_path_factory.mktemp("cache"))
+    texts = [QUESTION, CODE, "nothing in common with any benchmark at all, not a single window"]
+    built = decontam.Index.from_dir(bench_dir, include_humaneval=False, cache=cache)
+    assert not built.cached and len(os.listdir(cache)) == 1
+    loaded = decontam.Index.from_dir(bench_dir, include_humaneval=False, cache=cache)
+    assert loaded.cached
+    for field in ("n", "names", "items", "ngrams"):
+        assert getattr(loaded, field) == getattr(built, field)
+    np.testing.assert_array_equal(loaded.hashes, built.hashes)
+    np.testing.assert_array_equal(loaded.bits, built.bits)
+    assert loaded.match(texts).tolist() == built.match(texts).tolist() == [1 << 2, 1 << 0, 0]
+
+    assert not decontam.Index.from_dir(bench_dir, False, n=8, cache=cache).cached
+    with open(os.path.join(bench_dir, "qa", "dev.jsonl"), "a") as f:
+        f.write(
+            json.dumps({"question": "a new question of the benchmark, long enough to count"}) + "\n"
+        )
+    changed = decontam.Index.from_dir(bench_dir, include_humaneval=False, cache=cache)
+    assert not changed.cached and changed.items["qa"] == 2
+    assert len(os.listdir(cache)) == 3
+
+    for name in os.listdir(cache):
+        with open(os.path.join(cache, name), "wb") as f:
+            f.write(b"not an npz")
+    again = decontam.Index.from_dir(bench_dir, include_humaneval=False, cache=cache)
+    assert not again.cached and again.hashes.tolist() == changed.hashes.tolist()

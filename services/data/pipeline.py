@@ -643,10 +643,13 @@ def build_sharded(
     try:
         ex.warm_up()  # the workers start while the head builds the index
         t = time.monotonic()
-        index = decontam.Index.from_dir(bdir or None, config.include_humaneval, n=config.ngram)
+        index = decontam.Index.from_dir(
+            bdir or None, config.include_humaneval, config.ngram, decontam.cache_dir()
+        )
         log(
             f"decontamination index: {index.hashes.size} {config.ngram}-grams of "
-            f"{len(index.names)} benchmarks ({time.monotonic() - t:.1f}s)"
+            f"{len(index.names)} benchmarks, {'loaded' if index.cached else 'built'} "
+            f"({time.monotonic() - t:.1f}s)"
         )
         shared = ex.share(index)
         # Each source's first shards first: the tokenizer's sample is read
