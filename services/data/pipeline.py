@@ -523,15 +523,16 @@ class _Executor:
         stage: str,
         fn,
         calls: Sequence[tuple[str, tuple]],
-        priority: Sequence[float] | None = None,
+        priority: Sequence | None = None,
     ) -> "_Running":
         """Starts fn over `calls` (marker, arguments), those of the smallest
         `priority` first: the largest tasks (so that none starts last while
-        the other workers idle), or those the head needs soonest."""
+        the other workers idle), or those the head needs soonest. (`priority`:
+        a sort key per call.)"""
         if self._warming:  # a worker that cannot import what tasks need fails here
             self._ray.get(self._warming)
             self._warming = []
-        return _Running(self, stage, fn, calls, priority)
+        return _Running(self._ray, self.OPTIONS, self._log, stage, fn, calls, priority)
 
     def close(self):
         if self._owns:
@@ -541,9 +542,9 @@ class _Executor:
 class _Running:
     """A stage's tasks under way: on Ray, or already run here (workers=0)."""
 
-    def __init__(self, ex: _Executor, stage: str, fn, calls, priority):
+    def __init__(self, ray, options: dict, log, stage: str, fn, calls, priority):
         self._t = time.monotonic()
-        self._ex, self._stage, self._calls = ex, stage, calls
+        self._ray, self._log, self._stage, self._calls = ray, log, stage, calls
         self._results: dict[int, dict] = {}
         for i, (marker, _) in enumerate(calls):
             if storage.exists(marker):
@@ -554,33 +555,33 @@ class _Running:
             todo.sort(key=lambda i: priority[i])
         self._peak = 0
         self._refs: dict[int, object] = {}
-        if not ex._ray:
+        if not ray:
             for i in todo:
                 self._results[i], rss = _measured(fn, *calls[i][1])
                 self._peak = max(self._peak, rss)
         else:
-            remote = ex._ray.remote(**ex.OPTIONS)(_in_worker)
+            remote = ray.remote(**options)(_in_worker)
             self._refs = {i: remote.remote(fn, *calls[i][1]) for i in todo}
 
     def result(self, i: int) -> dict:
         """Task i's result, waiting for that task alone."""
         if i in self._refs:
-            self._results[i], rss = self._ex._ray.get(self._refs.pop(i))
+            self._results[i], rss = self._ray.get(self._refs.pop(i))
             self._peak = max(self._peak, rss)
         return self._results[i]
 
     def results(self) -> list[dict]:
         """Every task's result, in the calls' order, once all are done."""
-        ray, last = self._ex._ray, time.monotonic()
+        last = time.monotonic()
         waiting = {ref: i for i, ref in self._refs.items()}
         while waiting:
-            ready, _ = ray.wait(list(waiting), num_returns=1)
+            ready, _ = self._ray.wait(list(waiting), num_returns=1)
             self.result(waiting.pop(ready[0]))
             if time.monotonic() - last > 30:
                 done = len(self._calls) - len(waiting)
-                self._ex._log(f"{self._stage}: {done} of {len(self._calls)} tasks done")
+                self._log(f"{self._stage}: {done} of {len(self._calls)} tasks done")
                 last = time.monotonic()
-        self._ex._log(
+        self._log(
             f"{self._stage}: {len(self._calls)} tasks ({self._done_before} done before) "
             f"in {time.monotonic() - self._t:.1f}s, peak {self._peak / 1024:.0f} MB a worker"
         )
