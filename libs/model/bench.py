@@ -91,7 +91,7 @@ def bench_decode(cfg, prompt_len, new_tokens):
         return decode.generate(net, [prompt], max_new_tokens=new_tokens)
 
     graphdef, state = nnx.split(net)
-    length = decode._bucket(prompt_len) + new_tokens
+    length = decode.bucket(prompt_len) + new_tokens
 
     @jax.jit
     def recompute(state, buf_bt):

@@ -29,7 +29,9 @@ _NEVER = -2  # a stop-pattern entry no token equals: marks unused pattern rows
 _ANY = -1  # a stop-pattern entry that matches anything: left fill of short patterns
 
 
-def _bucket(n: int, minimum: int = 16) -> int:
+def bucket(n: int, minimum: int = 16) -> int:
+    """A length padded to the power of two (at least `minimum`) the compiled
+    programs take: one compilation serves every length up to it."""
     return max(minimum, 1 << (max(n, 1) - 1).bit_length())
 
 
@@ -56,10 +58,12 @@ def _choose(logits_bv, key, temperature, top_p, sample: bool, nucleus: bool):
     return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
 
 
+# The program `generate` runs (and the eval compile tool compiles for a topology):
+# the prefill of a bucketed batch of prompts, then the decode loop on the KV cache.
 # A pure function of the parameters (nnx.split): only the new tokens come back, not
 # a copy of every parameter as a jitted module would return.
 @functools.partial(jax.jit, static_argnames=("graphdef", "new_len", "sample", "nucleus"))
-def _generate(
+def generate_batch(
     graphdef,
     state,
     tokens_bp,
@@ -141,10 +145,10 @@ def _generate(
     return final[3], final[5]
 
 
-def _stop_patterns(stop_sequences) -> np.ndarray:
+def stop_patterns(stop_sequences) -> np.ndarray:
     """Stop sequences right-aligned in a bucketed [num, k] array (see _ANY, _NEVER)."""
-    k = _bucket(max((len(s) for s in stop_sequences), default=1), 1)
-    num = _bucket(len(stop_sequences), 1)
+    k = bucket(max((len(s) for s in stop_sequences), default=1), 1)
+    num = bucket(len(stop_sequences), 1)
     stops_sk = np.full((num, k), _NEVER, np.int32)
     for i, seq in enumerate(stop_sequences):
         stops_sk[i] = _ANY
@@ -192,7 +196,7 @@ def generate(
     if max_new_tokens == 0:
         return [[] for _ in prompts]
 
-    b, p = _bucket(max(len(prompts), min_rows), 1), _bucket(longest)
+    b, p = bucket(max(len(prompts), min_rows), 1), bucket(longest)
     rows = list(prompts) + [prompts[0]] * (b - len(prompts))  # filler rows, discarded
     tokens_bp = np.zeros((b, p), np.int32)
     segment_ids_bp = np.zeros((b, p), np.int32)
@@ -203,18 +207,18 @@ def generate(
         positions_bp[i, p - len(row) :] = np.arange(len(row))
     next_pos_b = np.array([len(r) for r in rows], np.int32)
 
-    out_bn, n_gen_b = _generate(
+    out_bn, n_gen_b = generate_batch(
         *nnx.split(model),
         tokens_bp,
         segment_ids_bp,
         positions_bp,
         next_pos_b,
         jnp.int32(max_new_tokens),
-        _stop_patterns(stop_sequences),
+        stop_patterns(stop_sequences),
         jnp.float32(max(temperature, 1e-6)),
         jnp.float32(top_p),
         jax.random.key(0) if rng is None else rng,
-        new_len=_bucket(max_new_tokens),
+        new_len=bucket(max_new_tokens),
         sample=temperature > 0,
         nucleus=top_p < 1,
     )
@@ -274,11 +278,11 @@ def score_continuations(
         items.append((inputs, targets, len(cont)))
 
     order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))  # similar lengths
-    b = min(batch_size, _bucket(len(items), 1))
+    b = min(batch_size, bucket(len(items), 1))
     results: list = [None] * len(items)
     for first in range(0, len(order), b):
         chunk = order[first : first + b]
-        t = min(_bucket(len(items[chunk[0]][0])), cfg.max_seq_len)
+        t = min(bucket(len(items[chunk[0]][0])), cfg.max_seq_len)
         tokens_bt = np.zeros((b, t), np.int32)
         segment_ids_bt = np.zeros((b, t), np.int32)
         targets_bt = np.zeros((b, t), np.int32)

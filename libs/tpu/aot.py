@@ -197,12 +197,18 @@ def compile_step(program, global_batch_size: int, seq_len: int, hbm_bytes: int) 
     A step that cannot fit libtpu refuses to compile; that comes back as a CompiledStep
     whose temporaries are what libtpu said they would be.
     """
+    args = program.abstract_args(global_batch_size, seq_len)
+    return compile_lowered(program.mesh, lambda: program.jitted().lower(*args), hbm_bytes)
+
+
+def compile_lowered(mesh, lower, hbm_bytes: int) -> CompiledStep:
+    """Compile what `lower()` lowers under `mesh` (a jax Lowered of any program on
+    topology devices), as compile_step does a training step."""
     import jax
 
-    args = program.abstract_args(global_batch_size, seq_len)
     start = time.perf_counter()
-    with jax.set_mesh(program.mesh):
-        lowered = program.jitted().lower(*args)
+    with jax.set_mesh(mesh):
+        lowered = lower()
     try:
         compiled = lowered.compile()
     except Exception as e:

@@ -32,20 +32,6 @@ from libs.tpu import aot
 from services.eval import checkpoints, scoring
 
 
-@dataclasses.dataclass
-class _Program:
-    """What aot.compile_step compiles: one eval program on a mesh, by batch."""
-
-    mesh: object
-    lower: object  # (batch) -> jax Lowered
-
-    def abstract_args(self, batch: int, _seq_len: int):
-        return (batch,)
-
-    def jitted(self):  # aot.compile_step lowers program.jitted().lower(*abstract_args)
-        return self
-
-
 def abstract_model(config, mesh):
     """The Transformer a checkpoint restore builds on `mesh`, with nothing allocated:
     every parameter a ShapeDtypeStruct with its target sharding."""
@@ -65,15 +51,15 @@ def _replicated(mesh, shape, dtype):
     )
 
 
-def scoring_program(model, mesh, seq_len: int) -> _Program:
-    """scoring.score_rows over `batch` rows of `seq_len` tokens, every position scored,
-    its logits in the chunks score_packed uses."""
+def scoring_program(model, mesh, seq_len: int):
+    """(batch) -> scoring.score_rows lowered for `batch` rows of `seq_len` tokens, every
+    position scored, its logits in the chunks score_packed uses."""
     rules = model.cfg.sharding_rules
     graphdef, state = nnx.split(model)
     chunk = scoring.positions_per_chunk(model.cfg.vocab_size)
 
     def lower(batch):
-        n = scoring._positions_bucket(batch * seq_len, chunk)
+        n = scoring.positions_bucket(batch * seq_len, chunk)
         return scoring.score_rows.lower(
             graphdef,
             state,
@@ -84,20 +70,21 @@ def scoring_program(model, mesh, seq_len: int) -> _Program:
             chunk=chunk,
         )
 
-    return _Program(mesh, lower)
+    return lower
 
 
-def generation_program(model, mesh, prompt_len: int, new_tokens: int) -> _Program:
-    """decode._generate (prefill + greedy KV-cache decode loop) for `batch` prompts of
-    `prompt_len` tokens and `new_tokens` new ones, the buckets decode.generate uses."""
+def generation_program(model, mesh, prompt_len: int, new_tokens: int):
+    """(batch) -> decode.generate_batch (prefill + greedy KV-cache decode loop) lowered
+    for `batch` prompts of `prompt_len` tokens and `new_tokens` new ones, in the
+    buckets decode.generate uses."""
     rules = model.cfg.sharding_rules
     graphdef, state = nnx.split(model)
-    p, new = decode._bucket(prompt_len), decode._bucket(new_tokens)
-    stops = decode._stop_patterns([[0]])
+    p, new = decode.bucket(prompt_len), decode.bucket(new_tokens)
+    stops = decode.stop_patterns([[0]])
     key = jax.eval_shape(lambda: jax.random.key(0))  # no device holds one here
 
     def lower(batch):
-        return decode._generate.lower(
+        return decode.generate_batch.lower(
             graphdef,
             state,
             _rows(mesh, rules, (batch, p)),
@@ -114,16 +101,17 @@ def generation_program(model, mesh, prompt_len: int, new_tokens: int) -> _Progra
             nucleus=False,
         )
 
-    return _Program(mesh, lower)
+    return lower
 
 
-def largest_batch(program: _Program, hbm: int, start: int, limit: int, label: str):
+def largest_batch(mesh, lower, hbm: int, start: int, limit: int, label: str):
     """(batch, CompiledStep) of the largest power-of-two multiple of `start` rows up to
-    `limit` that fits; (0, the first result) if not even `start` does."""
+    `limit` for which `lower(batch)` fits; (0, the first result) if not even `start`
+    does."""
     best, first = (0, None), None
     batch = start
     while batch <= limit:
-        result = aot.compile_step(program, batch, 0, hbm)  # under program.mesh
+        result = aot.compile_lowered(mesh, lambda: lower(batch), hbm)
         print(
             f"{label:<10} batch {batch:>4}: {_gib(result.bytes_per_chip)} of {_gib(hbm)} "
             f"({'fits' if result.fits else 'does not fit'}; compile {result.compile_s:.0f} s)",
@@ -187,10 +175,15 @@ def report(
         f"{scoring.positions_per_chunk(config.vocab_size)} positions at a time"
     )
     score_batch, scored = largest_batch(
-        scoring_program(model, mesh, seq_len), hbm, n, max_batch, "scoring"
+        mesh, scoring_program(model, mesh, seq_len), hbm, n, max_batch, "scoring"
     )
     gen_batch, generated = largest_batch(
-        generation_program(model, mesh, prompt_len, new_tokens), hbm, n, max_batch, "generation"
+        mesh,
+        generation_program(model, mesh, prompt_len, new_tokens),
+        hbm,
+        n,
+        max_batch,
+        "generation",
     )
     for label, batch, result, shape in (
         ("scoring", score_batch, scored, f"rows of {seq_len} tokens, every position scored"),
@@ -198,7 +191,7 @@ def report(
             "generation",
             gen_batch,
             generated,
-            f"prompts of {decode._bucket(prompt_len)} tokens + {decode._bucket(new_tokens)} new",
+            f"prompts of {decode.bucket(prompt_len)} tokens + {decode.bucket(new_tokens)} new",
         ),
     ):
         print(
@@ -221,8 +214,8 @@ def report(
                 "attention": config.attention,
                 "mesh": dict(mesh.shape),
                 "seq_len": seq_len,
-                "prompt_len": decode._bucket(prompt_len),
-                "new_tokens": decode._bucket(new_tokens),
+                "prompt_len": decode.bucket(prompt_len),
+                "new_tokens": decode.bucket(new_tokens),
                 "hbm_bytes_per_chip": hbm,
                 "scoring": _figures(score_batch, scored),
                 "generation": _figures(gen_batch, generated),

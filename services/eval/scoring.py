@@ -92,7 +92,7 @@ def positions_per_chunk(vocab_size: int) -> int:
     return max(64, 1 << max(0, (LOGITS_PER_CHUNK // vocab_size).bit_length() - 1))
 
 
-def _positions_bucket(n: int, chunk: int) -> int:
+def positions_bucket(n: int, chunk: int) -> int:
     """Gathered positions padded: a fine bucket, a multiple of `chunk` past one chunk."""
     n_pos = _fine_bucket(n)
     return n_pos if n_pos <= chunk else -(-n_pos // chunk) * chunk
@@ -189,7 +189,7 @@ def score_packed(
                 slots.append(i)
                 at += n
         # The gathered positions decide the output projection's cost: a fine bucket.
-        n_pos = _positions_bucket(len(flat_pos), chunk)
+        n_pos = positions_bucket(len(flat_pos), chunk)
         pad = n_pos - len(flat_pos)
         lp_n, hit_n = score_rows(
             graphdef,

@@ -54,8 +54,8 @@ def test_a_chunk_holds_about_as_many_logits_whatever_the_vocabulary():
     assert scoring.positions_per_chunk(256_000) == 2048
     assert scoring.positions_per_chunk(300) == 1 << 20
     assert scoring.positions_per_chunk(2**40) == 64
-    assert scoring._positions_bucket(100, 2048) == 128
-    assert scoring._positions_bucket(5000, 2048) == 6144
+    assert scoring.positions_bucket(100, 2048) == 128
+    assert scoring.positions_bucket(5000, 2048) == 6144
 
 
 def test_packed_scoring_equals_libs_model_scoring(model):
