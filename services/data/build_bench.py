@@ -10,9 +10,10 @@ benchmark files alone, is built once before the rounds and loaded from its
 cache by each build (`--noindex_cache`: each build builds it). Reported per
 run: wall time, the tokens written per second per worker, the time of each
 stage, and each worker's peak memory (its resident set, the largest any of
-its tasks saw). MinHash alone
-(band_hashes over the encoded tokens) is timed apart, to say what near
-dedup adds to a worker's time. The last line is one JSON object.
+its tasks saw); per round, the ratio of the 1-worker to the 2-worker wall
+time. MinHash alone (band_hashes over the encoded tokens) is timed apart, to
+say what near dedup adds to a worker's time. The last line is one JSON
+object.
 """
 
 import json
