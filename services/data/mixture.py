@@ -633,8 +633,11 @@ class BatchReader:
         reads = self._reads(step, rows)
         spans = [None] * len(reads)
         if self._by_range:
-            self._wait_for_prefetch(step)
-            spans = self._warm(reads)
+            prefetched = self._wait_for_prefetch(step)
+            if prefetched is not None and prefetched[0] == reads:
+                spans = self._warm(reads, prefetched[1])  # its spans, computed once
+            else:
+                spans = self._warm(reads)
 
         tokens = np.empty(R * L, np.int32)
         run_starts: list[int] = []
@@ -690,14 +693,16 @@ class BatchReader:
                 s += 1
         return reads
 
-    def _warm(self, reads) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Fetches every block `reads` touch at once (a corpus read by range);
-        returns each read's spans, for the reads themselves."""
+    def _warm(self, reads, read_spans=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Fetches every block `reads` touch at once (a corpus read by range;
+        blocks still in the cache are not fetched again); returns each read's
+        spans, for the reads themselves. `read_spans`: those spans, when a
+        warm-up of the same reads computed them."""
         by_source: dict[int, list] = collections.defaultdict(list)
-        read_spans = []
-        for s, pos, _, m in reads:
-            read_spans.append(self._streams[s].spans(pos, m))
-            by_source[s].append(read_spans[-1])
+        if read_spans is None:
+            read_spans = [self._streams[s].spans(pos, m) for s, pos, _, m in reads]
+        for (s, pos, _, m), spans in zip(reads, read_spans):
+            by_source[s].append(spans)
             # The token after the read (its last run's target) too.
             by_source[s].append(self._streams[s].spans(pos + m, 1))
         self.corpus.warm(
@@ -722,18 +727,19 @@ class BatchReader:
                 self._prefetch_pending = self._prefetch_pool.submit(self._warm_step, step)
                 self._prefetch_step = step
 
-    def _wait_for_prefetch(self, step: int) -> None:
-        """Waits for a warm-up of `step` under way, rather than read its blocks twice."""
+    def _wait_for_prefetch(self, step: int):
+        """Waits for a warm-up of `step` under way, rather than read its blocks
+        twice; returns its (reads, spans), or None (none, or it failed)."""
         with self._prefetch_lock:
             pending = self._prefetch_pending if self._prefetch_step == step else None
-        if pending is not None:
-            pending.result()
+        return pending.result() if pending is not None else None
 
-    def _warm_step(self, step: int) -> None:
+    def _warm_step(self, step: int):
         try:
-            self._warm(self._reads(step, self.shard_rows(step)))
+            reads = self._reads(step, self.shard_rows(step))
+            return reads, self._warm(reads)
         except Exception:  # noqa: BLE001  (a warm-up only: the step's own reads raise)
-            pass
+            return None
 
     def iterate(
         self, start_step: int = 0, num_steps: int = 0, *, read_ahead: int = 0, packed: bool = False
