@@ -86,20 +86,30 @@ def verify_task(task_dir: str) -> None:
         verify_file(task_dir, name)
 
 
+def sha256(path: str) -> str:
+    """The file's sha256 (hex). A process hashes each file once; a file
+    rewritten since (another size or mtime) is hashed again."""
+    stat = os.stat(path)
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
 @functools.lru_cache(maxsize=None)
-def _verify(path: str, size: int, mtime_ns: int, want_size: int, want_sha: str) -> None:
-    # Cached on (path, size, mtime): a process hashes each file once, and a file
-    # rewritten since is hashed again.
-    if size != want_size:
-        raise errors.FailedPrecondition(
-            "benchmarks_dir", f"{path}: {size} bytes, its provenance note records {want_size}"
-        )
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    if digest.hexdigest() != want_sha:
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _verify(path: str, size: int, mtime_ns: int, want_size: int, want_sha: str) -> None:
+    if size != want_size:
         raise errors.FailedPrecondition(
-            "benchmarks_dir",
-            f"{path}: sha256 {digest.hexdigest()}, its provenance note records {want_sha}",
+            "benchmarks_dir", f"{path}: {size} bytes, its provenance note records {want_size}"
+        )
+    got = _sha256(path, size, mtime_ns)
+    if got != want_sha:
+        raise errors.FailedPrecondition(
+            "benchmarks_dir", f"{path}: sha256 {got}, its provenance note records {want_sha}"
         )

@@ -62,16 +62,11 @@ _INDEX_VERSION = 2
 
 def _cache_key(found: dict[str, list[str]], n: int) -> str:
     files = {
-        name: [[os.path.basename(f), hashlib.sha256(_read_bytes(f)).hexdigest()] for f in fs]
+        name: [[os.path.basename(f), benchmarks.sha256(f)] for f in fs]
         for name, fs in found.items()
     }
     text = json.dumps({"version": _INDEX_VERSION, "n": n, "benchmarks": files}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def humaneval_file() -> str | None:
